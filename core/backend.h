@@ -1,0 +1,160 @@
+// The backend interface: what every lock backend (posixfd, dlm, sanlock, ...)
+// implements and what every caller (latchd, latchctl, tests) may rely on.
+//
+// Backends live in plugins (see plugin_abi.h and plugin_loader.h); callers
+// only ever see this interface.
+//
+// Example:
+//   absl::StatusOr<std::unique_ptr<Backend>> b =
+//       LoadBackend(PluginPath({"/usr/lib/latchkey/backends"}), "posixfd", cfg);
+//   absl::StatusOr<Grant> g = (*b)->Acquire(owner, disk, LockMode::kExclusive, {});
+//   if (IsLockBusy(g.status())) { /* held by someone: g.status().message()
+//                                    names the resource and the holder */ }
+//
+// Error contract (absl::Status codes say what the caller should do):
+//   Unavailable        the resource is held by someone else in a conflicting
+//                      mode (retryable: try again later). The message names
+//                      the resource and, where the backend can know it, the
+//                      holder and its mode.
+//   DeadlineExceeded   a waiting acquire ran out of time (retryable).
+//   Aborted            a lock this owner held was lost (lease expired,
+//                      lockspace stopped, someone else took it meanwhile):
+//                      retry at a higher level, after re-checking the data.
+//   FailedPrecondition the backend cannot work right now (daemon not
+//                      running, lock directory missing): fix that first.
+//   PermissionDenied   the caller is not the owner of the lock it names.
+//   NotFound           the owner holds no lock on that resource.
+//   InvalidArgument    bad input (names, modes, owners); nothing changed.
+//   ResourceExhausted  a backend limit (e.g. holders per resource).
+// A failed call never changes any lock the caller already held.
+//
+// Thread safety: a Backend is safe for concurrent use from many threads; a
+// waiting Acquire blocks only its own caller.
+#ifndef LATCHKEY_CORE_BACKEND_H_
+#define LATCHKEY_CORE_BACKEND_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/lock_mode.h"
+#include "core/owner.h"
+#include "core/resource.h"
+
+namespace latchkey {
+
+// What a backend can do. Values are part of the plugin ABI (LK_CAP_*).
+struct Capabilities {
+  // Modes the backend grants (LockModeBit mask).
+  uint32_t modes = 0;
+  // Non-empty when the backend cannot tell shared-read and shared-write
+  // apart and grants both as one shared mode; says how (e.g. "shared-read
+  // and shared-write are both sanlock SH: they do not exclude each other").
+  std::string folded_modes;
+  // Locks outlive the process that took them (DLM persistent locks,
+  // sanlock persistent leases). When false, a killed holder frees its locks.
+  bool survives_holder_death = false;
+  // Orphaned locks can be adopted by a new process without a window.
+  bool orphan_adoption = false;
+  // A refusal can name the holder.
+  bool holder_identity = false;
+  // Grants carry fencing tokens that grow per resource.
+  bool fencing_tokens = false;
+  // Lockspace and resource names are limited to this many bytes.
+  size_t max_name_len = kMaxNameLen;
+};
+
+// How to acquire.
+struct AcquireOptions {
+  // false: refuse at once (Unavailable) when someone holds a conflicting
+  // lock. true: wait up to `timeout` (DeadlineExceeded when it runs out);
+  // absl::InfiniteDuration() waits forever.
+  bool wait = false;
+  absl::Duration timeout = absl::ZeroDuration();
+};
+
+// What a successful acquire, convert or adopt returns.
+struct Grant {
+  LockMode mode = LockMode::kExclusive;
+  // Per-resource number; each grant on a resource gets a larger one than
+  // every earlier grant on it (across owners, processes and restarts).
+  uint64_t fencing_token = 0;
+  // The backend's own handle, persisted by the journal and passed back to
+  // Adopt (a DLM lock id, a sanlock lease version, ...). May be empty.
+  std::string backend_token;
+};
+
+// One holder of one resource, as Inquire reports it.
+struct HolderInfo {
+  Owner owner;  // Fields the backend cannot know are left empty / 0.
+  Resource resource;
+  LockMode mode = LockMode::kExclusive;
+  uint64_t fencing_token = 0;
+};
+
+// A lock as the journal persists it, for Adopt after a restart.
+struct LockRecord {
+  Owner owner;
+  Resource resource;
+  LockMode mode = LockMode::kExclusive;
+  uint64_t fencing_token = 0;
+  std::string backend_token;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // The backend's registered name ("posixfd").
+  virtual std::string name() const = 0;
+  virtual Capabilities capabilities() const = 0;
+
+  // Takes `resource` in `mode` for `owner`. On success returns the grant;
+  // the lock is held until Release (or, when !survives_holder_death, until
+  // the calling process dies). Acquiring a resource the owner already holds
+  // is FailedPrecondition (use Convert). REQUIRES: owner.Validate() is OK.
+  virtual absl::StatusOr<Grant> Acquire(const Owner& owner,
+                                        const Resource& resource,
+                                        LockMode mode,
+                                        const AcquireOptions& options) = 0;
+
+  // Changes the mode of a lock `owner` holds. On failure the old lock is
+  // still held, in its old mode. A successful convert is a new grant: its
+  // fencing token is larger.
+  virtual absl::StatusOr<Grant> Convert(const Owner& owner,
+                                        const Resource& resource,
+                                        LockMode new_mode,
+                                        const AcquireOptions& options) = 0;
+
+  // Releases `owner`'s lock on `resource`. NotFound when the owner holds
+  // none; PermissionDenied (naming the holder) when someone else does.
+  virtual absl::Status Release(const Owner& owner, const Resource& resource) = 0;
+
+  // Holders of `resource`, or of every resource the backend can see when
+  // `resource` is nullopt.
+  virtual absl::StatusOr<std::vector<HolderInfo>> Inquire(
+      const std::optional<Resource>& resource) = 0;
+
+  // Takes over a lock described by a journal record after a restart. A
+  // backend with orphan_adoption adopts without a window; others re-acquire
+  // and return Aborted when the lock was taken by someone else meanwhile
+  // (the fencing token moved).
+  virtual absl::StatusOr<Grant> Adopt(const LockRecord& record) = 0;
+
+  // OK when the backend can serve requests; FailedPrecondition saying why
+  // not otherwise.
+  virtual absl::Status Health() = 0;
+};
+
+// True for the status a refusal because of a conflicting holder carries.
+inline bool IsLockBusy(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable;
+}
+
+}  // namespace latchkey
+
+#endif  // LATCHKEY_CORE_BACKEND_H_

@@ -1,0 +1,137 @@
+#include "core/owner.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/escaping.h"
+
+namespace latchkey {
+namespace {
+
+bool IsUuid(const std::string& s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return false;
+    } else if (!isxdigit(static_cast<unsigned char>(c))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status Owner::Validate() const {
+  if (!IsUuid(uuid)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "owner uuid '", absl::CHexEscape(uuid.substr(0, 64)),
+        "' is not a 36-character uuid (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"));
+  }
+  if (name.empty() || name.size() > kMaxOwnerNameLen) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "owner name must be 1..", kMaxOwnerNameLen, " bytes, got ", name.size()));
+  }
+  for (char c : name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "owner name '", absl::CHexEscape(name), "' has a control character"));
+    }
+  }
+  if (pid <= 0 || pid > 0x7fffffff) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("owner ", name, ": pid ", pid, " is not a process id"));
+  }
+  absl::Status s;
+  if (host.empty() || host.size() > kMaxHostNameLen) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "owner ", name, ": host name must be 1..", kMaxHostNameLen, " bytes"));
+  }
+  for (char c : host) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("owner ", name, ": host name has a space or control character"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string Owner::Describe() const {
+  return absl::StrCat(name, " (uuid ", uuid, ", pid ", pid, " on host ", host, ")");
+}
+
+absl::StatusOr<uint64_t> ProcessStartTime(pid_t pid) {
+  const std::string path = absl::StrCat("/proc/", pid, "/stat");
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::NotFoundError(absl::StrCat("no process ", pid));
+  }
+  char buf[1024];
+  const ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return absl::NotFoundError(absl::StrCat("no process ", pid));
+  buf[n] = '\0';
+  // The command name (field 2) may hold spaces and ')': fields after it
+  // start after the last ')'.
+  const char* close_paren = strrchr(buf, ')');
+  if (close_paren == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot parse ", path));
+  }
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(close_paren + 2), ' ', absl::SkipEmpty());
+  // fields[0] is field 3 (state); start time is field 22.
+  uint64_t start = 0;
+  if (fields.size() < 20 || !absl::SimpleAtoi(fields[19], &start)) {
+    return absl::InternalError(absl::StrCat("cannot parse start time in ", path));
+  }
+  return start;
+}
+
+bool ProcessIsAlive(pid_t pid, uint64_t start_time) {
+  absl::StatusOr<uint64_t> actual = ProcessStartTime(pid);
+  if (!actual.ok()) return false;
+  return start_time == 0 || *actual == start_time;
+}
+
+std::string LocalHostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
+  std::string h(buf);
+  if (h.size() > kMaxHostNameLen) h.resize(kMaxHostNameLen);
+  return h;
+}
+
+Owner OwnerForThisProcess(const std::string& uuid, const std::string& name) {
+  Owner o;
+  o.uuid = uuid;
+  o.name = name;
+  o.pid = getpid();
+  o.start_time = ProcessStartTime(getpid()).value_or(0);
+  o.host = LocalHostName();
+  return o;
+}
+
+std::string RandomUuid() {
+  uint8_t b[16];
+  std::random_device rd;  // /dev/urandom on Linux.
+  for (auto& x : b) x = static_cast<uint8_t>(rd());
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  return absl::StrFormat(
+      "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+      b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+      b[13], b[14], b[15]);
+}
+
+}  // namespace latchkey

@@ -1,0 +1,157 @@
+/* The C ABI between latchkey and a backend plugin.
+ *
+ * A backend plugin is a shared object named latchkey-NAME.so that exports one
+ * data symbol, `latchkey_backend` (LK_BACKEND_SYMBOL), of type
+ * lk_backend_descriptor. The loader reads `abi_version` first and touches
+ * nothing else unless it equals LK_BACKEND_ABI_VERSION, then checks
+ * `struct_size`, then every function pointer.
+ *
+ * Rules on both sides:
+ *  - Every string is NUL-terminated UTF-8 owned by the caller and valid only
+ *    during the call; a plugin copies what it keeps.
+ *  - Functions return 0 on success. On failure they return non-zero and fill
+ *    *err: `code` is an absl::StatusCode number, `message` a NUL-terminated
+ *    text naming the resource and, where known, the holder.
+ *  - No C++ exception ever crosses this boundary.
+ *  - A backend handle may be used from many threads at once.
+ *
+ * Version history: 1 (first).
+ *
+ * Plugin authors normally do not write against this header directly: they
+ * implement latchkey::Backend and export it with LATCHKEY_EXPORT_BACKEND
+ * (core/plugin_export.h).
+ */
+#ifndef LATCHKEY_CORE_PLUGIN_ABI_H_
+#define LATCHKEY_CORE_PLUGIN_ABI_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LK_BACKEND_ABI_VERSION 1u
+#define LK_BACKEND_SYMBOL "latchkey_backend"
+
+/* Lock modes (same numbers as latchkey::LockMode). */
+#define LK_MODE_SHARED_READ 1u
+#define LK_MODE_SHARED_WRITE 2u
+#define LK_MODE_EXCLUSIVE 3u
+
+/* Resource kinds (same numbers as latchkey::ResourceKind). */
+#define LK_RESOURCE_DISK 1u
+#define LK_RESOURCE_LEASE 2u
+
+/* lk_capabilities.flags */
+#define LK_CAP_SURVIVES_HOLDER_DEATH 0x1u
+#define LK_CAP_ORPHAN_ADOPTION 0x2u
+#define LK_CAP_HOLDER_IDENTITY 0x4u
+#define LK_CAP_FENCING_TOKENS 0x8u
+
+/* lk_acquire_options.flags */
+#define LK_ACQUIRE_WAIT 0x1u
+
+#define LK_ERROR_MESSAGE_MAX 1024
+#define LK_BACKEND_TOKEN_MAX 256
+
+typedef struct lk_error {
+  int code;
+  char message[LK_ERROR_MESSAGE_MAX];
+} lk_error;
+
+typedef struct lk_owner {
+  const char *uuid;
+  const char *name;
+  const char *host;
+  int64_t pid;
+  uint64_t start_time;
+} lk_owner;
+
+typedef struct lk_resource {
+  uint32_t kind;
+  const char *lockspace;
+  const char *name;
+  const char *path; /* "" when none */
+  uint64_t offset;
+} lk_resource;
+
+typedef struct lk_acquire_options {
+  uint32_t flags;
+  int64_t timeout_ms; /* with LK_ACQUIRE_WAIT; < 0 waits forever */
+} lk_acquire_options;
+
+typedef struct lk_grant {
+  uint32_t mode;
+  uint64_t fencing_token;
+  char backend_token[LK_BACKEND_TOKEN_MAX];
+} lk_grant;
+
+typedef struct lk_holder {
+  lk_owner owner;
+  lk_resource resource;
+  uint32_t mode;
+  uint64_t fencing_token;
+} lk_holder;
+
+typedef struct lk_record {
+  lk_owner owner;
+  lk_resource resource;
+  uint32_t mode;
+  uint64_t fencing_token;
+  const char *backend_token;
+} lk_record;
+
+/* One configuration setting: `value` is the value's source text in libvirt
+ * conf syntax ("string", 12, [ "a", "b" ]); file and line locate it. */
+typedef struct lk_setting {
+  const char *key;
+  const char *value;
+  const char *file;
+  int line;
+} lk_setting;
+
+typedef struct lk_capabilities {
+  uint32_t modes; /* bit (1 << LK_MODE_x) per granted mode */
+  uint32_t flags; /* LK_CAP_* */
+  uint32_t max_name_len;
+  const char *folded_modes; /* "" when every granted mode is distinct */
+} lk_capabilities;
+
+typedef struct lk_backend lk_backend; /* opaque, owned by the plugin */
+
+typedef void (*lk_holder_fn)(void *ctx, const lk_holder *holder);
+
+typedef struct lk_backend_descriptor {
+  uint32_t abi_version; /* LK_BACKEND_ABI_VERSION */
+  uint32_t struct_size; /* sizeof(lk_backend_descriptor) */
+  const char *name;
+  const char *description;
+  lk_capabilities capabilities;
+
+  int (*open)(const lk_setting *settings, size_t n_settings, lk_backend **out,
+              lk_error *err);
+  void (*close)(lk_backend *backend);
+  int (*acquire)(lk_backend *backend, const lk_owner *owner,
+                 const lk_resource *resource, uint32_t mode,
+                 const lk_acquire_options *options, lk_grant *out,
+                 lk_error *err);
+  int (*convert)(lk_backend *backend, const lk_owner *owner,
+                 const lk_resource *resource, uint32_t new_mode,
+                 const lk_acquire_options *options, lk_grant *out,
+                 lk_error *err);
+  int (*release)(lk_backend *backend, const lk_owner *owner,
+                 const lk_resource *resource, lk_error *err);
+  /* resource == NULL: every resource the backend can see. */
+  int (*inquire)(lk_backend *backend, const lk_resource *resource,
+                 lk_holder_fn emit, void *ctx, lk_error *err);
+  int (*adopt)(lk_backend *backend, const lk_record *record, lk_grant *out,
+               lk_error *err);
+  int (*health)(lk_backend *backend, lk_error *err);
+} lk_backend_descriptor;
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* LATCHKEY_CORE_PLUGIN_ABI_H_ */

@@ -1,0 +1,175 @@
+#include "core/plugin_export.h"
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "core/abi_types.h"
+
+namespace latchkey {
+namespace plugin_export {
+namespace {
+
+Backend* Cast(lk_backend* b) { return reinterpret_cast<Backend*>(b); }
+
+// Runs `body` (returning absl::Status), filling *err; never lets an
+// exception out.
+template <typename Body>
+int Guard(lk_error* err, Body body) {
+  absl::Status s;
+  try {
+    s = body();
+  } catch (const std::exception& e) {
+    s = absl::InternalError(absl::StrCat("backend plugin threw: ", e.what()));
+  } catch (...) {
+    s = absl::InternalError("backend plugin threw a non-standard exception");
+  }
+  if (s.ok()) return 0;
+  abi::StatusToError(s, err);
+  return -1;
+}
+
+absl::Status NullBackend() { return absl::InvalidArgumentError("backend handle is NULL"); }
+
+// Converts and validates an owner and a resource, so that every backend
+// sees only well-formed input, checked against its own name limit.
+absl::Status CheckedInput(Backend* backend, const lk_owner* owner, const lk_resource* resource,
+                          Owner* o, Resource* r) {
+  absl::StatusOr<Owner> owner_or = abi::FromAbi(owner);
+  if (!owner_or.ok()) return owner_or.status();
+  if (absl::Status s = owner_or->Validate(); !s.ok()) return s;
+  absl::StatusOr<Resource> res_or = abi::FromAbi(resource);
+  if (!res_or.ok()) return res_or.status();
+  if (absl::Status s = res_or->Validate(backend->capabilities().max_name_len); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(backend->name(), " backend: ", s.message()));
+  }
+  *o = *std::move(owner_or);
+  *r = *std::move(res_or);
+  return absl::OkStatus();
+}
+
+absl::Status DoAcquireOrConvert(bool convert, lk_backend* backend, const lk_owner* owner,
+                                const lk_resource* resource, uint32_t mode,
+                                const lk_acquire_options* options, lk_grant* out) {
+  if (backend == nullptr) return NullBackend();
+  if (out == nullptr) return absl::InvalidArgumentError("grant output is NULL");
+  Owner o;
+  Resource r;
+  if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r); !s.ok()) return s;
+  absl::StatusOr<LockMode> m = LockModeFromInt(mode);
+  if (!m.ok()) return m.status();
+  if ((Cast(backend)->capabilities().modes & LockModeBit(*m)) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", Cast(backend)->name(), " backend does not grant mode ", LockModeName(*m)));
+  }
+  const AcquireOptions opts = abi::FromAbi(options);
+  absl::StatusOr<Grant> g = convert ? Cast(backend)->Convert(o, r, *m, opts)
+                                    : Cast(backend)->Acquire(o, r, *m, opts);
+  if (!g.ok()) return g.status();
+  return abi::GrantToAbi(*g, out);
+}
+
+}  // namespace
+
+Capabilities CapabilitiesFromAbi(const lk_capabilities& caps) { return abi::FromAbi(caps); }
+
+int OpenWith(Factory factory, const lk_setting* settings, size_t n, lk_backend** out,
+             lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (out == nullptr) return absl::InvalidArgumentError("backend output is NULL");
+    absl::StatusOr<Config> config = abi::SettingsFromAbi(settings, n);
+    if (!config.ok()) return config.status();
+    absl::StatusOr<std::unique_ptr<Backend>> b = factory(*config);
+    if (!b.ok()) return b.status();
+    *out = reinterpret_cast<lk_backend*>(b->release());
+    return absl::OkStatus();
+  });
+}
+
+void Close(lk_backend* backend) { delete Cast(backend); }
+
+int Acquire(lk_backend* backend, const lk_owner* owner, const lk_resource* resource,
+            uint32_t mode, const lk_acquire_options* options, lk_grant* out, lk_error* err) {
+  return Guard(err, [&] {
+    return DoAcquireOrConvert(false, backend, owner, resource, mode, options, out);
+  });
+}
+
+int Convert(lk_backend* backend, const lk_owner* owner, const lk_resource* resource,
+            uint32_t mode, const lk_acquire_options* options, lk_grant* out, lk_error* err) {
+  return Guard(err, [&] {
+    return DoAcquireOrConvert(true, backend, owner, resource, mode, options, out);
+  });
+}
+
+int Release(lk_backend* backend, const lk_owner* owner, const lk_resource* resource,
+            lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    Owner o;
+    Resource r;
+    if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r); !s.ok()) return s;
+    return Cast(backend)->Release(o, r);
+  });
+}
+
+int Inquire(lk_backend* backend, const lk_resource* resource, lk_holder_fn emit, void* ctx,
+            lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    if (emit == nullptr) return absl::InvalidArgumentError("inquire callback is NULL");
+    std::optional<Resource> which;
+    if (resource != nullptr) {
+      absl::StatusOr<Resource> r = abi::FromAbi(resource);
+      if (!r.ok()) return r.status();
+      if (absl::Status s = r->Validate(Cast(backend)->capabilities().max_name_len); !s.ok()) {
+        return s;
+      }
+      which = *r;
+    }
+    absl::StatusOr<std::vector<HolderInfo>> holders = Cast(backend)->Inquire(which);
+    if (!holders.ok()) return holders.status();
+    for (const HolderInfo& h : *holders) {
+      lk_holder out;
+      out.owner = abi::ToAbi(h.owner);
+      out.resource = abi::ToAbi(h.resource);
+      out.mode = static_cast<uint32_t>(h.mode);
+      out.fencing_token = h.fencing_token;
+      emit(ctx, &out);
+    }
+    return absl::OkStatus();
+  });
+}
+
+int Adopt(lk_backend* backend, const lk_record* record, lk_grant* out, lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    if (record == nullptr || out == nullptr) {
+      return absl::InvalidArgumentError("adopt record or output is NULL");
+    }
+    LockRecord rec;
+    if (absl::Status s = CheckedInput(Cast(backend), &record->owner, &record->resource,
+                                      &rec.owner, &rec.resource);
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<LockMode> m = LockModeFromInt(record->mode);
+    if (!m.ok()) return m.status();
+    rec.mode = *m;
+    rec.fencing_token = record->fencing_token;
+    rec.backend_token = record->backend_token == nullptr ? "" : record->backend_token;
+    absl::StatusOr<Grant> g = Cast(backend)->Adopt(rec);
+    if (!g.ok()) return g.status();
+    return abi::GrantToAbi(*g, out);
+  });
+}
+
+int Health(lk_backend* backend, lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    return Cast(backend)->Health();
+  });
+}
+
+}  // namespace plugin_export
+}  // namespace latchkey

@@ -1,0 +1,8 @@
+/* A plugin from a future latchkey: only abi_version is meaningful. */
+#include "core/plugin_abi.h"
+
+__attribute__((visibility("default"))) const lk_backend_descriptor latchkey_backend = {
+    .abi_version = 999,
+    .struct_size = sizeof(lk_backend_descriptor),
+    .name = "badabi",
+};

@@ -1,0 +1,87 @@
+// The "probe" fixture: echoes its inputs so tests can check that every field
+// crosses the C ABI intact, and fails on request to check error transport.
+#include <memory>
+#include <stdexcept>
+
+#include "absl/strings/str_cat.h"
+#include "core/plugin_export.h"
+
+namespace latchkey {
+namespace {
+
+class ProbeBackend final : public Backend {
+ public:
+  explicit ProbeBackend(std::string greeting) : greeting_(std::move(greeting)) {}
+  std::string name() const override { return "probe"; }
+  Capabilities capabilities() const override;
+
+  absl::StatusOr<Grant> Acquire(const Owner& owner, const Resource& resource, LockMode mode,
+                                const AcquireOptions& options) override {
+    if (owner.name == "throw") throw std::runtime_error("probe was told to throw");
+    if (owner.name == "busy") {
+      return absl::UnavailableError(absl::StrCat(resource.Describe(), " is held by someone"));
+    }
+    Grant g;
+    g.mode = mode;
+    g.fencing_token = static_cast<uint64_t>(owner.pid) * 1000 + owner.start_time;
+    g.backend_token = absl::StrCat(greeting_, "|", owner.uuid, "|", owner.host, "|",
+                                   resource.Key(), "|", resource.path, "|", resource.offset,
+                                   "|", options.wait ? "wait" : "nowait", "|",
+                                   absl::ToInt64Milliseconds(options.timeout));
+    return g;
+  }
+  absl::StatusOr<Grant> Convert(const Owner& owner, const Resource& resource, LockMode mode,
+                                const AcquireOptions& options) override {
+    return Acquire(owner, resource, mode, options);
+  }
+  absl::Status Release(const Owner& owner, const Resource& resource) override {
+    return absl::NotFoundError(absl::StrCat(owner.name, " holds no lock on ", resource.Key()));
+  }
+  absl::StatusOr<std::vector<HolderInfo>> Inquire(
+      const std::optional<Resource>& resource) override {
+    HolderInfo h;
+    h.owner.name = "echo";
+    h.resource = resource.value_or(Resource{});
+    if (!resource.has_value()) h.resource.name = "all";
+    h.mode = LockMode::kSharedRead;
+    h.fencing_token = 42;
+    return std::vector<HolderInfo>{h, h};
+  }
+  absl::StatusOr<Grant> Adopt(const LockRecord& record) override {
+    Grant g;
+    g.mode = record.mode;
+    g.fencing_token = record.fencing_token + 1;
+    g.backend_token = record.backend_token;
+    return g;
+  }
+  absl::Status Health() override { return absl::OkStatus(); }
+
+ private:
+  std::string greeting_;
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> NewProbe(const Config& settings) {
+  if (absl::Status s = settings.CheckKeys({"greeting", "fail_open"}); !s.ok()) return s;
+  absl::StatusOr<bool> fail = settings.GetBool("fail_open", false);
+  if (!fail.ok()) return fail.status();
+  if (*fail) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(settings.Find("fail_open")->Where(), ": told to fail"));
+  }
+  absl::StatusOr<std::string> greeting = settings.GetString("greeting", "hello");
+  if (!greeting.ok()) return greeting.status();
+  return std::unique_ptr<Backend>(new ProbeBackend(*greeting));
+}
+
+constexpr lk_capabilities kProbeCaps = {
+    (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_EXCLUSIVE), 0, 16, ""};
+
+Capabilities ProbeBackend::capabilities() const {
+  return plugin_export::CapabilitiesFromAbi(kProbeCaps);
+}
+
+}  // namespace
+}  // namespace latchkey
+
+LATCHKEY_EXPORT_BACKEND("probe", "ABI echo fixture for tests", latchkey::kProbeCaps,
+                        latchkey::NewProbe);
