@@ -1,0 +1,97 @@
+#include "backends/posixfd/lock_file.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace latchkey {
+namespace posixfd {
+namespace {
+
+constexpr uint32_t kRecordMagic = 0x52484b4c;  // "LKHR"
+constexpr size_t kUuidField = 40, kNameField = 136, kHostField = 72;
+constexpr size_t kUuidAt = 32, kNameAt = kUuidAt + kUuidField, kHostAt = kNameAt + kNameField;
+static_assert(kHostAt + kHostField <= kRecordSize, "record fields overflow");
+
+void Put32(unsigned char* p, uint32_t v) { memcpy(p, &v, 4); }
+void Put64(unsigned char* p, uint64_t v) { memcpy(p, &v, 8); }
+uint32_t Get32(const unsigned char* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+uint64_t Get64(const unsigned char* p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+
+void PutString(unsigned char* p, size_t field, const std::string& s) {
+  const size_t n = std::min(s.size(), field - 1);
+  memcpy(p, s.data(), n);
+  memset(p + n, 0, field - n);
+}
+std::string GetString(const unsigned char* p, size_t field) {
+  return std::string(reinterpret_cast<const char*>(p),
+                     strnlen(reinterpret_cast<const char*>(p), field));
+}
+
+}  // namespace
+
+Header DecodeHeader(const unsigned char buf[kHeaderSize]) {
+  Header h;
+  h.initialised = memcmp(buf, kMagic, sizeof kMagic) == 0;
+  if (!h.initialised) return h;
+  h.token = Get64(buf + 8);
+  h.kind = Get32(buf + 16) == static_cast<uint32_t>(ResourceKind::kDisk) ? ResourceKind::kDisk
+                                                                         : ResourceKind::kLease;
+  h.path_len = Get32(buf + 20);
+  h.offset = Get64(buf + 24);
+  return h;
+}
+
+void EncodeHeaderTail(uint64_t token, const Resource& r, unsigned char out[kHeaderSize - 8]) {
+  Put64(out, token);
+  Put32(out + 8, static_cast<uint32_t>(r.kind));
+  Put32(out + 12, static_cast<uint32_t>(r.path.size()));
+  Put64(out + 16, r.offset);
+}
+
+void EncodeRecord(const Record& r, unsigned char out[kRecordSize]) {
+  memset(out, 0, kRecordSize);
+  Put32(out, kRecordMagic);
+  Put32(out + 4, static_cast<uint32_t>(r.mode));
+  Put64(out + 8, r.token);
+  Put64(out + 16, static_cast<uint64_t>(r.owner.pid));
+  Put64(out + 24, r.owner.start_time);
+  PutString(out + kUuidAt, kUuidField, r.owner.uuid);
+  PutString(out + kNameAt, kNameField, r.owner.name);
+  PutString(out + kHostAt, kHostField, r.owner.host);
+}
+
+bool DecodeRecord(const unsigned char in[kRecordSize], Record* out) {
+  if (Get32(in) != kRecordMagic) return false;
+  absl::StatusOr<LockMode> mode = LockModeFromInt(Get32(in + 4));
+  if (!mode.ok()) return false;
+  out->mode = *mode;
+  out->token = Get64(in + 8);
+  out->owner.pid = static_cast<int64_t>(Get64(in + 16));
+  out->owner.start_time = Get64(in + 24);
+  out->owner.uuid = GetString(in + kUuidAt, kUuidField);
+  out->owner.name = GetString(in + kNameAt, kNameField);
+  out->owner.host = GetString(in + kHostAt, kHostField);
+  return true;
+}
+
+std::string StateFileName(const Resource& r) { return absl::StrCat(r.lockspace, ":", r.name); }
+
+bool ParseStateFileName(const std::string& file, std::string* lockspace, std::string* name) {
+  const size_t colon = file.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= file.size()) return false;
+  *lockspace = file.substr(0, colon);
+  *name = file.substr(colon + 1);
+  return ValidateName("lockspace", *lockspace).ok() && ValidateName("name", *name).ok();
+}
+
+}  // namespace posixfd
+}  // namespace latchkey

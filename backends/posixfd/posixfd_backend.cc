@@ -1,0 +1,697 @@
+// The posixfd backend: OFD locks on one state file per resource in a lock
+// directory, or on the disk image itself. See lock_file.h for the protocol.
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "backends/posixfd/lock_file.h"
+#include "core/plugin_export.h"
+
+namespace latchkey {
+namespace posixfd {
+namespace {
+
+constexpr lk_capabilities kCapabilities = {
+    (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_SHARED_WRITE) | (1u << LK_MODE_EXCLUSIVE),
+    LK_CAP_HOLDER_IDENTITY | LK_CAP_FENCING_TOKENS,
+    64,
+    "",
+};
+
+// How long an admission may find the gate held by another admitter before
+// giving up: admissions take microseconds, so this only trips when an
+// admitter is frozen (SIGSTOP) in the middle of one.
+constexpr absl::Duration kGateSpin = absl::Milliseconds(200);
+// Waiters re-check at least this often: a downgrade or a gate release does
+// not close the file, so inotify does not announce it.
+constexpr absl::Duration kWaitRecheck = absl::Milliseconds(20);
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  const std::string msg = absl::StrCat(what, ": ", strerror(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::FailedPreconditionError(msg);
+    case ENOLCK:
+    case EMFILE:
+    case ENFILE:
+    case ENOSPC:
+      return absl::ResourceExhaustedError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+// One OFD lock call. Returns 0, or errno (EAGAIN when someone conflicts).
+int SetLock(int fd, short type, off_t start, off_t len) {
+  struct flock fl = {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = start;
+  fl.l_len = len;
+  while (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+    if (errno != EINTR) return errno == EACCES ? EAGAIN : errno;
+  }
+  return 0;
+}
+
+// The type of a lock another open file description holds that would
+// conflict with a write lock on [start, start+len): F_UNLCK when none.
+short ProbeLock(int fd, off_t start, off_t len) {
+  struct flock fl = {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = start;
+  fl.l_len = len;
+  if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return F_WRLCK;  // Be safe: assume held.
+  return fl.l_type;
+}
+
+bool ReadExactly(int fd, void* buf, size_t n, off_t off) {
+  return pread(fd, buf, n, off) == static_cast<ssize_t>(n);
+}
+
+// A file descriptor closed on destruction.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    Reset();
+    fd_ = std::exchange(o.fd_, -1);
+    return *this;
+  }
+  ~Fd() { Reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void Reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// A lock this process holds for one owner on one resource.
+struct Held {
+  Fd target;  // carries the OFD locks
+  Fd state;   // the state file; invalid when it is `target`
+  LockMode mode = LockMode::kExclusive;
+  int slot = -1;  // shared holders' record slot
+  uint64_t token = 0;
+  bool pending = false;  // an acquire or convert is in progress
+  int state_fd() const { return state.valid() ? state.get() : target.get(); }
+};
+
+// Why one attempt did not grant.
+enum class Outcome { kGranted, kBusy, kTransient };
+
+class PosixFdBackend final : public Backend {
+ public:
+  PosixFdBackend(std::string lock_dir, Fd dir_fd, bool lock_image)
+      : lock_dir_(std::move(lock_dir)), dir_fd_(std::move(dir_fd)), lock_image_(lock_image) {}
+
+  std::string name() const override { return "posixfd"; }
+  Capabilities capabilities() const override {
+    return plugin_export::CapabilitiesFromAbi(kCapabilities);
+  }
+
+  absl::StatusOr<Grant> Acquire(const Owner& owner, const Resource& resource, LockMode mode,
+                                const AcquireOptions& options) override {
+    const std::string key = TableKey(owner, resource);
+    {
+      absl::MutexLock l(&mu_);
+      auto it = held_.find(key);
+      if (it != held_.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            owner.name, " already holds ", resource.Describe(), " (",
+            it->second->pending ? "acquire in progress" : LockModeName(it->second->mode),
+            "); use convert to change its mode"));
+      }
+      auto h = std::make_unique<Held>();
+      h->pending = true;
+      held_[key] = std::move(h);
+    }
+    absl::StatusOr<std::unique_ptr<Held>> got = AcquireLoop(owner, resource, mode, options,
+                                                            /*expect_token=*/std::nullopt);
+    absl::MutexLock l(&mu_);
+    if (!got.ok()) {
+      held_.erase(key);
+      return got.status();
+    }
+    Grant g{mode, (*got)->token, ""};
+    held_[key] = *std::move(got);
+    return g;
+  }
+
+  absl::StatusOr<Grant> Convert(const Owner& owner, const Resource& resource, LockMode new_mode,
+                                const AcquireOptions& options) override {
+    Held* h = nullptr;
+    const std::string key = TableKey(owner, resource);
+    {
+      absl::MutexLock l(&mu_);
+      auto it = held_.find(key);
+      if (it == held_.end() || it->second->pending) return NotHeldBy(owner, resource);
+      h = it->second.get();
+      h->pending = true;
+    }
+    absl::Status s = ConvertLoop(owner, resource, h, new_mode, options);
+    absl::MutexLock l(&mu_);
+    h->pending = false;
+    if (!s.ok()) return s;
+    return Grant{h->mode, h->token, ""};
+  }
+
+  absl::Status Release(const Owner& owner, const Resource& resource) override {
+    std::unique_ptr<Held> h;
+    {
+      absl::MutexLock l(&mu_);
+      auto it = held_.find(TableKey(owner, resource));
+      if (it == held_.end() || it->second->pending) return NotHeldBy(owner, resource);
+      h = std::move(it->second);
+      held_.erase(it);
+    }
+    // Closing the descriptors drops every lock they carry, atomically per
+    // descriptor; waiters see IN_CLOSE and retry.
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<HolderInfo>> Inquire(
+      const std::optional<Resource>& resource) override {
+    std::vector<HolderInfo> out;
+    if (resource.has_value()) {
+      if (absl::Status s = AppendHolders(*resource, &out); !s.ok()) return s;
+      return out;
+    }
+    DIR* d = fdopendir(dup(dir_fd_.get()));
+    if (d == nullptr) return ErrnoStatus(errno, absl::StrCat("cannot list ", lock_dir_));
+    rewinddir(d);
+    std::vector<std::string> files;
+    while (dirent* e = readdir(d)) files.push_back(e->d_name);
+    closedir(d);
+    std::sort(files.begin(), files.end());
+    for (const std::string& f : files) {
+      Resource r;
+      if (!ParseStateFileName(f, &r.lockspace, &r.name)) continue;
+      if (!DescribeFromStateFile(f, &r)) continue;
+      if (absl::Status s = AppendHolders(r, &out); !s.ok()) return s;
+    }
+    return out;
+  }
+
+  absl::StatusOr<Grant> Adopt(const LockRecord& record) override {
+    // posixfd locks die with their process, so there is no orphan to take
+    // over: re-acquire, and refuse if anyone was granted the resource since
+    // the record was written (the fencing token moved).
+    const std::string key = TableKey(record.owner, record.resource);
+    {
+      absl::MutexLock l(&mu_);
+      if (held_.count(key) != 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            record.owner.name, " already holds ", record.resource.Describe(), " here"));
+      }
+      auto h = std::make_unique<Held>();
+      h->pending = true;
+      held_[key] = std::move(h);
+    }
+    absl::StatusOr<std::unique_ptr<Held>> got =
+        AcquireLoop(record.owner, record.resource, record.mode, AcquireOptions{},
+                    record.fencing_token);
+    absl::MutexLock l(&mu_);
+    if (!got.ok()) {
+      held_.erase(key);
+      return got.status();
+    }
+    Grant g{record.mode, (*got)->token, ""};
+    held_[key] = *std::move(got);
+    return g;
+  }
+
+  absl::Status Health() override {
+    struct stat st;
+    if (fstat(dir_fd_.get(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("posixfd lock directory ", lock_dir_, " is gone"));
+    }
+    if (faccessat(dir_fd_.get(), ".", W_OK | X_OK, AT_EACCESS) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("posixfd lock directory ", lock_dir_, " is not writable"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  static std::string TableKey(const Owner& owner, const Resource& resource) {
+    return absl::StrCat(owner.uuid, " ", resource.Key());
+  }
+
+  bool UsesImage(const Resource& r) const { return lock_image_ && r.kind == ResourceKind::kDisk; }
+
+  // Opens the lock target and, in image mode, the state file.
+  absl::Status OpenFiles(const Resource& r, Held* h) {
+    const std::string file = StateFileName(r);
+    const int state = openat(dir_fd_.get(), file.c_str(),
+                             O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (state < 0) {
+      return ErrnoStatus(errno, absl::StrCat("cannot open lock file ", lock_dir_, "/", file,
+                                             " for ", r.Describe()));
+    }
+    if (!UsesImage(r)) {
+      h->target = Fd(state);
+      return absl::OkStatus();
+    }
+    h->state = Fd(state);
+    const int image = open(r.path.c_str(), O_RDWR | O_CLOEXEC);
+    if (image < 0) {
+      return ErrnoStatus(errno, absl::StrCat("cannot open disk image ", r.path,
+                                             " to lock it (lock_target = \"image\")"));
+    }
+    h->target = Fd(image);
+    return absl::OkStatus();
+  }
+
+  // The path inotify watches for a resource's releases.
+  std::string WatchPath(const Resource& r) const {
+    return UsesImage(r) ? r.path : absl::StrCat(lock_dir_, "/", StateFileName(r));
+  }
+
+  absl::StatusOr<std::unique_ptr<Held>> AcquireLoop(const Owner& owner, const Resource& r,
+                                                    LockMode mode, const AcquireOptions& options,
+                                                    std::optional<uint64_t> expect_token) {
+    const absl::Time deadline = options.wait ? absl::Now() + options.timeout : absl::Now();
+    const absl::Time gate_deadline = absl::Now() + kGateSpin;
+    Fd watch;
+    while (true) {
+      auto h = std::make_unique<Held>();
+      if (absl::Status s = OpenFiles(r, h.get()); !s.ok()) return s;
+      absl::StatusOr<Outcome> o = TryAcquire(owner, r, mode, h.get(), expect_token);
+      if (!o.ok()) return o.status();
+      if (*o == Outcome::kGranted) return h;
+      h.reset();  // Drop our descriptors before waiting.
+      const absl::Time now = absl::Now();
+      const bool transient = *o == Outcome::kTransient;
+      if (now >= deadline && !(transient && now < gate_deadline)) {
+        if (transient) {
+          return absl::UnavailableError(absl::StrCat(
+              r.Describe(), " is being admitted by another process that has not finished ",
+              "for ", absl::FormatDuration(kGateSpin), " (frozen?); wanted ", LockModeName(mode),
+              " by ", owner.name));
+        }
+        return Refusal(owner, r, mode, options);
+      }
+      if (transient) {
+        absl::SleepFor(absl::Microseconds(200));
+        continue;
+      }
+      WaitForRelease(r, &watch, std::min(deadline - now, kWaitRecheck));
+    }
+  }
+
+  // Blocks until the resource's file is closed by someone, or `max` passes.
+  void WaitForRelease(const Resource& r, Fd* watch, absl::Duration max) {
+    if (!watch->valid()) {
+      *watch = Fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+      if (watch->valid()) inotify_add_watch(watch->get(), WatchPath(r).c_str(), IN_CLOSE);
+    }
+    if (!watch->valid()) {
+      absl::SleepFor(max);
+      return;
+    }
+    struct pollfd p = {watch->get(), POLLIN, 0};
+    const int ms = static_cast<int>(absl::ToInt64Milliseconds(max)) + 1;
+    if (poll(&p, 1, ms) > 0) {
+      char buf[4096];
+      while (read(watch->get(), buf, sizeof buf) > 0) {
+      }
+    }
+  }
+
+  // One attempt. Locks taken are dropped with h's descriptors on failure.
+  absl::StatusOr<Outcome> TryAcquire(const Owner& owner, const Resource& r, LockMode mode,
+                                     Held* h, std::optional<uint64_t> expect_token) {
+    const int fd = h->target.get();
+    if (mode == LockMode::kExclusive) {
+      // Gate and both class bytes in one call: held for the whole hold.
+      if (SetLock(fd, F_WRLCK, kGate, 3) != 0) return ClassifyGateConflict(fd, mode);
+      h->mode = mode;
+      return Admit(owner, r, h, expect_token);
+    }
+    if (SetLock(fd, F_WRLCK, kGate, 1) != 0) return ClassifyGateConflict(fd, mode);
+    const off_t mine = mode == LockMode::kSharedRead ? kReadClass : kWriteClass;
+    const off_t theirs = mode == LockMode::kSharedRead ? kWriteClass : kReadClass;
+    if (ProbeLock(fd, theirs, 1) != F_UNLCK) return Outcome::kBusy;
+    if (int err = SetLock(fd, F_RDLCK, mine, 1); err != 0) {
+      if (err == EAGAIN) return Outcome::kBusy;
+      return ErrnoStatus(err, absl::StrCat("cannot lock ", r.Describe()));
+    }
+    absl::StatusOr<int> slot = ClaimSlot(fd, r);
+    if (!slot.ok()) return slot.status();
+    h->slot = *slot;
+    h->mode = mode;
+    absl::StatusOr<Outcome> o = Admit(owner, r, h, expect_token);
+    if (o.ok() && *o == Outcome::kGranted) SetLock(fd, F_UNLCK, kGate, 1);
+    return o;
+  }
+
+  // The gate could not be taken: a conflicting holder (busy) or only
+  // another admission in progress (transient). Probes see other open file
+  // descriptions' locks, never our own.
+  static Outcome ClassifyGateConflict(int fd, LockMode mode) {
+    if (mode == LockMode::kExclusive) {
+      return ProbeLock(fd, kReadClass, 2) != F_UNLCK ? Outcome::kBusy : Outcome::kTransient;
+    }
+    const off_t mine = mode == LockMode::kSharedRead ? kReadClass : kWriteClass;
+    const off_t theirs = mode == LockMode::kSharedRead ? kWriteClass : kReadClass;
+    if (ProbeLock(fd, theirs, 1) != F_UNLCK) return Outcome::kBusy;
+    if (ProbeLock(fd, mine, 1) == F_WRLCK) return Outcome::kBusy;  // exclusive holder
+    return Outcome::kTransient;
+  }
+
+  // A free record slot, locked. REQUIRES: the gate is held.
+  absl::StatusOr<int> ClaimSlot(int fd, const Resource& r) {
+    for (int i = 0; i < kSharedSlots; ++i) {
+      if (SetLock(fd, F_WRLCK, kSlotLockBase + i, 1) == 0) return i;
+    }
+    return absl::ResourceExhaustedError(absl::StrCat(
+        r.Describe(), " already has ", kSharedSlots, " shared holders, the posixfd limit"));
+  }
+
+  // Bumps the token and writes the holder record. REQUIRES: the gate and
+  // the mode's locks are held.
+  absl::StatusOr<Outcome> Admit(const Owner& owner, const Resource& r, Held* h,
+                                std::optional<uint64_t> expect_token) {
+    const int sfd = h->state_fd();
+    unsigned char header[kHeaderSize] = {};
+    const ssize_t n = pread(sfd, header, sizeof header, 0);
+    if (n < 0) return ErrnoStatus(errno, absl::StrCat("cannot read lock file of ", r.Describe()));
+    const Header hdr = DecodeHeader(header);
+    if (n > 0 && !hdr.initialised) {
+      return absl::DataLossError(absl::StrCat("lock file ", lock_dir_, "/", StateFileName(r),
+                                              " is not a posixfd lock file (bad magic)"));
+    }
+    if (expect_token.has_value() && hdr.token != *expect_token) {
+      return absl::AbortedError(absl::StrCat(
+          r.Describe(), " was granted to someone else since ", owner.name,
+          " held it: fencing token moved from ", *expect_token, " to ", hdr.token));
+    }
+    if (!hdr.initialised) {
+      // First grant ever: magic and path once; the token comes below.
+      if (pwrite(sfd, r.path.data(), r.path.size(), kPathOffset) !=
+              static_cast<ssize_t>(r.path.size()) ||
+          pwrite(sfd, kMagic, sizeof kMagic, 0) != static_cast<ssize_t>(sizeof kMagic)) {
+        return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
+      }
+    }
+    h->token = hdr.token + 1;
+    Record rec{owner, h->mode, h->token};
+    if (h->mode == LockMode::kExclusive) {
+      // Token, header fields and the exclusive record are adjacent: one write.
+      unsigned char buf[kHeaderSize - 8 + kRecordSize];
+      EncodeHeaderTail(h->token, r, buf);
+      EncodeRecord(rec, buf + kHeaderSize - 8);
+      if (pwrite(sfd, buf, sizeof buf, kTokenOffset) != static_cast<ssize_t>(sizeof buf)) {
+        return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
+      }
+    } else {
+      unsigned char tail[kHeaderSize - 8];
+      unsigned char record[kRecordSize];
+      EncodeHeaderTail(h->token, r, tail);
+      EncodeRecord(rec, record);
+      if (pwrite(sfd, tail, sizeof tail, kTokenOffset) != static_cast<ssize_t>(sizeof tail) ||
+          pwrite(sfd, record, sizeof record, SlotRecord(h->slot)) !=
+              static_cast<ssize_t>(sizeof record)) {
+        return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
+      }
+    }
+    if (UsesImage(r)) h->state.Reset();  // Records are written; locks stay on the image.
+    return Outcome::kGranted;
+  }
+
+  absl::Status ConvertLoop(const Owner& owner, const Resource& r, Held* h, LockMode to,
+                           const AcquireOptions& options) {
+    const absl::Time deadline = options.wait ? absl::Now() + options.timeout : absl::Now();
+    const absl::Time gate_deadline = absl::Now() + kGateSpin;
+    Fd watch;
+    while (true) {
+      absl::StatusOr<Outcome> o = TryConvert(owner, r, h, to);
+      if (!o.ok()) return o.status();
+      if (*o == Outcome::kGranted) return absl::OkStatus();
+      const absl::Time now = absl::Now();
+      const bool transient = *o == Outcome::kTransient;
+      if (now >= deadline && !(transient && now < gate_deadline)) {
+        absl::Status refusal = Refusal(owner, r, to, options);
+        return absl::Status(refusal.code(),
+                            absl::StrCat(refusal.message(), "; ", owner.name, " still holds it ",
+                                         LockModeName(h->mode)));
+      }
+      if (transient) {
+        absl::SleepFor(absl::Microseconds(200));
+      } else {
+        WaitForRelease(r, &watch, std::min(deadline - now, kWaitRecheck));
+      }
+    }
+  }
+
+  // One conversion attempt; on any failure h's locks are as before.
+  absl::StatusOr<Outcome> TryConvert(const Owner& owner, const Resource& r, Held* h,
+                                     LockMode to) {
+    const int fd = h->target.get();
+    const LockMode from = h->mode;
+    if (to == LockMode::kExclusive) {
+      if (from == LockMode::kExclusive) {
+        return Readmit(owner, r, h, to);  // Same mode: a fresh token.
+      }
+      // Upgrade in place: fails with our read lock untouched if anyone
+      // else holds G, A or B.
+      if (SetLock(fd, F_WRLCK, kGate, 3) != 0) return ClassifyGateConflict(fd, to);
+      const int old_slot = h->slot;
+      h->slot = -1;
+      absl::StatusOr<Outcome> o = Readmit(owner, r, h, to);
+      if (o.ok() && *o == Outcome::kGranted && old_slot >= 0) {
+        SetLock(fd, F_UNLCK, kSlotLockBase + old_slot, 1);
+      }
+      return o;
+    }
+    const off_t mine = to == LockMode::kSharedRead ? kReadClass : kWriteClass;
+    const off_t theirs = to == LockMode::kSharedRead ? kWriteClass : kReadClass;
+    if (from == LockMode::kExclusive) {
+      // Downgrade: we hold [G, B]; nobody else holds anything.
+      absl::StatusOr<int> slot = ClaimSlot(fd, r);
+      if (!slot.ok()) return slot.status();
+      SetLock(fd, F_RDLCK, mine, 1);
+      SetLock(fd, F_UNLCK, theirs, 1);
+      h->slot = *slot;
+      absl::StatusOr<Outcome> o = Readmit(owner, r, h, to);
+      SetLock(fd, F_UNLCK, kGate, 1);
+      return o;
+    }
+    if (SetLock(fd, F_WRLCK, kGate, 1) != 0) return ClassifyGateConflict(fd, to);
+    if (from != to && ProbeLock(fd, theirs, 1) != F_UNLCK) {
+      // Others hold the class we would exclude... unless only we did.
+      SetLock(fd, F_UNLCK, kGate, 1);
+      return Outcome::kBusy;
+    }
+    if (from != to) {
+      // Others in our old class? They would now conflict with us.
+      const off_t old_class = from == LockMode::kSharedRead ? kReadClass : kWriteClass;
+      if (ProbeLock(fd, old_class, 1) != F_UNLCK) {
+        SetLock(fd, F_UNLCK, kGate, 1);
+        return Outcome::kBusy;
+      }
+      SetLock(fd, F_RDLCK, mine, 1);
+      SetLock(fd, F_UNLCK, old_class, 1);
+    }
+    absl::StatusOr<Outcome> o = Readmit(owner, r, h, to);
+    SetLock(fd, F_UNLCK, kGate, 1);
+    return o;
+  }
+
+  // Admit again on the held descriptors (conversion): a new token and
+  // record. REQUIRES: the gate is held.
+  absl::StatusOr<Outcome> Readmit(const Owner& owner, const Resource& r, Held* h, LockMode to) {
+    if (UsesImage(r)) {
+      const int state = openat(dir_fd_.get(), StateFileName(r).c_str(),
+                               O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+      if (state < 0) return ErrnoStatus(errno, absl::StrCat("cannot open lock file of ", r.Describe()));
+      h->state = Fd(state);
+    }
+    h->mode = to;
+    return Admit(owner, r, h, std::nullopt);
+  }
+
+  absl::Status NotHeldBy(const Owner& owner, const Resource& r) {
+    absl::StatusOr<std::vector<HolderInfo>> holders = Inquire(r);
+    if (holders.ok()) {
+      for (const HolderInfo& hi : *holders) {
+        if (hi.owner.uuid == owner.uuid) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              r.Describe(), " is held by ", owner.name, " in process ", hi.owner.pid,
+              ", not this one (", getpid(),
+              "): posixfd locks belong to the process that took them"));
+        }
+      }
+      if (!holders->empty()) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            owner.name, " does not hold ", r.Describe(), "; it is held ", DescribeHolders(*holders)));
+      }
+    }
+    return absl::NotFoundError(absl::StrCat(owner.name, " holds no lock on ", r.Describe()));
+  }
+
+  static std::string DescribeHolders(const std::vector<HolderInfo>& holders) {
+    std::vector<std::string> parts;
+    for (const HolderInfo& h : holders) {
+      if (parts.size() == 4) {
+        parts.push_back(absl::StrCat("and ", holders.size() - 4, " more"));
+        break;
+      }
+      parts.push_back(absl::StrCat(LockModeName(h.mode), " by ", h.owner.Describe()));
+    }
+    return absl::StrJoin(parts, ", ");
+  }
+
+  absl::Status Refusal(const Owner& owner, const Resource& r, LockMode mode,
+                                const AcquireOptions& options) {
+    absl::StatusOr<std::vector<HolderInfo>> holders = Inquire(r);
+    std::string who = "by another owner";
+    if (holders.ok()) {
+      std::vector<HolderInfo> others;
+      for (const HolderInfo& h : *holders) {
+        if (!(h.owner.uuid == owner.uuid && h.owner.pid == getpid())) others.push_back(h);
+      }
+      if (!others.empty()) who = DescribeHolders(others);
+    }
+    const std::string msg = absl::StrCat(r.Describe(), " is held ", who, "; wanted ",
+                                         LockModeName(mode), " by ", owner.name);
+    if (options.wait) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(msg, " (waited ", absl::FormatDuration(options.timeout), ")"));
+    }
+    return absl::UnavailableError(msg);
+  }
+
+  // Fills r.kind, r.path, r.offset from a state file's header.
+  bool DescribeFromStateFile(const std::string& file, Resource* r) {
+    Fd fd(openat(dir_fd_.get(), file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    unsigned char header[kHeaderSize];
+    if (!fd.valid() || !ReadExactly(fd.get(), header, sizeof header, 0)) return false;
+    const Header h = DecodeHeader(header);
+    if (!h.initialised || h.path_len > kMaxPathLen) return false;
+    std::string path(h.path_len, '\0');
+    if (h.path_len > 0 && !ReadExactly(fd.get(), path.data(), h.path_len, kPathOffset)) return false;
+    r->kind = h.kind;
+    r->path = std::move(path);
+    r->offset = h.offset;
+    return true;
+  }
+
+  absl::Status AppendHolders(const Resource& r, std::vector<HolderInfo>* out) {
+    Fd state(openat(dir_fd_.get(), StateFileName(r).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!state.valid()) {
+      if (errno == ENOENT) return absl::OkStatus();  // Never locked.
+      return ErrnoStatus(errno, absl::StrCat("cannot read lock file of ", r.Describe()));
+    }
+    Fd image;
+    int target = state.get();
+    if (UsesImage(r)) {
+      image = Fd(open(r.path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!image.valid()) {
+        return ErrnoStatus(errno, absl::StrCat("cannot open disk image ", r.path));
+      }
+      target = image.get();
+    }
+    auto add = [&](off_t record_at) {
+      unsigned char buf[kRecordSize];
+      Record rec;
+      if (!ReadExactly(state.get(), buf, sizeof buf, record_at) || !DecodeRecord(buf, &rec)) {
+        return;  // Being admitted right now: its record is not written yet.
+      }
+      out->push_back(HolderInfo{rec.owner, r, rec.mode, rec.token});
+    };
+    if (ProbeLock(target, kReadClass, 2) == F_WRLCK) {
+      add(kExclusiveRecord);
+      return absl::OkStatus();
+    }
+    for (int i = 0; i < kSharedSlots; ++i) {
+      if (ProbeLock(target, kSlotLockBase + i, 1) != F_UNLCK) add(SlotRecord(i));
+    }
+    return absl::OkStatus();
+  }
+
+  const std::string lock_dir_;
+  const Fd dir_fd_;
+  const bool lock_image_;
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<Held>> held_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status MakeDirs(const std::string& path) {
+  for (size_t i = 1; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      const std::string prefix = path.substr(0, i);
+      if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
+        return ErrnoStatus(errno, absl::StrCat("cannot create lock directory ", prefix));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> NewPosixFdBackend(const Config& settings) {
+  if (absl::Status s = settings.CheckKeys({"lock_dir", "lock_target", "create_lock_dir"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> dir = settings.GetString("lock_dir", "/run/latchkey/locks");
+  if (!dir.ok()) return dir.status();
+  absl::StatusOr<std::string> target =
+      settings.GetChoice("lock_target", "lockdir", {"lockdir", "image"});
+  if (!target.ok()) return target.status();
+  absl::StatusOr<bool> create = settings.GetBool("create_lock_dir", true);
+  if (!create.ok()) return create.status();
+  if (dir->empty() || (*dir)[0] != '/') {
+    const ConfigEntry* e = settings.Find("lock_dir");
+    return absl::InvalidArgumentError(absl::StrCat(e ? e->Where() : "<default>",
+                                                   ": lock_dir must be an absolute path, got '",
+                                                   *dir, "'"));
+  }
+  if (*create) {
+    if (absl::Status s = MakeDirs(*dir); !s.ok()) return s;
+  }
+  Fd fd(open(dir->c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) {
+    return ErrnoStatus(errno, absl::StrCat("posixfd lock directory ", *dir));
+  }
+  return std::unique_ptr<Backend>(
+      new PosixFdBackend(*dir, std::move(fd), *target == "image"));
+}
+
+}  // namespace
+}  // namespace posixfd
+}  // namespace latchkey
+
+LATCHKEY_EXPORT_BACKEND("posixfd",
+                        "POSIX OFD locks on lock files (or disk images) on this host",
+                        latchkey::posixfd::kCapabilities, latchkey::posixfd::NewPosixFdBackend);

@@ -1,0 +1,460 @@
+// The backend contract: what every backend must do, checked against the
+// real backend loaded through the plugin path as production loads it.
+// Run for one backend by a backend_contract_test target (contract.bzl).
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/plugin_loader.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/contract/contract_env.h"
+#include "tests/contract/holder_process.h"
+
+namespace latchkey {
+namespace contract {
+namespace {
+
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+Environment g_env;
+
+constexpr LockMode kSR = LockMode::kSharedRead;
+constexpr LockMode kSW = LockMode::kSharedWrite;
+constexpr LockMode kEX = LockMode::kExclusive;
+
+class ContractTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(GetParam(), Env().backend);
+    static int counter = 0;
+    tmp_ = absl::StrCat(getenv("TEST_TMPDIR"), "/t", ++counter);
+    ASSERT_EQ(mkdir(tmp_.c_str(), 0700), 0);
+    const std::string text = absl::StrReplaceAll(Env().settings, {{"@TMP@", tmp_},
+                                                                  {"\\n", "\n"}});
+    settings_file_ = tmp_ + "/backend.conf";
+    std::ofstream(settings_file_) << text;
+    absl::StatusOr<Config> c = Config::ParseFile(settings_file_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    settings_ = *c;
+    backend_ = Load();
+    ASSERT_NE(backend_, nullptr);
+    caps_ = backend_->capabilities();
+    a_ = OwnerForThisProcess(RandomUuid(), "vm-alpha");
+    b_ = OwnerForThisProcess(RandomUuid(), "vm-bravo");
+    c_ = OwnerForThisProcess(RandomUuid(), "vm-charlie");
+    res_ = *Resource::Lease("contract", "res1");
+  }
+
+  std::unique_ptr<Backend> Load() {
+    absl::StatusOr<std::unique_ptr<Backend>> b = LoadBackend({PluginDir()}, Env().backend, settings_);
+    EXPECT_TRUE(b.ok()) << b.status();
+    return b.ok() ? *std::move(b) : nullptr;
+  }
+
+  static std::string PluginDir() {
+    return Env().plugin.substr(0, Env().plugin.rfind('/'));
+  }
+
+  bool Supports(LockMode m) const { return (caps_.modes & LockModeBit(m)) != 0; }
+
+  // The compatibility this backend promises: the matrix, or its folded form.
+  bool ExpectCompatible(LockMode x, LockMode y) const {
+    if (!caps_.folded_modes.empty() && x != kEX && y != kEX) return true;
+    return ModesCompatible(x, y);
+  }
+
+  absl::StatusOr<Grant> Try(const Owner& o, LockMode m, const Resource& r) {
+    return backend_->Acquire(o, r, m, AcquireOptions{});
+  }
+  absl::StatusOr<Grant> Try(const Owner& o, LockMode m) { return Try(o, m, res_); }
+
+  // The lock `o` holds on res_ is still in force: someone else wanting
+  // exclusive is refused.
+  void ExpectStillHeld(const std::string& why) {
+    absl::StatusOr<Grant> g = Try(c_, kEX);
+    EXPECT_TRUE(IsLockBusy(g.status())) << why << ": " << g.status();
+    if (g.ok()) backend_->Release(c_, res_).IgnoreError();
+  }
+
+  std::unique_ptr<HolderProcess> StartHolder(const std::string& uuid, LockMode m) {
+    absl::StatusOr<std::unique_ptr<HolderProcess>> h = HolderProcess::Start(
+        Env().holder_binary, {Env().plugin, Env().backend, settings_file_, uuid, "vm-remote",
+                              "lease", res_.lockspace, res_.name, LockModeName(m)});
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.ok() ? *std::move(h) : nullptr;
+  }
+
+  std::string tmp_;
+  std::string settings_file_;
+  Config settings_;
+  std::unique_ptr<Backend> backend_;
+  Capabilities caps_;
+  Owner a_, b_, c_;
+  Resource res_;
+};
+
+TEST_P(ContractTest, IsHealthyAndNamesItself) {
+  EXPECT_TRUE(backend_->Health().ok()) << backend_->Health();
+  EXPECT_EQ(backend_->name(), GetParam());
+  EXPECT_TRUE(Supports(kEX));
+}
+
+TEST_P(ContractTest, ModeMatrixBetweenTwoOwners) {
+  for (LockMode first : {kSR, kSW, kEX}) {
+    for (LockMode second : {kSR, kSW, kEX}) {
+      if (!Supports(first) || !Supports(second)) continue;
+      SCOPED_TRACE(absl::StrCat(LockModeName(first), " then ", LockModeName(second)));
+      ASSERT_TRUE(Try(a_, first).ok());
+      absl::StatusOr<Grant> g = Try(b_, second);
+      if (ExpectCompatible(first, second)) {
+        EXPECT_TRUE(g.ok()) << g.status();
+        EXPECT_EQ(g->mode, second);
+      } else {
+        EXPECT_TRUE(IsLockBusy(g.status())) << g.status();
+      }
+      if (g.ok()) {
+        EXPECT_TRUE(backend_->Release(b_, res_).ok());
+      }
+      ASSERT_TRUE(backend_->Release(a_, res_).ok());
+    }
+  }
+}
+
+TEST_P(ContractTest, NoWaitRefusalNamesResourceModeAndHolder) {
+  std::ofstream(tmp_ + "/vm-disk.img") << "disk";
+  Resource disk = *Resource::Disk(tmp_ + "/vm-disk.img", "contract", caps_.max_name_len);
+  ASSERT_TRUE(Try(a_, kEX, disk).ok());
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Grant> g = Try(b_, kEX, disk);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));  // No-wait means no waiting.
+  ASSERT_TRUE(IsLockBusy(g.status())) << g.status();
+  EXPECT_THAT(g.status().message(), HasSubstr(disk.path));
+  EXPECT_THAT(g.status().message(), HasSubstr("exclusive"));
+  if (caps_.holder_identity) {
+    EXPECT_THAT(g.status().message(), HasSubstr("vm-alpha"));
+    EXPECT_THAT(g.status().message(), HasSubstr(a_.uuid));
+  }
+  EXPECT_TRUE(backend_->Release(a_, disk).ok());
+}
+
+TEST_P(ContractTest, DiskPathSpellingsAreOneResource) {
+  const std::string img = tmp_ + "/shared.img";
+  std::ofstream(img) << "x";
+  ASSERT_EQ(symlink(img.c_str(), (tmp_ + "/alias.img").c_str()), 0);
+  Resource one = *Resource::Disk(img, "contract", caps_.max_name_len);
+  Resource other = *Resource::Disk(tmp_ + "/./alias.img", "contract", caps_.max_name_len);
+  ASSERT_TRUE(Try(a_, kEX, one).ok());
+  EXPECT_TRUE(IsLockBusy(Try(b_, kEX, other).status()));
+  EXPECT_TRUE(backend_->Release(a_, one).ok());
+}
+
+TEST_P(ContractTest, WaitingAcquireIsGrantedOnRelease) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  std::atomic<bool> done{false};
+  absl::StatusOr<Grant> waited;
+  std::thread t([&] {
+    waited = backend_->Acquire(b_, res_, kEX, AcquireOptions{true, absl::Seconds(20)});
+    done = true;
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(done) << "the waiter must block while the lock is held";
+  const absl::Time released = absl::Now();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  t.join();
+  ASSERT_TRUE(waited.ok()) << waited.status();
+  EXPECT_LT(absl::Now() - released, absl::Seconds(5));
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+}
+
+TEST_P(ContractTest, WaitingAcquireTimesOut) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Grant> g =
+      backend_->Acquire(b_, res_, kEX, AcquireOptions{true, absl::Milliseconds(300)});
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kDeadlineExceeded) << g.status();
+  EXPECT_GE(took, absl::Milliseconds(300));
+  EXPECT_LT(took, absl::Seconds(5));
+  ExpectStillHeld("after the waiter timed out");
+  // The timed-out waiter left nothing behind: after release it can acquire.
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  EXPECT_TRUE(Try(b_, kEX).ok());
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+}
+
+TEST_P(ContractTest, ConversionUpAndDown) {
+  const LockMode shared = Supports(kSR) ? kSR : kSW;
+  absl::StatusOr<Grant> first = Try(a_, shared);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(Try(b_, shared).ok());
+  // Up while another reader holds: refused, and a_ keeps its shared lock.
+  absl::StatusOr<Grant> up = backend_->Convert(a_, res_, kEX, {});
+  EXPECT_TRUE(IsLockBusy(up.status())) << up.status();
+  EXPECT_TRUE(IsLockBusy(Try(c_, kEX).status()));
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  up = backend_->Convert(a_, res_, kEX, {});
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_EQ(up->mode, kEX);
+  EXPECT_GT(up->fencing_token, first->fencing_token);
+  EXPECT_TRUE(IsLockBusy(Try(b_, shared).status()));
+  // Down: others may share again.
+  absl::StatusOr<Grant> down = backend_->Convert(a_, res_, shared, {});
+  ASSERT_TRUE(down.ok()) << down.status();
+  EXPECT_EQ(down->mode, shared);
+  EXPECT_GT(down->fencing_token, up->fencing_token);
+  EXPECT_TRUE(Try(b_, shared).ok());
+  EXPECT_TRUE(IsLockBusy(Try(c_, kEX).status()));
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+  // Converting what one does not hold.
+  EXPECT_EQ(backend_->Convert(a_, res_, kEX, {}).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(ContractTest, ConversionBetweenSharedModes) {
+  if (!Supports(kSR) || !Supports(kSW) || !caps_.folded_modes.empty()) {
+    GTEST_SKIP() << "backend folds or lacks shared modes: " << caps_.folded_modes;
+  }
+  ASSERT_TRUE(Try(a_, kSR).ok());
+  ASSERT_TRUE(Try(b_, kSR).ok());
+  EXPECT_TRUE(IsLockBusy(backend_->Convert(a_, res_, kSW, {}).status()));  // b_ reads.
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  absl::StatusOr<Grant> w = backend_->Convert(a_, res_, kSW, {});
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE(Try(b_, kSW).ok());                  // write+write share
+  EXPECT_TRUE(IsLockBusy(Try(c_, kSR).status()));  // read vs write conflict
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, FencingTokensOnlyGrow) {
+  if (!caps_.fencing_tokens) GTEST_SKIP() << "backend declares no fencing tokens";
+  uint64_t last = 0;
+  for (int i = 0; i < 6; ++i) {
+    const Owner& o = i % 2 ? a_ : b_;
+    absl::StatusOr<Grant> g = Try(o, i % 3 == 0 ? kEX : (Supports(kSR) ? kSR : kEX));
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_GT(g->fencing_token, last) << "grant " << i;
+    last = g->fencing_token;
+    ASSERT_TRUE(backend_->Release(o, res_).ok());
+  }
+  // Across backend instances (a restart) too.
+  backend_ = Load();
+  absl::StatusOr<Grant> g = Try(a_, kEX);
+  ASSERT_TRUE(g.ok());
+  EXPECT_GT(g->fencing_token, last);
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, ReleaseByNonOwnerIsRefusedAndLockStays) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  absl::Status s = backend_->Release(b_, res_);
+  EXPECT_THAT(s.code(), AnyOf(absl::StatusCode::kPermissionDenied, absl::StatusCode::kNotFound));
+  EXPECT_THAT(s.message(), HasSubstr("vm-bravo"));
+  if (caps_.holder_identity) {
+    EXPECT_THAT(s.message(), HasSubstr("vm-alpha"));
+  }
+  ExpectStillHeld("after a non-owner's release");
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+  EXPECT_EQ(backend_->Release(a_, res_).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(ContractTest, SecondAcquireBySameOwnerIsRefused) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  absl::StatusOr<Grant> again = Try(a_, kEX);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition) << again.status();
+  EXPECT_THAT(again.status().message(), HasSubstr("convert"));
+  ExpectStillHeld("after a duplicate acquire");
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, InquireReportsHoldersWithModeAndToken) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  absl::StatusOr<std::vector<HolderInfo>> h = backend_->Inquire(res_);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_EQ(h->size(), 1u);
+  EXPECT_EQ((*h)[0].mode, kEX);
+  EXPECT_EQ((*h)[0].resource.Key(), res_.Key());
+  if (caps_.holder_identity) {
+    EXPECT_EQ((*h)[0].owner.uuid, a_.uuid);
+  }
+  absl::StatusOr<std::vector<HolderInfo>> all = backend_->Inquire(std::nullopt);
+  ASSERT_TRUE(all.ok());
+  bool found = false;
+  for (const HolderInfo& x : *all) found = found || x.resource.Key() == res_.Key();
+  EXPECT_TRUE(found);
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  h = backend_->Inquire(res_);
+  ASSERT_TRUE(h.ok());
+  EXPECT_TRUE(h->empty());
+}
+
+TEST_P(ContractTest, TwoOwnersInOneProcessExcludeEachOther) {
+  // The trap of classic fcntl locks: same process, two owners.
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  std::unique_ptr<Backend> second = Load();
+  absl::StatusOr<Grant> g = second->Acquire(b_, res_, kEX, {});
+  EXPECT_TRUE(IsLockBusy(g.status())) << g.status();
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+  g = second->Acquire(b_, res_, kEX, {});
+  EXPECT_TRUE(g.ok()) << g.status();
+  EXPECT_TRUE(second->Release(b_, res_).ok());
+}
+
+TEST_P(ContractTest, TwoProcessesContend) {
+  std::unique_ptr<HolderProcess> other = StartHolder(RandomUuid(), kEX);
+  ASSERT_NE(other, nullptr);
+  absl::StatusOr<Grant> g = Try(a_, kEX);
+  ASSERT_TRUE(IsLockBusy(g.status())) << g.status();
+  if (caps_.holder_identity) {
+    EXPECT_THAT(g.status().message(), HasSubstr("vm-remote"));
+    EXPECT_THAT(g.status().message(), HasSubstr(absl::StrCat("pid ", other->pid())));
+  }
+  // A waiter in this process is woken by the other process's release.
+  std::thread releaser([&] {
+    absl::SleepFor(absl::Milliseconds(150));
+    EXPECT_TRUE(other->Release().ok());
+  });
+  g = backend_->Acquire(a_, res_, kEX, AcquireOptions{true, absl::Seconds(20)});
+  releaser.join();
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_GT(g->fencing_token, other->token());
+  // And the other way round: the other process is refused while we hold.
+  absl::StatusOr<std::unique_ptr<HolderProcess>> refused = HolderProcess::Start(
+      Env().holder_binary, {Env().plugin, Env().backend, settings_file_, RandomUuid(),
+                            "vm-remote", "lease", res_.lockspace, res_.name, "exclusive"});
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("error 14"));  // Unavailable
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, KilledHolderProcessFreesItsLocks) {
+  if (caps_.survives_holder_death) {
+    GTEST_SKIP() << "backend keeps locks past the holder's death (adoption covers it)";
+  }
+  std::unique_ptr<HolderProcess> other = StartHolder(RandomUuid(), kEX);
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(IsLockBusy(Try(a_, kEX).status()));
+  other->Kill();
+  absl::StatusOr<Grant> g = backend_->Acquire(a_, res_, kEX, AcquireOptions{true, absl::Seconds(10)});
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, AdoptRefusesWhenSomeoneTookItMeanwhile) {
+  absl::StatusOr<Grant> g = Try(a_, kEX);
+  ASSERT_TRUE(g.ok());
+  const LockRecord record{a_, res_, kEX, g->fencing_token, g->backend_token};
+  if (caps_.orphan_adoption) GTEST_SKIP() << "orphan adoption is tested with the agent";
+  // The holder "restarts": its lock is gone, nobody took the resource.
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  absl::StatusOr<Grant> adopted = backend_->Adopt(record);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_GT(adopted->fencing_token, record.fencing_token);
+  ExpectStillHeld("after adoption");
+  const LockRecord second{a_, res_, kEX, adopted->fencing_token, adopted->backend_token};
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  // Now someone else holds it in between: adoption must refuse.
+  ASSERT_TRUE(Try(b_, kEX).ok());
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  absl::StatusOr<Grant> lost = backend_->Adopt(second);
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kAborted) << lost.status();
+  EXPECT_THAT(lost.status().message(), HasSubstr("fencing token moved"));
+  EXPECT_TRUE(Try(c_, kEX).ok()) << "a refused adoption holds nothing";
+  EXPECT_TRUE(backend_->Release(c_, res_).ok());
+}
+
+TEST_P(ContractTest, BadInputIsRefusedAndHeldLocksStay) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  Resource empty = res_;
+  empty.name = "";
+  EXPECT_THAT(Try(b_, kEX, empty).status().message(), HasSubstr("empty"));
+  Resource overlong = res_;
+  overlong.name = std::string(caps_.max_name_len + 1, 'x');
+  absl::StatusOr<Grant> g = Try(b_, kEX, overlong);
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(g.status().message(), HasSubstr(absl::StrCat("limit is ", caps_.max_name_len)));
+  Resource escape = res_;
+  escape.name = "../../etc/passwd";
+  EXPECT_EQ(Try(b_, kEX, escape).status().code(), absl::StatusCode::kInvalidArgument);
+  g = Try(b_, static_cast<LockMode>(7));
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(g.status().message(), HasSubstr("unknown lock mode"));
+  Owner nameless = b_;
+  nameless.uuid = "zzz";
+  EXPECT_THAT(Try(nameless, kEX).status().message(), HasSubstr("uuid"));
+  EXPECT_EQ(backend_->Release(nameless, res_).code(), absl::StatusCode::kInvalidArgument);
+  // A release of a malformed resource by the holder changes nothing either.
+  EXPECT_EQ(backend_->Release(a_, overlong).code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<std::unique_ptr<Backend>> unknown = LoadBackend({PluginDir()}, "nosuchbackend", settings_);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), HasSubstr(GetParam()));  // Lists the available one.
+  const std::string badabi_dir = tmp_ + "/plugins";
+  mkdir(badabi_dir.c_str(), 0700);
+  const char* srcdir = getenv("TEST_SRCDIR");
+  ASSERT_NE(srcdir, nullptr);
+  symlink(absl::StrCat(srcdir, "/latchkey/tests/testdata/latchkey-badabi.so").c_str(),
+          (badabi_dir + "/latchkey-badabi.so").c_str());
+  absl::StatusOr<std::unique_ptr<Backend>> wrong = LoadBackend({badabi_dir}, "badabi", settings_);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(wrong.status().message(), HasSubstr("latchkey-badabi.so"));
+
+  Config bad_settings;
+  bad_settings.Set(ConfigEntry{"no_such_setting", ConfigValue::Int(1), "bad.conf", 3});
+  absl::StatusOr<std::unique_ptr<Backend>> bad = LoadBackend({PluginDir()}, GetParam(), bad_settings);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("bad.conf:3: unknown key 'no_such_setting'"));
+
+  ExpectStillHeld("after bad input");
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backend, ContractTest, ::testing::Values(Env().backend),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+}  // namespace
+
+const Environment& Env() { return g_env; }
+
+}  // namespace contract
+}  // namespace latchkey
+
+int main(int argc, char** argv) {
+  // Flags first: the test instantiation below reads Env() when gtest
+  // registers parameterized tests, inside InitGoogleMock.
+  auto& env = latchkey::contract::g_env;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto take = [&](const char* flag, std::string* out) {
+      const std::string f = std::string(flag) + "=";
+      if (absl::StartsWith(a, f)) *out = a.substr(f.size());
+    };
+    take("--backend", &env.backend);
+    take("--plugin", &env.plugin);
+    take("--settings", &env.settings);
+    take("--holder", &env.holder_binary);
+  }
+  if (env.backend.empty() || env.plugin.empty() || env.holder_binary.empty()) {
+    fprintf(stderr, "usage: %s --backend=NAME --plugin=FILE --holder=FILE [--settings=TEXT]\n",
+            argv[0]);
+    return 2;
+  }
+  ::testing::InitGoogleMock(&argc, argv);
+  return RUN_ALL_TESTS();
+}
