@@ -24,7 +24,7 @@ bool IsUuid(const std::string& s) {
     const char c = s[i];
     if (i == 8 || i == 13 || i == 18 || i == 23) {
       if (c != '-') return false;
-    } else if (!isxdigit(static_cast<unsigned char>(c))) {
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
       return false;
     }
   }

@@ -33,13 +33,14 @@ absl::Status NullBackend() { return absl::InvalidArgumentError("backend handle i
 // Converts and validates an owner and a resource, so that every backend
 // sees only well-formed input, checked against its own name limit.
 absl::Status CheckedInput(Backend* backend, const lk_owner* owner, const lk_resource* resource,
-                          Owner* o, Resource* r) {
+                          Owner* o, Resource* r, const Capabilities& caps) {
+  const size_t max_name_len = caps.max_name_len;
   absl::StatusOr<Owner> owner_or = abi::FromAbi(owner);
   if (!owner_or.ok()) return owner_or.status();
   if (absl::Status s = owner_or->Validate(); !s.ok()) return s;
   absl::StatusOr<Resource> res_or = abi::FromAbi(resource);
   if (!res_or.ok()) return res_or.status();
-  if (absl::Status s = res_or->Validate(backend->capabilities().max_name_len); !s.ok()) {
+  if (absl::Status s = res_or->Validate(max_name_len); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(backend->name(), " backend: ", s.message()));
   }
@@ -55,10 +56,13 @@ absl::Status DoAcquireOrConvert(bool convert, lk_backend* backend, const lk_owne
   if (out == nullptr) return absl::InvalidArgumentError("grant output is NULL");
   Owner o;
   Resource r;
-  if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r); !s.ok()) return s;
+  const Capabilities caps = Cast(backend)->capabilities();
+  if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r, caps); !s.ok()) {
+    return s;
+  }
   absl::StatusOr<LockMode> m = LockModeFromInt(mode);
   if (!m.ok()) return m.status();
-  if ((Cast(backend)->capabilities().modes & LockModeBit(*m)) == 0) {
+  if ((caps.modes & LockModeBit(*m)) == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the ", Cast(backend)->name(), " backend does not grant mode ", LockModeName(*m)));
   }
@@ -108,7 +112,11 @@ int Release(lk_backend* backend, const lk_owner* owner, const lk_resource* resou
     if (backend == nullptr) return NullBackend();
     Owner o;
     Resource r;
-    if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r); !s.ok()) return s;
+    if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r,
+                                      Cast(backend)->capabilities());
+        !s.ok()) {
+      return s;
+    }
     return Cast(backend)->Release(o, r);
   });
 }
@@ -149,7 +157,7 @@ int Adopt(lk_backend* backend, const lk_record* record, lk_grant* out, lk_error*
     }
     LockRecord rec;
     if (absl::Status s = CheckedInput(Cast(backend), &record->owner, &record->resource,
-                                      &rec.owner, &rec.resource);
+                                      &rec.owner, &rec.resource, Cast(backend)->capabilities());
         !s.ok()) {
       return s;
     }

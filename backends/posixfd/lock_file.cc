@@ -57,16 +57,19 @@ void EncodeHeaderTail(uint64_t token, const Resource& r, unsigned char out[kHead
   Put64(out + 16, r.offset);
 }
 
-void EncodeRecord(const Record& r, unsigned char out[kRecordSize]) {
-  memset(out, 0, kRecordSize);
+void EncodeRecord(const Owner& owner, LockMode mode, uint64_t token,
+                  unsigned char out[kRecordSize]) {
+  // Every byte of the record is written (the fields end in zero padding),
+  // so no stale bytes of an earlier holder survive.
   Put32(out, kRecordMagic);
-  Put32(out + 4, static_cast<uint32_t>(r.mode));
-  Put64(out + 8, r.token);
-  Put64(out + 16, static_cast<uint64_t>(r.owner.pid));
-  Put64(out + 24, r.owner.start_time);
-  PutString(out + kUuidAt, kUuidField, r.owner.uuid);
-  PutString(out + kNameAt, kNameField, r.owner.name);
-  PutString(out + kHostAt, kHostField, r.owner.host);
+  Put32(out + 4, static_cast<uint32_t>(mode));
+  Put64(out + 8, token);
+  Put64(out + 16, static_cast<uint64_t>(owner.pid));
+  Put64(out + 24, owner.start_time);
+  PutString(out + kUuidAt, kUuidField, owner.uuid);
+  PutString(out + kNameAt, kNameField, owner.name);
+  PutString(out + kHostAt, kHostField, owner.host);
+  memset(out + kHostAt + kHostField, 0, kRecordSize - kHostAt - kHostField);
 }
 
 bool DecodeRecord(const unsigned char in[kRecordSize], Record* out) {

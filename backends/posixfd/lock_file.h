@@ -82,7 +82,8 @@ struct Record {
   LockMode mode = LockMode::kExclusive;
   uint64_t token = 0;
 };
-void EncodeRecord(const Record& r, unsigned char out[kRecordSize]);
+void EncodeRecord(const Owner& owner, LockMode mode, uint64_t token,
+                  unsigned char out[kRecordSize]);
 // false when the bytes hold no record.
 bool DecodeRecord(const unsigned char in[kRecordSize], Record* out);
 

@@ -12,7 +12,7 @@ TEST(LockFileTest, RecordRoundTrips) {
   Record r{Owner{"01234567-89ab-cdef-0123-456789abcdef", "vm one", 4242, 99, "host-a"},
            LockMode::kSharedWrite, 17};
   unsigned char buf[kRecordSize];
-  EncodeRecord(r, buf);
+  EncodeRecord(r.owner, r.mode, r.token, buf);
   Record back;
   ASSERT_TRUE(DecodeRecord(buf, &back));
   EXPECT_EQ(back.owner.uuid, r.owner.uuid);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,7 +20,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "backends/posixfd/lock_file.h"
 #include "core/plugin_export.h"
@@ -141,8 +141,9 @@ class PosixFdBackend final : public Backend {
   absl::StatusOr<Grant> Acquire(const Owner& owner, const Resource& resource, LockMode mode,
                                 const AcquireOptions& options) override {
     const std::string key = TableKey(owner, resource);
+    Held* h;  // Owned by held_; ours while pending.
     {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       auto it = held_.find(key);
       if (it != held_.end()) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -150,20 +151,19 @@ class PosixFdBackend final : public Backend {
             it->second->pending ? "acquire in progress" : LockModeName(it->second->mode),
             "); use convert to change its mode"));
       }
-      auto h = std::make_unique<Held>();
-      h->pending = true;
-      held_[key] = std::move(h);
+      auto fresh = std::make_unique<Held>();
+      fresh->pending = true;
+      h = fresh.get();
+      held_[key] = std::move(fresh);
     }
-    absl::StatusOr<std::unique_ptr<Held>> got = AcquireLoop(owner, resource, mode, options,
-                                                            /*expect_token=*/std::nullopt);
-    absl::MutexLock l(&mu_);
-    if (!got.ok()) {
+    absl::Status s = AcquireLoop(owner, resource, mode, options, std::nullopt, h);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!s.ok()) {
       held_.erase(key);
-      return got.status();
+      return s;
     }
-    Grant g{mode, (*got)->token, ""};
-    held_[key] = *std::move(got);
-    return g;
+    h->pending = false;
+    return Grant{mode, h->token, ""};
   }
 
   absl::StatusOr<Grant> Convert(const Owner& owner, const Resource& resource, LockMode new_mode,
@@ -171,14 +171,14 @@ class PosixFdBackend final : public Backend {
     Held* h = nullptr;
     const std::string key = TableKey(owner, resource);
     {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       auto it = held_.find(key);
       if (it == held_.end() || it->second->pending) return NotHeldBy(owner, resource);
       h = it->second.get();
       h->pending = true;
     }
     absl::Status s = ConvertLoop(owner, resource, h, new_mode, options);
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     h->pending = false;
     if (!s.ok()) return s;
     return Grant{h->mode, h->token, ""};
@@ -187,7 +187,7 @@ class PosixFdBackend final : public Backend {
   absl::Status Release(const Owner& owner, const Resource& resource) override {
     std::unique_ptr<Held> h;
     {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       auto it = held_.find(TableKey(owner, resource));
       if (it == held_.end() || it->second->pending) return NotHeldBy(owner, resource);
       h = std::move(it->second);
@@ -226,27 +226,27 @@ class PosixFdBackend final : public Backend {
     // over: re-acquire, and refuse if anyone was granted the resource since
     // the record was written (the fencing token moved).
     const std::string key = TableKey(record.owner, record.resource);
+    Held* h;  // Owned by held_; ours while pending.
     {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       if (held_.count(key) != 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             record.owner.name, " already holds ", record.resource.Describe(), " here"));
       }
-      auto h = std::make_unique<Held>();
-      h->pending = true;
-      held_[key] = std::move(h);
+      auto fresh = std::make_unique<Held>();
+      fresh->pending = true;
+      h = fresh.get();
+      held_[key] = std::move(fresh);
     }
-    absl::StatusOr<std::unique_ptr<Held>> got =
-        AcquireLoop(record.owner, record.resource, record.mode, AcquireOptions{},
-                    record.fencing_token);
-    absl::MutexLock l(&mu_);
-    if (!got.ok()) {
+    absl::Status s = AcquireLoop(record.owner, record.resource, record.mode, AcquireOptions{},
+                                 record.fencing_token, h);
+    std::lock_guard<std::mutex> l(mu_);
+    if (!s.ok()) {
       held_.erase(key);
-      return got.status();
+      return s;
     }
-    Grant g{record.mode, (*got)->token, ""};
-    held_[key] = *std::move(got);
-    return g;
+    h->pending = false;
+    return Grant{record.mode, h->token, ""};
   }
 
   absl::Status Health() override {
@@ -297,22 +297,28 @@ class PosixFdBackend final : public Backend {
     return UsesImage(r) ? r.path : absl::StrCat(lock_dir_, "/", StateFileName(r));
   }
 
-  absl::StatusOr<std::unique_ptr<Held>> AcquireLoop(const Owner& owner, const Resource& r,
-                                                    LockMode mode, const AcquireOptions& options,
-                                                    std::optional<uint64_t> expect_token) {
-    const absl::Time deadline = options.wait ? absl::Now() + options.timeout : absl::Now();
-    const absl::Time gate_deadline = absl::Now() + kGateSpin;
+  // Acquires into *h (fresh, no descriptors). On failure h holds nothing.
+  absl::Status AcquireLoop(const Owner& owner, const Resource& r, LockMode mode,
+                           const AcquireOptions& options, std::optional<uint64_t> expect_token,
+                           Held* h) {
+    // Deadlines are computed only once a first attempt failed: the fast
+    // path reads no clock.
+    std::optional<absl::Time> deadline, gate_deadline;
     Fd watch;
     while (true) {
-      auto h = std::make_unique<Held>();
-      if (absl::Status s = OpenFiles(r, h.get()); !s.ok()) return s;
-      absl::StatusOr<Outcome> o = TryAcquire(owner, r, mode, h.get(), expect_token);
+      if (absl::Status s = OpenFiles(r, h); !s.ok()) return s;
+      absl::StatusOr<Outcome> o = TryAcquire(owner, r, mode, h, expect_token);
+      if (o.ok() && *o == Outcome::kGranted) return absl::OkStatus();
+      h->target.Reset();  // Drop our descriptors (and any locks) before waiting.
+      h->state.Reset();
       if (!o.ok()) return o.status();
-      if (*o == Outcome::kGranted) return h;
-      h.reset();  // Drop our descriptors before waiting.
       const absl::Time now = absl::Now();
+      if (!deadline.has_value()) {
+        deadline = options.wait ? now + options.timeout : now;
+        gate_deadline = now + kGateSpin;
+      }
       const bool transient = *o == Outcome::kTransient;
-      if (now >= deadline && !(transient && now < gate_deadline)) {
+      if (now >= *deadline && !(transient && now < *gate_deadline)) {
         if (transient) {
           return absl::UnavailableError(absl::StrCat(
               r.Describe(), " is being admitted by another process that has not finished ",
@@ -325,7 +331,7 @@ class PosixFdBackend final : public Backend {
         absl::SleepFor(absl::Microseconds(200));
         continue;
       }
-      WaitForRelease(r, &watch, std::min(deadline - now, kWaitRecheck));
+      WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck));
     }
   }
 
@@ -425,12 +431,11 @@ class PosixFdBackend final : public Backend {
       }
     }
     h->token = hdr.token + 1;
-    Record rec{owner, h->mode, h->token};
     if (h->mode == LockMode::kExclusive) {
       // Token, header fields and the exclusive record are adjacent: one write.
       unsigned char buf[kHeaderSize - 8 + kRecordSize];
       EncodeHeaderTail(h->token, r, buf);
-      EncodeRecord(rec, buf + kHeaderSize - 8);
+      EncodeRecord(owner, h->mode, h->token, buf + kHeaderSize - 8);
       if (pwrite(sfd, buf, sizeof buf, kTokenOffset) != static_cast<ssize_t>(sizeof buf)) {
         return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
       }
@@ -438,7 +443,7 @@ class PosixFdBackend final : public Backend {
       unsigned char tail[kHeaderSize - 8];
       unsigned char record[kRecordSize];
       EncodeHeaderTail(h->token, r, tail);
-      EncodeRecord(rec, record);
+      EncodeRecord(owner, h->mode, h->token, record);
       if (pwrite(sfd, tail, sizeof tail, kTokenOffset) != static_cast<ssize_t>(sizeof tail) ||
           pwrite(sfd, record, sizeof record, SlotRecord(h->slot)) !=
               static_cast<ssize_t>(sizeof record)) {
@@ -643,8 +648,10 @@ class PosixFdBackend final : public Backend {
   const std::string lock_dir_;
   const Fd dir_fd_;
   const bool lock_image_;
-  absl::Mutex mu_;
-  std::map<std::string, std::unique_ptr<Held>> held_ ABSL_GUARDED_BY(mu_);
+  // Guards held_ only; never held across I/O. (std::mutex: absl::Mutex in
+  // Debian's debug-configured abseil runs deadlock detection on every lock.)
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<Held>> held_;
 };
 
 absl::Status MakeDirs(const std::string& path) {
