@@ -8,11 +8,6 @@ namespace latchkey {
 namespace abi {
 namespace {
 
-absl::StatusOr<std::string> Str(const char* s, absl::string_view what) {
-  if (s == nullptr) return absl::InvalidArgumentError(absl::StrCat(what, " is NULL"));
-  return std::string(s);
-}
-
 }  // namespace
 
 lk_owner ToAbi(const Owner& o) {
@@ -42,35 +37,44 @@ lk_acquire_options ToAbi(const AcquireOptions& o) {
   return out;
 }
 
-absl::StatusOr<Owner> FromAbi(const lk_owner* o) {
+absl::Status FromAbi(const lk_owner* o, Owner* out) {
   if (o == nullptr) return absl::InvalidArgumentError("owner is NULL");
-  Owner out;
-  absl::StatusOr<std::string> s = Str(o->uuid, "owner uuid");
-  if (!s.ok()) return s.status();
-  out.uuid = *s;
-  if (!(s = Str(o->name, "owner name")).ok()) return s.status();
-  out.name = *s;
-  if (!(s = Str(o->host, "owner host")).ok()) return s.status();
-  out.host = *s;
-  out.pid = o->pid;
-  out.start_time = o->start_time;
-  return out;
+  if (o->uuid == nullptr || o->name == nullptr || o->host == nullptr) {
+    return absl::InvalidArgumentError("owner uuid, name or host is NULL");
+  }
+  out->uuid.assign(o->uuid);
+  out->name.assign(o->name);
+  out->host.assign(o->host);
+  out->pid = o->pid;
+  out->start_time = o->start_time;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<Resource> FromAbi(const lk_resource* r) {
+absl::Status FromAbi(const lk_resource* r, Resource* out) {
   if (r == nullptr) return absl::InvalidArgumentError("resource is NULL");
   if (r->kind != LK_RESOURCE_DISK && r->kind != LK_RESOURCE_LEASE) {
     return absl::InvalidArgumentError(absl::StrCat("unknown resource kind ", r->kind));
   }
+  if (r->lockspace == nullptr || r->name == nullptr) {
+    return absl::InvalidArgumentError("lockspace or resource name is NULL");
+  }
+  out->kind = static_cast<ResourceKind>(r->kind);
+  out->lockspace.assign(r->lockspace);
+  out->name.assign(r->name);
+  out->path.assign(r->path == nullptr ? "" : r->path);
+  out->offset = r->offset;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Owner> FromAbi(const lk_owner* o) {
+  Owner out;
+  if (absl::Status s = FromAbi(o, &out); !s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<Resource> FromAbi(const lk_resource* r) {
   Resource out;
-  out.kind = static_cast<ResourceKind>(r->kind);
-  absl::StatusOr<std::string> s = Str(r->lockspace, "lockspace");
-  if (!s.ok()) return s.status();
-  out.lockspace = *s;
-  if (!(s = Str(r->name, "resource name")).ok()) return s.status();
-  out.name = *s;
-  out.path = r->path == nullptr ? "" : r->path;
-  out.offset = r->offset;
+  if (absl::Status s = FromAbi(r, &out); !s.ok()) return s;
   return out;
 }
 

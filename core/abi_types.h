@@ -24,7 +24,10 @@ lk_owner ToAbi(const Owner& owner);
 lk_resource ToAbi(const Resource& resource);
 lk_acquire_options ToAbi(const AcquireOptions& options);
 
-// Fail with InvalidArgument on NULL pointers or bad numbers.
+// Fail with InvalidArgument on NULL pointers or bad numbers. The forms with
+// an output argument reuse its storage (the hot path of every call).
+absl::Status FromAbi(const lk_owner* owner, Owner* out);
+absl::Status FromAbi(const lk_resource* resource, Resource* out);
 absl::StatusOr<Owner> FromAbi(const lk_owner* owner);
 absl::StatusOr<Resource> FromAbi(const lk_resource* resource);
 AcquireOptions FromAbi(const lk_acquire_options* options);

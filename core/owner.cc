@@ -53,7 +53,6 @@ absl::Status Owner::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("owner ", name, ": pid ", pid, " is not a process id"));
   }
-  absl::Status s;
   if (host.empty() || host.size() > kMaxHostNameLen) {
     return absl::InvalidArgumentError(absl::StrCat(
         "owner ", name, ": host name must be 1..", kMaxHostNameLen, " bytes"));

@@ -32,20 +32,26 @@ absl::Status NullBackend() { return absl::InvalidArgumentError("backend handle i
 
 // Converts and validates an owner and a resource, so that every backend
 // sees only well-formed input, checked against its own name limit.
+// Each thread converts into the same two objects, so their strings keep
+// their capacity and the hot path allocates nothing. Backends receive them
+// as const references and copy what they keep (backend.h).
+Owner& ThreadOwner() {
+  thread_local Owner owner;
+  return owner;
+}
+Resource& ThreadResource() {
+  thread_local Resource resource;
+  return resource;
+}
+
 absl::Status CheckedInput(Backend* backend, const lk_owner* owner, const lk_resource* resource,
                           Owner* o, Resource* r, const Capabilities& caps) {
-  const size_t max_name_len = caps.max_name_len;
-  absl::StatusOr<Owner> owner_or = abi::FromAbi(owner);
-  if (!owner_or.ok()) return owner_or.status();
-  if (absl::Status s = owner_or->Validate(); !s.ok()) return s;
-  absl::StatusOr<Resource> res_or = abi::FromAbi(resource);
-  if (!res_or.ok()) return res_or.status();
-  if (absl::Status s = res_or->Validate(max_name_len); !s.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(backend->name(), " backend: ", s.message()));
+  if (absl::Status s = abi::FromAbi(owner, o); !s.ok()) return s;
+  if (absl::Status s = o->Validate(); !s.ok()) return s;
+  if (absl::Status s = abi::FromAbi(resource, r); !s.ok()) return s;
+  if (absl::Status s = r->Validate(caps.max_name_len); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(backend->name(), " backend: ", s.message()));
   }
-  *o = *std::move(owner_or);
-  *r = *std::move(res_or);
   return absl::OkStatus();
 }
 
@@ -54,8 +60,8 @@ absl::Status DoAcquireOrConvert(bool convert, lk_backend* backend, const lk_owne
                                 const lk_acquire_options* options, lk_grant* out) {
   if (backend == nullptr) return NullBackend();
   if (out == nullptr) return absl::InvalidArgumentError("grant output is NULL");
-  Owner o;
-  Resource r;
+  Owner& o = ThreadOwner();
+  Resource& r = ThreadResource();
   const Capabilities caps = Cast(backend)->capabilities();
   if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r, caps); !s.ok()) {
     return s;
@@ -110,8 +116,8 @@ int Release(lk_backend* backend, const lk_owner* owner, const lk_resource* resou
             lk_error* err) {
   return Guard(err, [&]() -> absl::Status {
     if (backend == nullptr) return NullBackend();
-    Owner o;
-    Resource r;
+    Owner& o = ThreadOwner();
+    Resource& r = ThreadResource();
     if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r,
                                       Cast(backend)->capabilities());
         !s.ok()) {

@@ -173,7 +173,8 @@ class PosixFdBackend final : public Backend {
     {
       std::lock_guard<std::mutex> l(mu_);
       auto it = held_.find(key);
-      if (it == held_.end() || it->second->pending) return NotHeldBy(owner, resource);
+      if (it == held_.end()) return NotHeldBy(owner, resource);
+      if (it->second->pending) return InProgress(owner, resource);
       h = it->second.get();
       h->pending = true;
     }
@@ -189,7 +190,8 @@ class PosixFdBackend final : public Backend {
     {
       std::lock_guard<std::mutex> l(mu_);
       auto it = held_.find(TableKey(owner, resource));
-      if (it == held_.end() || it->second->pending) return NotHeldBy(owner, resource);
+      if (it == held_.end()) return NotHeldBy(owner, resource);
+      if (it->second->pending) return InProgress(owner, resource);
       h = std::move(it->second);
       held_.erase(it);
     }
@@ -205,9 +207,15 @@ class PosixFdBackend final : public Backend {
       if (absl::Status s = AppendHolders(*resource, &out); !s.ok()) return s;
       return out;
     }
-    DIR* d = fdopendir(dup(dir_fd_.get()));
-    if (d == nullptr) return ErrnoStatus(errno, absl::StrCat("cannot list ", lock_dir_));
-    rewinddir(d);
+    // A descriptor of our own: a dup would share the directory offset with
+    // concurrent callers.
+    const int list_fd = openat(dir_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR* d = list_fd < 0 ? nullptr : fdopendir(list_fd);
+    if (d == nullptr) {
+      const int err = errno;
+      if (list_fd >= 0) close(list_fd);
+      return ErrnoStatus(err, absl::StrCat("cannot list ", lock_dir_));
+    }
     std::vector<std::string> files;
     while (dirent* e = readdir(d)) files.push_back(e->d_name);
     closedir(d);
@@ -264,12 +272,20 @@ class PosixFdBackend final : public Backend {
 
  private:
   static std::string TableKey(const Owner& owner, const Resource& resource) {
-    return absl::StrCat(owner.uuid, " ", resource.Key());
+    // uuid, lockspace and name cannot hold a space (validated), so the key
+    // is unambiguous.
+    std::string key;
+    key.reserve(owner.uuid.size() + resource.lockspace.size() + resource.name.size() + 2);
+    key.append(owner.uuid).append(1, ' ').append(resource.lockspace).append(1, ' ');
+    key.append(resource.name);
+    return key;
   }
 
   bool UsesImage(const Resource& r) const { return lock_image_ && r.kind == ResourceKind::kDisk; }
 
-  // Opens the lock target and, in image mode, the state file.
+  // Opens the lock target and, in image mode, the state file. Both stay
+  // open for the whole hold, so no step of a grant or a conversion after
+  // the first lock needs to open anything.
   absl::Status OpenFiles(const Resource& r, Held* h) {
     const std::string file = StateFileName(r);
     const int state = openat(dir_fd_.get(), file.c_str(),
@@ -285,8 +301,10 @@ class PosixFdBackend final : public Backend {
     h->state = Fd(state);
     const int image = open(r.path.c_str(), O_RDWR | O_CLOEXEC);
     if (image < 0) {
-      return ErrnoStatus(errno, absl::StrCat("cannot open disk image ", r.path,
-                                             " to lock it (lock_target = \"image\")"));
+      const int err = errno;
+      h->state.Reset();
+      return ErrnoStatus(err, absl::StrCat("cannot open disk image ", r.path,
+                                           " to lock it (lock_target = \"image\")"));
     }
     h->target = Fd(image);
     return absl::OkStatus();
@@ -301,25 +319,31 @@ class PosixFdBackend final : public Backend {
   absl::Status AcquireLoop(const Owner& owner, const Resource& r, LockMode mode,
                            const AcquireOptions& options, std::optional<uint64_t> expect_token,
                            Held* h) {
+    if (absl::Status s = OpenFiles(r, h); !s.ok()) return s;
     // Deadlines are computed only once a first attempt failed: the fast
     // path reads no clock.
     std::optional<absl::Time> deadline, gate_deadline;
     Fd watch;
     while (true) {
-      if (absl::Status s = OpenFiles(r, h); !s.ok()) return s;
       absl::StatusOr<Outcome> o = TryAcquire(owner, r, mode, h, expect_token);
       if (o.ok() && *o == Outcome::kGranted) return absl::OkStatus();
-      h->target.Reset();  // Drop our descriptors (and any locks) before waiting.
-      h->state.Reset();
-      if (!o.ok()) return o.status();
+      // Drop what this attempt locked but keep the descriptors: closing
+      // them would wake our own inotify watch (and every other waiter).
+      SetLock(h->target.get(), F_UNLCK, 0, 0);
       const absl::Time now = absl::Now();
       if (!deadline.has_value()) {
         deadline = options.wait ? now + options.timeout : now;
         gate_deadline = now + kGateSpin;
       }
-      const bool transient = *o == Outcome::kTransient;
-      if (now >= *deadline && !(transient && now < *gate_deadline)) {
-        if (transient) {
+      const bool transient = o.ok() && *o == Outcome::kTransient;
+      // A no-wait acquire still rides out another process's admission
+      // (microseconds), up to kGateSpin.
+      const bool spin = transient && !options.wait && now < *gate_deadline;
+      if (!o.ok() || (now >= *deadline && !spin)) {
+        h->target.Reset();
+        h->state.Reset();
+        if (!o.ok()) return o.status();
+        if (transient && !options.wait) {
           return absl::UnavailableError(absl::StrCat(
               r.Describe(), " is being admitted by another process that has not finished ",
               "for ", absl::FormatDuration(kGateSpin), " (frozen?); wanted ", LockModeName(mode),
@@ -329,9 +353,9 @@ class PosixFdBackend final : public Backend {
       }
       if (transient) {
         absl::SleepFor(absl::Microseconds(200));
-        continue;
+      } else {
+        WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck));
       }
-      WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck));
     }
   }
 
@@ -339,7 +363,9 @@ class PosixFdBackend final : public Backend {
   void WaitForRelease(const Resource& r, Fd* watch, absl::Duration max) {
     if (!watch->valid()) {
       *watch = Fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-      if (watch->valid()) inotify_add_watch(watch->get(), WatchPath(r).c_str(), IN_CLOSE);
+      if (watch->valid() && inotify_add_watch(watch->get(), WatchPath(r).c_str(), IN_CLOSE) < 0) {
+        watch->Reset();
+      }
     }
     if (!watch->valid()) {
       absl::SleepFor(max);
@@ -354,30 +380,40 @@ class PosixFdBackend final : public Backend {
     }
   }
 
-  // One attempt. Locks taken are dropped with h's descriptors on failure.
+  static off_t ClassByte(LockMode shared_mode) {
+    return shared_mode == LockMode::kSharedRead ? kReadClass : kWriteClass;
+  }
+  static off_t OtherClassByte(LockMode shared_mode) {
+    return shared_mode == LockMode::kSharedRead ? kWriteClass : kReadClass;
+  }
+
+  // A refused lock call: a conflict (classified) or a real error.
+  static absl::StatusOr<Outcome> Conflict(int err, int fd, LockMode mode, const Resource& r) {
+    if (err != EAGAIN) return ErrnoStatus(err, absl::StrCat("cannot lock ", r.Describe()));
+    return ClassifyGateConflict(fd, mode);
+  }
+
+  // One attempt. The caller drops every lock of h->target on failure.
   absl::StatusOr<Outcome> TryAcquire(const Owner& owner, const Resource& r, LockMode mode,
                                      Held* h, std::optional<uint64_t> expect_token) {
     const int fd = h->target.get();
     if (mode == LockMode::kExclusive) {
-      // Gate and both class bytes in one call: held for the whole hold.
-      if (SetLock(fd, F_WRLCK, kGate, 3) != 0) return ClassifyGateConflict(fd, mode);
-      h->mode = mode;
-      return Admit(owner, r, h, expect_token);
+      // Gate and both class bytes in one call, kept for the whole hold.
+      if (int err = SetLock(fd, F_WRLCK, kGate, 3); err != 0) return Conflict(err, fd, mode, r);
+      return Admit(owner, r, h, mode, /*slot=*/-1, expect_token);
     }
-    if (SetLock(fd, F_WRLCK, kGate, 1) != 0) return ClassifyGateConflict(fd, mode);
-    const off_t mine = mode == LockMode::kSharedRead ? kReadClass : kWriteClass;
-    const off_t theirs = mode == LockMode::kSharedRead ? kWriteClass : kReadClass;
-    if (ProbeLock(fd, theirs, 1) != F_UNLCK) return Outcome::kBusy;
-    if (int err = SetLock(fd, F_RDLCK, mine, 1); err != 0) {
-      if (err == EAGAIN) return Outcome::kBusy;
-      return ErrnoStatus(err, absl::StrCat("cannot lock ", r.Describe()));
+    if (int err = SetLock(fd, F_WRLCK, kGate, 1); err != 0) return Conflict(err, fd, mode, r);
+    if (ProbeLock(fd, OtherClassByte(mode), 1) != F_UNLCK) return Outcome::kBusy;
+    if (int err = SetLock(fd, F_RDLCK, ClassByte(mode), 1); err != 0) {
+      return Conflict(err, fd, mode, r);
     }
     absl::StatusOr<int> slot = ClaimSlot(fd, r);
     if (!slot.ok()) return slot.status();
-    h->slot = *slot;
-    h->mode = mode;
-    absl::StatusOr<Outcome> o = Admit(owner, r, h, expect_token);
-    if (o.ok() && *o == Outcome::kGranted) SetLock(fd, F_UNLCK, kGate, 1);
+    absl::StatusOr<Outcome> o = Admit(owner, r, h, mode, *slot, expect_token);
+    if (!o.ok() || *o != Outcome::kGranted) return o;
+    if (int err = SetLock(fd, F_UNLCK, kGate, 1); err != 0) {
+      return ErrnoStatus(err, absl::StrCat("cannot open the gate of ", r.Describe()));
+    }
     return o;
   }
 
@@ -388,32 +424,33 @@ class PosixFdBackend final : public Backend {
     if (mode == LockMode::kExclusive) {
       return ProbeLock(fd, kReadClass, 2) != F_UNLCK ? Outcome::kBusy : Outcome::kTransient;
     }
-    const off_t mine = mode == LockMode::kSharedRead ? kReadClass : kWriteClass;
-    const off_t theirs = mode == LockMode::kSharedRead ? kWriteClass : kReadClass;
-    if (ProbeLock(fd, theirs, 1) != F_UNLCK) return Outcome::kBusy;
-    if (ProbeLock(fd, mine, 1) == F_WRLCK) return Outcome::kBusy;  // exclusive holder
+    if (ProbeLock(fd, OtherClassByte(mode), 1) != F_UNLCK) return Outcome::kBusy;
+    if (ProbeLock(fd, ClassByte(mode), 1) == F_WRLCK) return Outcome::kBusy;  // exclusive holder
     return Outcome::kTransient;
   }
 
   // A free record slot, locked. REQUIRES: the gate is held.
   absl::StatusOr<int> ClaimSlot(int fd, const Resource& r) {
     for (int i = 0; i < kSharedSlots; ++i) {
-      if (SetLock(fd, F_WRLCK, kSlotLockBase + i, 1) == 0) return i;
+      const int err = SetLock(fd, F_WRLCK, kSlotLockBase + i, 1);
+      if (err == 0) return i;
+      if (err != EAGAIN) return ErrnoStatus(err, absl::StrCat("cannot lock ", r.Describe()));
     }
     return absl::ResourceExhaustedError(absl::StrCat(
         r.Describe(), " already has ", kSharedSlots, " shared holders, the posixfd limit"));
   }
 
-  // Bumps the token and writes the holder record. REQUIRES: the gate and
-  // the mode's locks are held.
-  absl::StatusOr<Outcome> Admit(const Owner& owner, const Resource& r, Held* h,
-                                std::optional<uint64_t> expect_token) {
+  // Bumps the token and writes the holder record for `mode` (in `slot` for
+  // shared modes). On success sets h's mode, slot and token; on failure
+  // leaves h as it was. REQUIRES: the gate is held.
+  absl::StatusOr<Outcome> Admit(const Owner& owner, const Resource& r, Held* h, LockMode mode,
+                                int slot, std::optional<uint64_t> expect_token) {
     const int sfd = h->state_fd();
     unsigned char header[kHeaderSize] = {};
     const ssize_t n = pread(sfd, header, sizeof header, 0);
     if (n < 0) return ErrnoStatus(errno, absl::StrCat("cannot read lock file of ", r.Describe()));
     const Header hdr = DecodeHeader(header);
-    if (n > 0 && !hdr.initialised) {
+    if (!hdr.initialised && !IsZero(header, sizeof header)) {
       return absl::DataLossError(absl::StrCat("lock file ", lock_dir_, "/", StateFileName(r),
                                               " is not a posixfd lock file (bad magic)"));
     }
@@ -422,50 +459,69 @@ class PosixFdBackend final : public Backend {
           r.Describe(), " was granted to someone else since ", owner.name,
           " held it: fencing token moved from ", *expect_token, " to ", hdr.token));
     }
-    if (!hdr.initialised) {
-      // First grant ever: magic and path once; the token comes below.
-      if (pwrite(sfd, r.path.data(), r.path.size(), kPathOffset) !=
-              static_cast<ssize_t>(r.path.size()) ||
-          pwrite(sfd, kMagic, sizeof kMagic, 0) != static_cast<ssize_t>(sizeof kMagic)) {
-        return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
-      }
+    auto write_failed = [&] {
+      return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
+    };
+    // First grant ever: the path goes first, so a crash before the header
+    // below leaves a zero header, which counts as a fresh file.
+    if (!hdr.initialised && pwrite(sfd, r.path.data(), r.path.size(), kPathOffset) !=
+                                static_cast<ssize_t>(r.path.size())) {
+      return write_failed();
     }
-    h->token = hdr.token + 1;
-    if (h->mode == LockMode::kExclusive) {
-      // Token, header fields and the exclusive record are adjacent: one write.
-      unsigned char buf[kHeaderSize - 8 + kRecordSize];
-      EncodeHeaderTail(h->token, r, buf);
-      EncodeRecord(owner, h->mode, h->token, buf + kHeaderSize - 8);
-      if (pwrite(sfd, buf, sizeof buf, kTokenOffset) != static_cast<ssize_t>(sizeof buf)) {
-        return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
+    const uint64_t token = hdr.token + 1;
+    if (mode == LockMode::kExclusive) {
+      // Magic, token, header fields and the exclusive record are adjacent:
+      // one write.
+      unsigned char buf[kHeaderSize + kRecordSize];
+      memcpy(buf, kMagic, sizeof kMagic);
+      EncodeHeaderTail(token, r, buf + sizeof kMagic);
+      EncodeRecord(owner, mode, token, buf + kHeaderSize);
+      if (pwrite(sfd, buf, sizeof buf, 0) != static_cast<ssize_t>(sizeof buf)) {
+        return write_failed();
       }
     } else {
-      unsigned char tail[kHeaderSize - 8];
+      // Header first: a token is never handed out twice, even if the record
+      // write fails.
+      unsigned char head[kHeaderSize];
       unsigned char record[kRecordSize];
-      EncodeHeaderTail(h->token, r, tail);
-      EncodeRecord(owner, h->mode, h->token, record);
-      if (pwrite(sfd, tail, sizeof tail, kTokenOffset) != static_cast<ssize_t>(sizeof tail) ||
-          pwrite(sfd, record, sizeof record, SlotRecord(h->slot)) !=
+      memcpy(head, kMagic, sizeof kMagic);
+      EncodeHeaderTail(token, r, head + sizeof kMagic);
+      EncodeRecord(owner, mode, token, record);
+      if (pwrite(sfd, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) ||
+          pwrite(sfd, record, sizeof record, SlotRecord(slot)) !=
               static_cast<ssize_t>(sizeof record)) {
-        return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
+        return write_failed();
       }
     }
-    if (UsesImage(r)) h->state.Reset();  // Records are written; locks stay on the image.
+    h->mode = mode;
+    h->slot = mode == LockMode::kExclusive ? -1 : slot;
+    h->token = token;
     return Outcome::kGranted;
+  }
+
+  static bool IsZero(const unsigned char* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      if (p[i] != 0) return false;
+    }
+    return true;
   }
 
   absl::Status ConvertLoop(const Owner& owner, const Resource& r, Held* h, LockMode to,
                            const AcquireOptions& options) {
-    const absl::Time deadline = options.wait ? absl::Now() + options.timeout : absl::Now();
-    const absl::Time gate_deadline = absl::Now() + kGateSpin;
+    std::optional<absl::Time> deadline, gate_deadline;
     Fd watch;
     while (true) {
       absl::StatusOr<Outcome> o = TryConvert(owner, r, h, to);
       if (!o.ok()) return o.status();
       if (*o == Outcome::kGranted) return absl::OkStatus();
       const absl::Time now = absl::Now();
+      if (!deadline.has_value()) {
+        deadline = options.wait ? now + options.timeout : now;
+        gate_deadline = now + kGateSpin;
+      }
       const bool transient = *o == Outcome::kTransient;
-      if (now >= deadline && !(transient && now < gate_deadline)) {
+      const bool spin = transient && !options.wait && now < *gate_deadline;
+      if (now >= *deadline && !spin) {
         absl::Status refusal = Refusal(owner, r, to, options);
         return absl::Status(refusal.code(),
                             absl::StrCat(refusal.message(), "; ", owner.name, " still holds it ",
@@ -474,76 +530,81 @@ class PosixFdBackend final : public Backend {
       if (transient) {
         absl::SleepFor(absl::Microseconds(200));
       } else {
-        WaitForRelease(r, &watch, std::min(deadline - now, kWaitRecheck));
+        WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck));
       }
     }
   }
 
-  // One conversion attempt; on any failure h's locks are as before.
+  // One conversion attempt. Whatever fails, h and its locks are as before:
+  // fallible I/O (Admit) happens while the old locks still stand, or is
+  // rolled back; changes to one's own locks cannot conflict with anyone.
   absl::StatusOr<Outcome> TryConvert(const Owner& owner, const Resource& r, Held* h,
                                      LockMode to) {
     const int fd = h->target.get();
     const LockMode from = h->mode;
     if (to == LockMode::kExclusive) {
-      if (from == LockMode::kExclusive) {
-        return Readmit(owner, r, h, to);  // Same mode: a fresh token.
-      }
-      // Upgrade in place: fails with our read lock untouched if anyone
+      // Exclusive holds the gate already: a fresh token and record.
+      if (from == LockMode::kExclusive) return Admit(owner, r, h, to, -1, std::nullopt);
+      // Upgrade in place: fails, with our read lock untouched, if anyone
       // else holds G, A or B.
-      if (SetLock(fd, F_WRLCK, kGate, 3) != 0) return ClassifyGateConflict(fd, to);
+      if (int err = SetLock(fd, F_WRLCK, kGate, 3); err != 0) return Conflict(err, fd, to, r);
       const int old_slot = h->slot;
-      h->slot = -1;
-      absl::StatusOr<Outcome> o = Readmit(owner, r, h, to);
-      if (o.ok() && *o == Outcome::kGranted && old_slot >= 0) {
-        SetLock(fd, F_UNLCK, kSlotLockBase + old_slot, 1);
+      absl::StatusOr<Outcome> o = Admit(owner, r, h, to, -1, std::nullopt);
+      if (!o.ok()) {
+        SetLock(fd, F_RDLCK, ClassByte(from), 1);
+        SetLock(fd, F_UNLCK, OtherClassByte(from), 1);
+        SetLock(fd, F_UNLCK, kGate, 1);
+        return o;
       }
+      SetLock(fd, F_UNLCK, kSlotLockBase + old_slot, 1);
       return o;
     }
-    const off_t mine = to == LockMode::kSharedRead ? kReadClass : kWriteClass;
-    const off_t theirs = to == LockMode::kSharedRead ? kWriteClass : kReadClass;
     if (from == LockMode::kExclusive) {
-      // Downgrade: we hold [G, B]; nobody else holds anything.
+      // Downgrade. We hold [G, B]: the record and token are written first,
+      // still exclusive, then the range is split.
       absl::StatusOr<int> slot = ClaimSlot(fd, r);
       if (!slot.ok()) return slot.status();
-      SetLock(fd, F_RDLCK, mine, 1);
-      SetLock(fd, F_UNLCK, theirs, 1);
-      h->slot = *slot;
-      absl::StatusOr<Outcome> o = Readmit(owner, r, h, to);
+      absl::StatusOr<Outcome> o = Admit(owner, r, h, to, *slot, std::nullopt);
+      if (!o.ok()) {
+        SetLock(fd, F_UNLCK, kSlotLockBase + *slot, 1);
+        return o;
+      }
+      if (int err = SetLock(fd, F_RDLCK, ClassByte(to), 1); err != 0) {
+        h->mode = LockMode::kExclusive;  // Still exclusive: say so.
+        return ErrnoStatus(err, absl::StrCat("cannot downgrade ", r.Describe()));
+      }
+      SetLock(fd, F_UNLCK, OtherClassByte(to), 1);
       SetLock(fd, F_UNLCK, kGate, 1);
       return o;
     }
-    if (SetLock(fd, F_WRLCK, kGate, 1) != 0) return ClassifyGateConflict(fd, to);
-    if (from != to && ProbeLock(fd, theirs, 1) != F_UNLCK) {
-      // Others hold the class we would exclude... unless only we did.
-      SetLock(fd, F_UNLCK, kGate, 1);
-      return Outcome::kBusy;
-    }
+    if (int err = SetLock(fd, F_WRLCK, kGate, 1); err != 0) return Conflict(err, fd, to, r);
     if (from != to) {
-      // Others in our old class? They would now conflict with us.
-      const off_t old_class = from == LockMode::kSharedRead ? kReadClass : kWriteClass;
-      if (ProbeLock(fd, old_class, 1) != F_UNLCK) {
+      // Entering the other class: its opposite is our old class, which
+      // nobody else may hold any more.
+      if (ProbeLock(fd, ClassByte(from), 1) != F_UNLCK) {
         SetLock(fd, F_UNLCK, kGate, 1);
         return Outcome::kBusy;
       }
-      SetLock(fd, F_RDLCK, mine, 1);
-      SetLock(fd, F_UNLCK, old_class, 1);
+      if (int err = SetLock(fd, F_RDLCK, ClassByte(to), 1); err != 0) {
+        SetLock(fd, F_UNLCK, kGate, 1);
+        return ErrnoStatus(err, absl::StrCat("cannot lock ", r.Describe()));
+      }
+      SetLock(fd, F_UNLCK, ClassByte(from), 1);
     }
-    absl::StatusOr<Outcome> o = Readmit(owner, r, h, to);
+    absl::StatusOr<Outcome> o = Admit(owner, r, h, to, h->slot, std::nullopt);
+    if (!o.ok() && from != to) {
+      // We still hold the gate, so nobody entered either class meanwhile.
+      SetLock(fd, F_RDLCK, ClassByte(from), 1);
+      SetLock(fd, F_UNLCK, ClassByte(to), 1);
+    }
     SetLock(fd, F_UNLCK, kGate, 1);
     return o;
   }
 
-  // Admit again on the held descriptors (conversion): a new token and
-  // record. REQUIRES: the gate is held.
-  absl::StatusOr<Outcome> Readmit(const Owner& owner, const Resource& r, Held* h, LockMode to) {
-    if (UsesImage(r)) {
-      const int state = openat(dir_fd_.get(), StateFileName(r).c_str(),
-                               O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-      if (state < 0) return ErrnoStatus(errno, absl::StrCat("cannot open lock file of ", r.Describe()));
-      h->state = Fd(state);
-    }
-    h->mode = to;
-    return Admit(owner, r, h, std::nullopt);
+  static absl::Status InProgress(const Owner& owner, const Resource& r) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "an acquire or convert of ", r.Describe(), " for ", owner.name,
+        " is still in progress; retry when it returns"));
   }
 
   absl::Status NotHeldBy(const Owner& owner, const Resource& r) {
@@ -627,22 +688,42 @@ class PosixFdBackend final : public Backend {
       }
       target = image.get();
     }
-    auto add = [&](off_t record_at) {
+    // A record is trusted only while its lock is held and no admission is
+    // rewriting it: while the gate is taken by an admission (not by an
+    // exclusive holder) we look again shortly. An exclusive record must
+    // also carry the header's current token, or it is a predecessor's.
+    for (int attempt = 0;; ++attempt) {
+      const bool retry_allowed = attempt < 100;  // 100 x 200 us: kGateSpin
+      std::vector<HolderInfo> found;
+      unsigned char header[kHeaderSize];
       unsigned char buf[kRecordSize];
       Record rec;
-      if (!ReadExactly(state.get(), buf, sizeof buf, record_at) || !DecodeRecord(buf, &rec)) {
-        return;  // Being admitted right now: its record is not written yet.
+      bool settled = true;
+      if (ProbeLock(target, kReadClass, 2) == F_WRLCK) {
+        const bool ok = ReadExactly(state.get(), header, sizeof header, 0) &&
+                        ReadExactly(state.get(), buf, sizeof buf, kExclusiveRecord) &&
+                        DecodeRecord(buf, &rec) && rec.token == DecodeHeader(header).token;
+        if (ok) {
+          found.push_back(HolderInfo{rec.owner, r, rec.mode, rec.token});
+        } else {
+          settled = false;
+        }
+      } else if (ProbeLock(target, kGate, 1) != F_UNLCK) {
+        settled = false;
+      } else {
+        for (int i = 0; i < kSharedSlots; ++i) {
+          if (ProbeLock(target, kSlotLockBase + i, 1) == F_UNLCK) continue;
+          if (ReadExactly(state.get(), buf, sizeof buf, SlotRecord(i)) && DecodeRecord(buf, &rec)) {
+            found.push_back(HolderInfo{rec.owner, r, rec.mode, rec.token});
+          }
+        }
       }
-      out->push_back(HolderInfo{rec.owner, r, rec.mode, rec.token});
-    };
-    if (ProbeLock(target, kReadClass, 2) == F_WRLCK) {
-      add(kExclusiveRecord);
-      return absl::OkStatus();
+      if (settled || !retry_allowed) {
+        out->insert(out->end(), found.begin(), found.end());
+        return absl::OkStatus();
+      }
+      absl::SleepFor(absl::Microseconds(200));
     }
-    for (int i = 0; i < kSharedSlots; ++i) {
-      if (ProbeLock(target, kSlotLockBase + i, 1) != F_UNLCK) add(SlotRecord(i));
-    }
-    return absl::OkStatus();
   }
 
   const std::string lock_dir_;
