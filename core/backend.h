@@ -75,6 +75,13 @@ struct AcquireOptions {
   // absl::InfiniteDuration() waits forever.
   bool wait = false;
   absl::Duration timeout = absl::ZeroDuration();
+  // The hand-off check. When set, the grant is refused with Aborted unless
+  // the resource's most recent grant (to anyone) carried exactly this
+  // fencing token, i.e. nobody took the resource since the state the caller
+  // was handed (a migration source's inquire, a release's state string).
+  // The check and the grant are one atomic step. Backends without
+  // fencing_tokens refuse it (InvalidArgument).
+  std::optional<uint64_t> expect_token;
 };
 
 // What a successful acquire, convert or adopt returns.
@@ -140,14 +147,30 @@ class Backend {
       const std::optional<Resource>& resource) = 0;
 
   // Takes over a lock described by a journal record after a restart. A
-  // backend with orphan_adoption adopts without a window; others re-acquire
-  // and return Aborted when the lock was taken by someone else meanwhile
-  // (the fencing token moved).
+  // backend with orphan_adoption adopts without a window, as does any
+  // backend taking over a lock inherited across PrepareExec + exec; others
+  // re-acquire and return Aborted when the lock was taken by someone else
+  // meanwhile (the fencing token moved). NotFound when a backend whose
+  // locks survive their holder finds no such lock to adopt.
   virtual absl::StatusOr<Grant> Adopt(const LockRecord& record) = 0;
 
   // OK when the backend can serve requests; FailedPrecondition saying why
   // not otherwise.
   virtual absl::Status Health() = 0;
+
+  // A planned restart: the calling process is about to execve() itself.
+  // Afterwards every lock held now must still be held, by the new program,
+  // with no window in which another owner could take it. A new instance of
+  // the backend opened after the exec takes each lock over with Adopt, then
+  // calls FinishAdoption. Backends whose locks survive their holder need do
+  // nothing (they adopt orphans); posixfd keeps its descriptors open across
+  // the exec. Returns an error, and changes nothing, when it cannot.
+  virtual absl::Status PrepareExec() = 0;
+
+  // Ends the adoption phase that follows a start: every lock inherited
+  // across an exec (see PrepareExec) that no Adopt claimed is released.
+  // Called once, after the last Adopt; a no-op for most backends.
+  virtual void FinishAdoption() = 0;
 };
 
 // True for the status a refusal because of a conflicting holder carries.
