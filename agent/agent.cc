@@ -1,0 +1,966 @@
+#include "agent/agent.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "agent/handoff.h"
+#include "core/fault.h"
+#include "core/plugin_loader.h"
+#include "spdlog/spdlog.h"
+
+namespace latchkey {
+
+const char* FailurePolicyName(FailurePolicy p) {
+  switch (p) {
+    case FailurePolicy::kTerminate:
+      return "terminate";
+    case FailurePolicy::kPause:
+      return "pause";
+    case FailurePolicy::kIgnore:
+      return "ignore";
+  }
+  return "?";
+}
+
+absl::StatusOr<FailurePolicy> ParseFailurePolicy(absl::string_view text) {
+  if (text == "terminate") return FailurePolicy::kTerminate;
+  if (text == "pause") return FailurePolicy::kPause;
+  if (text == "ignore") return FailurePolicy::kIgnore;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown lock-failure policy '", text, "' (expected terminate, pause or ignore)"));
+}
+
+struct Agent::Held {
+  enum class State { kAcquiring, kHeld, kReleasing };
+  std::string backend;
+  Resource resource;
+  LockMode mode = LockMode::kExclusive;
+  uint64_t token = 0;
+  std::string backend_token;
+  State state = State::kHeld;
+};
+
+struct Agent::OwnerEntry {
+  Owner owner;
+  FailurePolicy policy = FailurePolicy::kTerminate;
+  absl::Duration grace;
+  uint64_t generation = 0;
+  bool dead = false;  // its process exited (or it was unregistered)
+  std::map<std::string, Held> locks;  // by HandoffKey
+};
+
+struct Agent::Planned {
+  LoadedBackend* backend = nullptr;
+  Resource resource;
+  LockMode mode = LockMode::kExclusive;
+  std::string key;
+};
+
+namespace {
+
+std::string KeyOf(const std::string& backend, const Resource& r) {
+  return HandoffKey(backend, r.lockspace, r.name);
+}
+
+JournalLock Row(const Owner& owner, const std::string& backend, const Resource& r,
+                LockMode mode, uint64_t token, const std::string& backend_token,
+                JournalLockState state) {
+  JournalLock row;
+  row.backend = backend;
+  row.record.owner = owner;
+  row.record.resource = r;
+  row.record.mode = mode;
+  row.record.fencing_token = token;
+  row.record.backend_token = backend_token;
+  row.state = state;
+  return row;
+}
+
+JournalOwner OwnerRow(const Owner& owner, FailurePolicy policy, absl::Duration grace) {
+  // The grace period rides in the policy text ("terminate/5000") so the
+  // journal schema stays backend- and policy-agnostic.
+  return JournalOwner{owner, absl::StrCat(FailurePolicyName(policy), "/",
+                                          absl::ToInt64Milliseconds(grace))};
+}
+
+void ParseOwnerPolicy(const std::string& text, absl::Duration default_grace,
+                      FailurePolicy* policy, absl::Duration* grace) {
+  *policy = FailurePolicy::kTerminate;
+  *grace = default_grace;
+  const size_t slash = text.find('/');
+  absl::StatusOr<FailurePolicy> p = ParseFailurePolicy(text.substr(0, slash));
+  if (p.ok()) *policy = *p;
+  int64_t ms;
+  if (slash != std::string::npos && absl::SimpleAtoi(text.substr(slash + 1), &ms) && ms >= 0) {
+    *grace = absl::Milliseconds(ms);
+  }
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
+
+Agent::~Agent() {
+  // Stop owner notices before the backends go away. Locks are not released:
+  // a stopping latchd leaves them to the journal and the next start.
+  watch_.reset();
+}
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentOptions options) {
+  std::unique_ptr<Agent> a(new Agent(std::move(options)));
+  if (absl::Status s = a->LoadBackends(); !s.ok()) return s;
+  a->boot_id_ = CurrentBootId();
+  absl::StatusOr<std::unique_ptr<OwnerWatch>> w = OwnerWatch::Start(
+      [p = a.get()](const std::string& uuid, uint64_t gen) { p->OnOwnerExit(uuid, gen); });
+  if (!w.ok()) return w.status();
+  a->watch_ = std::move(*w);
+  if (absl::Status s = a->Recover(); !s.ok()) return s;
+  return a;
+}
+
+absl::Status Agent::LoadBackends() {
+  if (options_.backends.empty()) {
+    return absl::InvalidArgumentError("no backend configured ('backends' is empty)");
+  }
+  for (const std::string& name : options_.backends) {
+    for (const LoadedBackend& b : backends_) {
+      if (b.name == name) {
+        return absl::InvalidArgumentError(absl::StrCat("backend '", name, "' is listed twice"));
+      }
+    }
+    absl::StatusOr<std::unique_ptr<Backend>> b =
+        LoadBackend(options_.plugin_path, name, options_.backend_config.Section(name + "_"));
+    if (!b.ok()) {
+      return absl::Status(b.status().code(), absl::StrCat("backend ", name, ": ",
+                                                          b.status().message()));
+    }
+    const Capabilities caps = (*b)->capabilities();
+    spdlog::info("backend {} loaded (modes {:#x}{}{})", name, caps.modes,
+                 caps.survives_holder_death ? ", locks survive their holder" : "",
+                 caps.orphan_adoption ? ", orphan adoption" : "");
+    backends_.push_back(LoadedBackend{name, std::move(*b), caps});
+  }
+  return absl::OkStatus();
+}
+
+bool Agent::Survives(const std::string& backend) const {
+  for (const LoadedBackend& b : backends_) {
+    if (b.name == backend) return b.caps.survives_holder_death;
+  }
+  return false;
+}
+
+absl::StatusOr<Agent::LoadedBackend*> Agent::FindBackend(const std::string& name) {
+  if (name.empty()) return &backends_.front();
+  for (LoadedBackend& b : backends_) {
+    if (b.name == name) return &b;
+  }
+  std::vector<std::string> names;
+  for (const LoadedBackend& b : backends_) names.push_back(b.name);
+  return absl::InvalidArgumentError(absl::StrCat("backend '", name,
+                                                 "' is not loaded by this latchd (loaded: ",
+                                                 absl::StrJoin(names, ", "), ")"));
+}
+
+absl::StatusOr<Agent::Planned> Agent::Plan(const ResourceSpec& spec) {
+  absl::StatusOr<LoadedBackend*> b = FindBackend(spec.backend);
+  if (!b.ok()) return b.status();
+  const std::string& ls = spec.lockspace.empty() ? options_.lockspace : spec.lockspace;
+  absl::StatusOr<Resource> r =
+      spec.kind == ResourceKind::kDisk
+          ? Resource::Disk(spec.target, ls, (*b)->caps.max_name_len)
+          : Resource::Lease(ls, spec.target, spec.lease_path, spec.lease_offset);
+  if (!r.ok()) return r.status();
+  if (absl::Status s = r->Validate((*b)->caps.max_name_len); !s.ok()) return s;
+  if (((*b)->caps.modes & LockModeBit(spec.mode)) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backend ", (*b)->name, " does not grant ", LockModeName(spec.mode), " locks"));
+  }
+  Planned p;
+  p.backend = *b;
+  p.key = KeyOf((*b)->name, *r);
+  p.resource = std::move(*r);
+  p.mode = spec.mode;
+  return p;
+}
+
+absl::Status Agent::Journal(const JournalChange& change) const {
+  if (change.empty()) return absl::OkStatus();
+  absl::Status s = journal_->Apply(change);
+  if (!s.ok()) spdlog::error("journal write failed: {}", s.ToString());
+  return s;
+}
+
+std::vector<LockView> Agent::Views(const OwnerEntry& e) const {
+  std::vector<LockView> out;
+  for (const auto& [key, h] : e.locks) {
+    if (h.state != Held::State::kHeld) continue;
+    out.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Recovery
+
+absl::Status Agent::Recover() {
+  JournalOpenReport report;
+  absl::StatusOr<std::unique_ptr<latchkey::Journal>> j =
+      Journal::Open(options_.journal_path, boot_id_, &report);
+  if (!j.ok()) return j.status();
+  journal_ = std::move(*j);
+  if (!report.moved_aside.empty()) {
+    spdlog::error("journal {} was unreadable ({}); moved it to {} and started a new one",
+                  options_.journal_path, report.moved_aside_reason, report.moved_aside);
+  } else if (report.created) {
+    spdlog::info("journal {} created", options_.journal_path);
+  }
+  if (!report.previous_boot_id.empty()) {
+    spdlog::warn("journal was written during boot {}; discarded its {} owners and {} locks",
+                 report.previous_boot_id, report.discarded_owners, report.discarded_locks);
+  }
+  absl::StatusOr<JournalContents> contents = journal_->Load();
+  if (!contents.ok()) return contents.status();
+  for (const std::string& p : contents->problems) {
+    spdlog::error("journal: skipped an unusable row: {}", p);
+  }
+
+  const absl::Time start = absl::Now();
+  JournalChange fix;
+  std::vector<std::pair<std::shared_ptr<OwnerEntry>, int>> watches;
+  std::map<std::string, std::shared_ptr<OwnerEntry>> live;
+  for (const JournalOwner& row : contents->owners) {
+    auto e = std::make_shared<OwnerEntry>();
+    e->owner = row.owner;
+    ParseOwnerPolicy(row.policy, options_.default_grace, &e->policy, &e->grace);
+    absl::StatusOr<int> pidfd = OpenPidfd(static_cast<pid_t>(row.owner.pid),
+                                          row.owner.start_time);
+    if (!pidfd.ok()) {
+      spdlog::info("owner {} exited while latchd was down; releasing its locks",
+                   row.owner.Describe());
+      fix.remove_owners.push_back(row.owner.uuid);
+      continue;
+    }
+    e->generation = next_generation_++;
+    live[row.owner.uuid] = e;
+    watches.emplace_back(e, *pidfd);
+  }
+
+  // Adopt in acquisition order (backend, lockspace, name), as Acquire takes.
+  std::vector<const JournalLock*> rows;
+  for (const JournalLock& l : contents->locks) rows.push_back(&l);
+  std::sort(rows.begin(), rows.end(), [](const JournalLock* a, const JournalLock* b) {
+    return std::tie(a->backend, a->record.resource.lockspace, a->record.resource.name,
+                    a->record.owner.uuid) <
+           std::tie(b->backend, b->record.resource.lockspace, b->record.resource.name,
+                    b->record.owner.uuid);
+  });
+  std::vector<std::pair<std::shared_ptr<OwnerEntry>, std::string>> lost;
+  size_t adopted = 0;
+  for (const JournalLock* row : rows) {
+    const LockRecord& rec = row->record;
+    absl::StatusOr<LoadedBackend*> b = FindBackend(row->backend);
+    auto owner = live.find(rec.owner.uuid);
+    const bool keep = owner != live.end() && row->state == JournalLockState::kHeld;
+    if (!b.ok()) {
+      spdlog::error("journal names {} held by {} on backend {}, which is not loaded: {}",
+                    rec.resource.Describe(), rec.owner.Describe(), row->backend,
+                    std::string(b.status().message()));
+      if (owner != live.end() && keep) {
+        lost.emplace_back(owner->second, absl::StrCat(rec.resource.Describe(),
+                                                      ": backend not loaded"));
+      }
+      fix.remove_locks.push_back(*row);
+      continue;
+    }
+    if (!keep) {
+      // An unfinished acquire or release, or a dead owner: make sure the
+      // lock is gone. Only backends whose locks outlive latchd can still
+      // have it; posixfd locks died with the old process (or, after a
+      // re-exec, are dropped by FinishAdoption).
+      if ((*b)->caps.survives_holder_death) {
+        absl::StatusOr<Grant> g = (*b)->backend->Adopt(rec);
+        if (g.ok()) {
+          absl::Status s = (*b)->backend->Release(rec.owner, rec.resource);
+          if (!s.ok()) spdlog::error("cannot release {}: {}", rec.resource.Describe(), s.ToString());
+        }
+      }
+      spdlog::info("dropped {} lock of {} on {} (journal state {})", LockModeName(rec.mode),
+                   rec.owner.Describe(), rec.resource.Describe(),
+                   JournalLockStateName(row->state));
+      fix.remove_locks.push_back(*row);
+      continue;
+    }
+    absl::StatusOr<Grant> g = (*b)->backend->Adopt(rec);
+    FaultPoint("agent.recover.after-adopt");
+    if (!g.ok()) {
+      spdlog::error("LOCK FAILURE: {} lost its {} lock on {} while latchd restarted: {}",
+                    rec.owner.Describe(), LockModeName(rec.mode), rec.resource.Describe(),
+                    g.status().ToString());
+      fix.remove_locks.push_back(*row);
+      lost.emplace_back(owner->second, rec.resource.Describe());
+      continue;
+    }
+    Held h;
+    h.backend = row->backend;
+    h.resource = rec.resource;
+    h.mode = rec.mode;
+    h.token = g->fencing_token;
+    h.backend_token = g->backend_token.empty() ? rec.backend_token : g->backend_token;
+    if (h.token != rec.fencing_token || h.backend_token != rec.backend_token) {
+      fix.put_locks.push_back(Row(rec.owner, h.backend, h.resource, h.mode, h.token,
+                                  h.backend_token, JournalLockState::kHeld));
+    }
+    owner->second->locks[KeyOf(h.backend, h.resource)] = std::move(h);
+    ++adopted;
+  }
+  for (LoadedBackend& b : backends_) b.backend->FinishAdoption();
+  if (absl::Status s = Journal(fix); !s.ok()) return s;
+
+  {
+    absl::MutexLock l(&mu_);
+    owners_ = live;
+  }
+  for (auto& [e, pidfd] : watches) {
+    if (absl::Status s = watch_->Watch(e->owner.uuid, e->generation, pidfd); !s.ok()) {
+      spdlog::error("cannot watch {}: {}", e->owner.Describe(), s.ToString());
+    }
+  }
+  spdlog::info("adopted {} locks of {} owners in {} ms", adopted, live.size(),
+               absl::ToInt64Milliseconds(absl::Now() - start));
+  for (auto& [e, what] : lost) ApplyPolicy(*e, what);
+
+  if (!report.moved_aside.empty()) return RebuildFromBackends();
+  return absl::OkStatus();
+}
+
+absl::Status Agent::RebuildFromBackends() {
+  // The journal is gone: take back only what a backend itself reports as
+  // held for a live local owner and can hand over as an orphan. Backends
+  // that could only re-acquire would be granting on a guess, so they are
+  // skipped.
+  const std::string host = LocalHostName();
+  size_t rebuilt = 0;
+  for (LoadedBackend& b : backends_) {
+    if (!b.caps.orphan_adoption) {
+      spdlog::warn("backend {} cannot adopt orphans: nothing to rebuild from it", b.name);
+      continue;
+    }
+    absl::StatusOr<std::vector<HolderInfo>> holders = b.backend->Inquire(std::nullopt);
+    if (!holders.ok()) {
+      spdlog::error("cannot inquire backend {}: {}", b.name, holders.status().ToString());
+      continue;
+    }
+    for (const HolderInfo& h : *holders) {
+      if (h.owner.host != host || !h.owner.Validate().ok() ||
+          !ProcessIsAlive(static_cast<pid_t>(h.owner.pid), h.owner.start_time)) {
+        continue;
+      }
+      LockRecord rec{h.owner, h.resource, h.mode, h.fencing_token, ""};
+      absl::StatusOr<Grant> g = b.backend->Adopt(rec);
+      if (!g.ok()) {
+        spdlog::warn("not adopting {} of {}: {}", h.resource.Describe(), h.owner.Describe(),
+                     g.status().ToString());
+        continue;
+      }
+      absl::StatusOr<OwnerView> reg = Register(h.owner, std::nullopt, std::nullopt);
+      if (!reg.ok()) {
+        Release(h.owner.uuid, std::nullopt).IgnoreError();
+        continue;
+      }
+      absl::MutexLock l(&mu_);
+      auto it = owners_.find(h.owner.uuid);
+      Held held{b.name, h.resource, h.mode, g->fencing_token, g->backend_token,
+                Held::State::kHeld};
+      JournalChange c;
+      c.put_locks.push_back(Row(h.owner, b.name, h.resource, h.mode, held.token,
+                                held.backend_token, JournalLockState::kHeld));
+      if (it != owners_.end() && Journal(c).ok()) {
+        it->second->locks[KeyOf(b.name, h.resource)] = std::move(held);
+        ++rebuilt;
+      }
+    }
+  }
+  spdlog::warn("rebuilt {} locks from backend inquiry after losing the journal", rebuilt);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Owners
+
+absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePolicy> policy,
+                                          std::optional<absl::Duration> grace) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  owner.host = LocalHostName();
+  if (owner.pid <= 0) return absl::InvalidArgumentError("owner pid must be positive");
+  absl::StatusOr<uint64_t> started = ProcessStartTime(static_cast<pid_t>(owner.pid));
+  if (!started.ok()) {
+    return absl::NotFoundError(absl::StrCat("owner ", owner.name, ": no process ", owner.pid));
+  }
+  if (owner.start_time != 0 && owner.start_time != *started) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "owner ", owner.name, ": process ", owner.pid, " started at ", *started, ", not at ",
+        owner.start_time, " (the pid was reused)"));
+  }
+  owner.start_time = *started;
+  if (absl::Status s = owner.Validate(); !s.ok()) return s;
+  if (grace && *grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("grace_ms must not be negative");
+  }
+
+  for (int attempt = 0;; ++attempt) {
+    absl::StatusOr<int> pidfd = OpenPidfd(static_cast<pid_t>(owner.pid), owner.start_time);
+    if (!pidfd.ok()) return pidfd.status();
+    uint64_t stale_generation = 0;
+    {
+      absl::MutexLock l(&mu_);
+      auto it = owners_.find(owner.uuid);
+      if (it != owners_.end() && !it->second->dead) {
+        OwnerEntry& e = *it->second;
+        if (e.owner.pid == owner.pid && e.owner.start_time == owner.start_time) {
+          close(*pidfd);  // Already watched.
+          FailurePolicy new_policy = policy.value_or(e.policy);
+          absl::Duration new_grace = grace.value_or(e.grace);
+          JournalChange c;
+          c.put_owners.push_back(OwnerRow(owner, new_policy, new_grace));
+          if (absl::Status s = Journal(c); !s.ok()) return s;
+          e.owner = owner;
+          e.policy = new_policy;
+          e.grace = new_grace;
+          return OwnerView{e.owner, e.policy, e.grace, true, Views(e)};
+        }
+        if (ProcessIsAlive(static_cast<pid_t>(e.owner.pid), e.owner.start_time) ||
+            attempt > 0) {
+          close(*pidfd);
+          return absl::FailedPreconditionError(absl::StrCat(
+              "owner ", owner.uuid, " is registered as ", e.owner.Describe(),
+              ", which is still running"));
+        }
+        stale_generation = e.generation;  // Exited; its notice is on its way.
+      } else {
+        auto e = std::make_shared<OwnerEntry>();
+        e->owner = owner;
+        e->policy = policy.value_or(FailurePolicy::kTerminate);
+        e->grace = grace.value_or(options_.default_grace);
+        e->generation = next_generation_++;
+        JournalChange c;
+        c.put_owners.push_back(OwnerRow(owner, e->policy, e->grace));
+        if (absl::Status s = Journal(c); !s.ok()) {
+          close(*pidfd);
+          return s;
+        }
+        owners_[owner.uuid] = e;
+        if (absl::Status s = watch_->Watch(owner.uuid, e->generation, *pidfd); !s.ok()) {
+          return s;
+        }
+        spdlog::info("registered {} (policy {})", owner.Describe(), FailurePolicyName(e->policy));
+        return OwnerView{e->owner, e->policy, e->grace, true, {}};
+      }
+    }
+    close(*pidfd);
+    // The previous process of this owner exited: release its locks now
+    // rather than waiting for the watch thread, then register afresh.
+    gate.unlock();
+    OnOwnerExit(owner.uuid, stale_generation);
+    gate.lock();
+  }
+}
+
+absl::Status Agent::SetPolicy(const std::string& uuid, FailurePolicy policy,
+                              std::optional<absl::Duration> grace) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  if (grace && *grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("grace_ms must not be negative");
+  }
+  absl::MutexLock l(&mu_);
+  auto it = owners_.find(uuid);
+  if (it == owners_.end()) {
+    return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
+  }
+  OwnerEntry& e = *it->second;
+  JournalChange c;
+  c.put_owners.push_back(OwnerRow(e.owner, policy, grace.value_or(e.grace)));
+  if (absl::Status s = Journal(c); !s.ok()) return s;
+  e.policy = policy;
+  e.grace = grace.value_or(e.grace);
+  spdlog::info("{}: lock-failure policy {}", e.owner.Describe(), FailurePolicyName(policy));
+  return absl::OkStatus();
+}
+
+void Agent::OnOwnerExit(const std::string& uuid, uint64_t generation) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  const absl::Time start = absl::Now();
+  std::vector<Held> held;
+  Owner owner;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it == owners_.end() || it->second->generation != generation) return;
+    OwnerEntry& e = *it->second;
+    e.dead = true;
+    owner = e.owner;
+    for (auto& [key, h] : e.locks) {
+      if (h.state == Held::State::kHeld) {
+        h.state = Held::State::kReleasing;
+        held.push_back(h);
+      }
+    }
+    owners_.erase(it);
+  }
+  watch_->Unwatch(uuid);
+  ReleaseHeld(owner, held, /*forget=*/true);
+  spdlog::info("owner {} exited: released {} locks in {} us", owner.Describe(), held.size(),
+               absl::ToInt64Microseconds(absl::Now() - start));
+}
+
+absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  std::vector<Held> held;
+  Owner owner;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it == owners_.end()) {
+      return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
+    }
+    OwnerEntry& e = *it->second;
+    for (const auto& [key, h] : e.locks) {
+      if (h.state != Held::State::kHeld) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            e.owner.Describe(), " has a request in flight on ", h.resource.Describe()));
+      }
+    }
+    e.dead = true;
+    owner = e.owner;
+    for (auto& [key, h] : e.locks) held.push_back(h);
+    owners_.erase(it);
+  }
+  watch_->Unwatch(uuid);
+  ReleaseHeld(owner, held, /*forget=*/true);
+  ReleaseResult r;
+  std::vector<HandoffEntry> entries;
+  for (const Held& h : held) {
+    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+    entries.push_back({h.backend, h.resource.lockspace, h.resource.name, h.mode, h.token});
+  }
+  r.state = EncodeHandoff(entries);
+  spdlog::info("unregistered {}: released {} locks", owner.Describe(), held.size());
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// Locks
+
+absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
+                                                     const std::vector<ResourceSpec>& specs,
+                                                     const AcquireOptions& options,
+                                                     const std::optional<std::string>& state) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  if (specs.empty()) return absl::InvalidArgumentError("acquire names no resource");
+  std::vector<Planned> plan;
+  plan.reserve(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    absl::StatusOr<Planned> p = Plan(specs[i]);
+    if (!p.ok()) {
+      return absl::Status(p.status().code(),
+                          absl::StrCat("resources[", i, "]: ", p.status().message()));
+    }
+    plan.push_back(std::move(*p));
+  }
+  // One global order, so owners asking for overlapping sets cannot deadlock.
+  std::sort(plan.begin(), plan.end(),
+            [](const Planned& a, const Planned& b) { return a.key < b.key; });
+  for (size_t i = 1; i < plan.size(); ++i) {
+    if (plan[i].key == plan[i - 1].key) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("acquire names ", plan[i].resource.Describe(), " twice"));
+    }
+  }
+  std::map<std::string, HandoffEntry> handoff;
+  if (state) {
+    absl::StatusOr<std::map<std::string, HandoffEntry>> h = DecodeHandoff(*state);
+    if (!h.ok()) return h.status();
+    handoff = std::move(*h);
+  }
+
+  // Reserve the keys in the owner's table so no concurrent request of the
+  // same owner touches them; journal intents for backends whose locks would
+  // outlive a crash of latchd.
+  std::shared_ptr<OwnerEntry> entry;
+  Owner owner;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it == owners_.end()) {
+      return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
+    }
+    entry = it->second;
+    owner = entry->owner;
+    for (const Planned& p : plan) {
+      auto held = entry->locks.find(p.key);
+      if (held != entry->locks.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            owner.name, " already holds ", p.resource.Describe(),
+            held->second.state == Held::State::kHeld
+                ? absl::StrCat(" (", LockModeName(held->second.mode), ")")
+                : std::string(" (a request for it is in flight)")));
+      }
+    }
+    JournalChange intents;
+    for (const Planned& p : plan) {
+      Held h;
+      h.backend = p.backend->name;
+      h.resource = p.resource;
+      h.mode = p.mode;
+      h.state = Held::State::kAcquiring;
+      if (p.backend->caps.survives_holder_death) {
+        intents.put_locks.push_back(Row(owner, h.backend, h.resource, h.mode, 0, "",
+                                        JournalLockState::kAcquiring));
+      }
+      entry->locks[p.key] = std::move(h);
+    }
+    if (absl::Status s = Journal(intents); !s.ok()) {
+      for (const Planned& p : plan) entry->locks.erase(p.key);
+      return s;
+    }
+  }
+
+  const absl::Time deadline = options.wait && options.timeout != absl::InfiniteDuration()
+                                  ? absl::Now() + options.timeout
+                                  : absl::InfiniteFuture();
+  std::vector<Grant> grants;
+  absl::Status failure;
+  for (const Planned& p : plan) {
+    AcquireOptions o;
+    o.wait = options.wait;
+    o.timeout = options.wait ? std::max(absl::ZeroDuration(), deadline - absl::Now())
+                             : absl::ZeroDuration();
+    if (deadline == absl::InfiniteFuture()) o.timeout = absl::InfiniteDuration();
+    auto h = handoff.find(p.key);
+    if (h != handoff.end()) o.expect_token = h->second.fencing_token;
+    absl::StatusOr<Grant> g = p.backend->backend->Acquire(owner, p.resource, p.mode, o);
+    if (!g.ok()) {
+      failure = g.status();
+      break;
+    }
+    grants.push_back(*g);
+    FaultPoint("agent.acquire.after-backend");
+  }
+
+  std::vector<Held> rollback;
+  std::optional<std::vector<LockView>> success;
+  {
+    absl::MutexLock l(&mu_);
+    if (failure.ok() && entry->dead) {
+      failure = absl::FailedPreconditionError(
+          absl::StrCat(owner.Describe(), " exited during the acquire"));
+    }
+    if (failure.ok()) {
+      JournalChange c;
+      for (size_t i = 0; i < plan.size(); ++i) {
+        const Planned& p = plan[i];
+        c.put_locks.push_back(Row(owner, p.backend->name, p.resource, p.mode,
+                                  grants[i].fencing_token, grants[i].backend_token,
+                                  JournalLockState::kHeld));
+      }
+      failure = Journal(c);
+      if (!failure.ok()) {
+        failure = absl::InternalError(absl::StrCat(
+            "cannot journal the locks, so none was taken: ", failure.message()));
+      }
+    }
+    if (failure.ok()) {
+      std::vector<LockView> out;
+      for (size_t i = 0; i < plan.size(); ++i) {
+        Held& h = entry->locks[plan[i].key];
+        h.token = grants[i].fencing_token;
+        h.backend_token = grants[i].backend_token;
+        h.state = Held::State::kHeld;
+        out.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+      }
+      success = std::move(out);
+    }
+    for (size_t i = 0; !success && i < grants.size(); ++i) {
+      Held h = entry->locks[plan[i].key];
+      h.token = grants[i].fencing_token;
+      h.backend_token = grants[i].backend_token;
+      rollback.push_back(std::move(h));
+    }
+  }
+  if (success) {
+    FaultPoint("agent.acquire.after-journal");
+    return *std::move(success);
+  }
+  // Undo in reverse order what was granted, then forget the reservations.
+  std::reverse(rollback.begin(), rollback.end());
+  ReleaseHeld(owner, rollback, /*forget=*/false);
+  {
+    absl::MutexLock l(&mu_);
+    JournalChange c;
+    for (const Planned& p : plan) {
+      auto it = entry->locks.find(p.key);
+      if (it != entry->locks.end() && it->second.state == Held::State::kAcquiring) {
+        if (p.backend->caps.survives_holder_death) {
+          c.remove_locks.push_back(Row(owner, p.backend->name, p.resource, p.mode, 0, "",
+                                       JournalLockState::kAcquiring));
+        }
+        entry->locks.erase(it);
+      }
+    }
+    Journal(c).IgnoreError();
+  }
+  if (failure.code() == absl::StatusCode::kAborted && state) {
+    return absl::AbortedError(absl::StrCat("hand-off refused: ", failure.message()));
+  }
+  return failure;
+}
+
+void Agent::ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget) {
+  // Journal first, so the journal never misses a lock a backend still
+  // holds: posixfd rows go at once (a crash releases those locks anyway);
+  // rows of backends whose locks outlive latchd become "releasing" intents
+  // until the backend has let go.
+  JournalChange first, second;
+  bool any_survives = false;
+  for (const Held& h : locks) {
+    JournalLock row = Row(owner, h.backend, h.resource, h.mode, h.token, h.backend_token,
+                          JournalLockState::kReleasing);
+    if (Survives(h.backend)) {
+      any_survives = true;
+      first.put_locks.push_back(row);
+      second.remove_locks.push_back(row);
+    } else {
+      first.remove_locks.push_back(row);
+    }
+  }
+  if (forget) (any_survives ? second : first).remove_owners.push_back(owner.uuid);
+  {
+    absl::MutexLock l(&mu_);
+    Journal(first).IgnoreError();  // Logged; releasing is still right.
+  }
+  FaultPoint("agent.release.after-journal");
+  for (const Held& h : locks) {
+    absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
+    if (!b.ok()) continue;
+    absl::Status s = (*b)->backend->Release(owner, h.resource);
+    if (!s.ok()) {
+      spdlog::error("releasing {} of {}: {}", h.resource.Describe(), owner.Describe(),
+                    s.ToString());
+    }
+  }
+  if (!second.empty()) {
+    absl::MutexLock l(&mu_);
+    Journal(second).IgnoreError();
+  }
+}
+
+absl::StatusOr<ReleaseResult> Agent::Release(
+    const std::string& uuid, const std::optional<std::vector<ResourceSpec>>& specs) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  std::vector<std::string> keys;
+  std::vector<Resource> described;
+  if (specs) {
+    if (specs->empty()) return absl::InvalidArgumentError("release names no resource");
+    for (size_t i = 0; i < specs->size(); ++i) {
+      ResourceSpec s = (*specs)[i];
+      // Release does not care about the mode; plan with one every backend
+      // grants so the check in Plan cannot refuse it.
+      s.mode = LockMode::kExclusive;
+      absl::StatusOr<Planned> p = Plan(s);
+      if (!p.ok()) {
+        return absl::Status(p.status().code(),
+                            absl::StrCat("resources[", i, "]: ", p.status().message()));
+      }
+      keys.push_back(p->key);
+      described.push_back(p->resource);
+    }
+  }
+  std::vector<Held> held;
+  std::shared_ptr<OwnerEntry> entry;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it == owners_.end()) {
+      return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
+    }
+    entry = it->second;
+    if (!specs) {
+      for (const auto& [key, h] : entry->locks) {
+        if (h.state == Held::State::kHeld) keys.push_back(key);
+      }
+    }
+    for (size_t i = 0; i < keys.size(); ++i) {
+      auto h = entry->locks.find(keys[i]);
+      if (h != entry->locks.end() && h->second.state == Held::State::kHeld) continue;
+      if (h != entry->locks.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "a request of ", entry->owner.name, " on ", h->second.resource.Describe(),
+            " is in flight"));
+      }
+      for (const auto& [other_uuid, other] : owners_) {
+        auto oh = other->locks.find(keys[i]);
+        if (other_uuid != uuid && oh != other->locks.end()) {
+          return absl::PermissionDeniedError(absl::StrCat(
+              described[i].Describe(), " is held by ", other->owner.Describe(), ", not by ",
+              entry->owner.name, "; nothing was released"));
+        }
+      }
+      return absl::NotFoundError(absl::StrCat(entry->owner.name, " holds no lock on ",
+                                              described[i].Describe(),
+                                              "; nothing was released"));
+    }
+    for (const std::string& k : keys) {
+      Held& h = entry->locks[k];
+      h.state = Held::State::kReleasing;
+      held.push_back(h);
+    }
+  }
+  ReleaseHeld(entry->owner, held, /*forget=*/false);
+  ReleaseResult r;
+  std::vector<HandoffEntry> entries;
+  {
+    absl::MutexLock l(&mu_);
+    for (const std::string& k : keys) entry->locks.erase(k);
+  }
+  for (const Held& h : held) {
+    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+    entries.push_back({h.backend, h.resource.lockspace, h.resource.name, h.mode, h.token});
+  }
+  r.state = EncodeHandoff(entries);
+  return r;
+}
+
+absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  absl::MutexLock l(&mu_);
+  auto it = owners_.find(uuid);
+  if (it == owners_.end()) {
+    return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
+  }
+  const OwnerEntry& e = *it->second;
+  return OwnerView{e.owner, e.policy, e.grace,
+                   ProcessIsAlive(static_cast<pid_t>(e.owner.pid), e.owner.start_time),
+                   Views(e)};
+}
+
+AgentStatus Agent::Status() {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  AgentStatus st;
+  st.host = LocalHostName();
+  st.boot_id = boot_id_;
+  st.journal_path = options_.journal_path;
+  for (LoadedBackend& b : backends_) st.backends.push_back({b.name, b.backend->Health()});
+  absl::MutexLock l(&mu_);
+  for (const auto& [uuid, e] : owners_) {
+    st.owners.push_back(OwnerView{
+        e->owner, e->policy, e->grace,
+        ProcessIsAlive(static_cast<pid_t>(e->owner.pid), e->owner.start_time), Views(*e)});
+  }
+  return st;
+}
+
+void Agent::LockLost(const std::string& uuid, const std::string& backend,
+                     const Resource& resource, const std::string& reason) {
+  std::shared_ptr<OwnerEntry> entry;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it == owners_.end()) return;
+    entry = it->second;
+    auto h = entry->locks.find(KeyOf(backend, resource));
+    if (h == entry->locks.end()) return;
+    JournalChange c;
+    c.remove_locks.push_back(Row(entry->owner, backend, resource, h->second.mode, 0, "",
+                                 JournalLockState::kHeld));
+    Journal(c).IgnoreError();
+    entry->locks.erase(h);
+  }
+  spdlog::error("LOCK FAILURE: {} lost {}: {}", entry->owner.Describe(), resource.Describe(),
+                reason);
+  ApplyPolicy(*entry, resource.Describe());
+}
+
+void Agent::ApplyPolicy(const OwnerEntry& e, const std::string& what) {
+  switch (e.policy) {
+    case FailurePolicy::kTerminate: {
+      absl::Status s = watch_->Signal(e.owner.uuid, SIGTERM);
+      spdlog::error("lock failure of {} on {}: policy terminate: SIGTERM {}, SIGKILL in {} ms",
+                    e.owner.Describe(), what, s.ok() ? "sent" : s.ToString(),
+                    absl::ToInt64Milliseconds(e.grace));
+      watch_->KillAfter(e.owner.uuid, e.grace);
+      break;
+    }
+    case FailurePolicy::kPause: {
+      absl::Status s = watch_->Signal(e.owner.uuid, SIGSTOP);
+      spdlog::error("lock failure of {} on {}: policy pause: SIGSTOP {}", e.owner.Describe(),
+                    what, s.ok() ? "sent" : s.ToString());
+      break;
+    }
+    case FailurePolicy::kIgnore:
+      spdlog::error("lock failure of {} on {}: policy ignore: the owner keeps running",
+                    e.owner.Describe(), what);
+      break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Planned restart
+
+absl::Status Agent::PrepareExec(absl::Duration drain) {
+  if (exec_prepared_) return absl::OkStatus();  // The reexec op came first.
+  if (!gate_.try_lock_for(std::chrono::milliseconds(absl::ToInt64Milliseconds(drain)))) {
+    return absl::UnavailableError(absl::StrCat(
+        "requests still in flight after ", absl::FormatDuration(drain),
+        " (a waiting acquire?); try the restart again later"));
+  }
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    absl::Status s = backends_[i].backend->PrepareExec();
+    if (!s.ok()) {
+      gate_.unlock();
+      return absl::Status(s.code(), absl::StrCat("backend ", backends_[i].name,
+                                                 " cannot keep its locks across exec: ",
+                                                 s.message()));
+    }
+  }
+  journal_.reset();  // Closed cleanly; the new program reopens it.
+  exec_prepared_ = true;
+  return absl::OkStatus();
+}
+
+void Agent::CancelExec() {
+  if (!exec_prepared_) return;
+  JournalOpenReport report;
+  absl::StatusOr<std::unique_ptr<latchkey::Journal>> j =
+      Journal::Open(options_.journal_path, boot_id_, &report);
+  if (!j.ok()) {
+    spdlog::critical("cannot reopen the journal after a failed re-exec: {}",
+                     j.status().ToString());
+    std::abort();  // Serving without a journal would lose locks on the next crash.
+  }
+  journal_ = std::move(*j);
+  exec_prepared_ = false;
+  gate_.unlock();
+}
+
+size_t Agent::owner_count() const {
+  absl::MutexLock l(&mu_);
+  return owners_.size();
+}
+
+size_t Agent::lock_count() const {
+  absl::MutexLock l(&mu_);
+  size_t n = 0;
+  for (const auto& [uuid, e] : owners_) n += e->locks.size();
+  return n;
+}
+
+}  // namespace latchkey

@@ -1,0 +1,182 @@
+// The agent: holds locks on behalf of registered owners (VMs), across every
+// loaded backend, journaled so a restarted agent adopts what it held.
+//
+// It is latchd minus the socket: server.h turns protocol requests into
+// these calls. What it guarantees:
+//   * An acquire of several resources takes all or none, in one fixed order
+//     (backend, lockspace, name), so two owners cannot deadlock.
+//   * An owner's locks are released as soon as its process exits (pidfd).
+//   * Every lock held is in the journal before the client hears of it; a
+//     crash at any instant leaves the journal describing the locks before
+//     or after the operation, never a mix.
+//   * On start, every journaled lock of a live owner is adopted; a lock
+//     that cannot be adopted is a lock failure of its owner (policy:
+//     terminate, pause or ignore). Locks of owners that died meanwhile are
+//     released.
+//
+// Thread safety: every method is thread-safe; a waiting Acquire blocks only
+// its caller.
+#ifndef LATCHKEY_AGENT_AGENT_H_
+#define LATCHKEY_AGENT_AGENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/owner_watch.h"
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/journal.h"
+
+namespace latchkey {
+
+// What to do to an owner whose lock was lost (libvirt's on_lockfailure).
+enum class FailurePolicy { kTerminate, kPause, kIgnore };
+const char* FailurePolicyName(FailurePolicy p);
+absl::StatusOr<FailurePolicy> ParseFailurePolicy(absl::string_view text);
+
+struct AgentOptions {
+  std::vector<std::string> plugin_path;
+  std::vector<std::string> backends = {"posixfd"};  // the first is the default
+  Config backend_config;  // whole config: each backend reads its NAME_ keys
+  std::string lockspace = "default";
+  std::string journal_path = "/run/latchkey/journal.db";
+  absl::Duration default_grace = absl::Seconds(5);
+};
+
+// A resource as a request names it.
+struct ResourceSpec {
+  std::string backend;    // "" = the default backend
+  ResourceKind kind = ResourceKind::kDisk;
+  std::string lockspace;  // "" = the agent's lockspace
+  std::string target;     // disk: image path; lease: key
+  std::string lease_path;
+  uint64_t lease_offset = 0;
+  LockMode mode = LockMode::kExclusive;
+};
+
+struct LockView {
+  std::string backend;
+  Resource resource;
+  LockMode mode = LockMode::kExclusive;
+  uint64_t fencing_token = 0;
+};
+
+struct OwnerView {
+  Owner owner;
+  FailurePolicy policy = FailurePolicy::kTerminate;
+  absl::Duration grace;
+  bool alive = false;
+  std::vector<LockView> locks;
+};
+
+struct BackendView {
+  std::string name;
+  absl::Status health;
+};
+
+struct ReleaseResult {
+  std::vector<LockView> released;
+  std::string state;  // hand-off state string of the released locks
+};
+
+struct AgentStatus {
+  std::string host;
+  std::string boot_id;
+  std::string journal_path;
+  std::vector<BackendView> backends;
+  std::vector<OwnerView> owners;
+};
+
+class Agent {
+ public:
+  // Loads the backends, opens the journal (moving a corrupt one aside),
+  // adopts what it records, and starts watching owners. Errors name the
+  // backend or journal that failed.
+  static absl::StatusOr<std::unique_ptr<Agent>> Start(AgentOptions options);
+  ~Agent();
+
+  // Registers (or re-registers) an owner. `owner.start_time` 0 means "read
+  // it from /proc"; `owner.host` is ignored (always this host).
+  absl::StatusOr<OwnerView> Register(Owner owner, std::optional<FailurePolicy> policy,
+                                     std::optional<absl::Duration> grace);
+  absl::Status SetPolicy(const std::string& uuid, FailurePolicy policy,
+                         std::optional<absl::Duration> grace);
+  absl::StatusOr<std::vector<LockView>> Acquire(const std::string& uuid,
+                                                const std::vector<ResourceSpec>& specs,
+                                                const AcquireOptions& options,
+                                                const std::optional<std::string>& state);
+  // `specs` nullopt: every lock of the owner.
+  absl::StatusOr<ReleaseResult> Release(const std::string& uuid,
+                                        const std::optional<std::vector<ResourceSpec>>& specs);
+  absl::StatusOr<OwnerView> Inquire(const std::string& uuid);
+  absl::StatusOr<ReleaseResult> Unregister(const std::string& uuid);
+  AgentStatus Status();
+
+  // A lock of `uuid` was lost: forget it and apply the owner's policy.
+  // Backends report such events (lease expiry, lockspace stop).
+  void LockLost(const std::string& uuid, const std::string& backend, const Resource& resource,
+                const std::string& reason);
+
+  // A planned re-exec: waits up to `drain` for requests in flight, then
+  // blocks new ones, closes the journal and asks every backend to keep its
+  // locks across exec. After success the caller must exec (or CancelExec).
+  absl::Status PrepareExec(absl::Duration drain);
+  void CancelExec();
+
+  size_t owner_count() const;
+  size_t lock_count() const;
+
+ private:
+  struct Held;
+  struct OwnerEntry;
+  struct Planned;
+  struct LoadedBackend {
+    std::string name;
+    std::unique_ptr<Backend> backend;
+    Capabilities caps;
+  };
+
+  explicit Agent(AgentOptions options);
+  absl::Status LoadBackends();
+  absl::Status Recover();
+  absl::Status RebuildFromBackends();
+  void OnOwnerExit(const std::string& uuid, uint64_t generation);
+  void ApplyPolicy(const OwnerEntry& entry, const std::string& what);
+
+  absl::StatusOr<LoadedBackend*> FindBackend(const std::string& name);
+  absl::StatusOr<Planned> Plan(const ResourceSpec& spec);
+  absl::Status Journal(const JournalChange& change) const;
+  // Releases `locks` of `owner` in the backends and the journal; with
+  // `forget`, removes the owner row in the same transaction.
+  void ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget);
+  std::vector<LockView> Views(const OwnerEntry& e) const;
+  bool Survives(const std::string& backend) const;
+
+  const AgentOptions options_;
+  std::vector<LoadedBackend> backends_;
+  std::string boot_id_;
+  std::unique_ptr<latchkey::Journal> journal_;
+  std::unique_ptr<OwnerWatch> watch_;
+
+  // Requests hold it shared; PrepareExec holds it exclusively.
+  std::shared_timed_mutex gate_;
+  std::atomic<bool> exec_prepared_{false};
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<OwnerEntry>> owners_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace latchkey
+
+#endif  // LATCHKEY_AGENT_AGENT_H_

@@ -1,0 +1,569 @@
+#include "agent/server.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "agent/handoff.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace latchkey {
+namespace {
+
+using nlohmann::json;
+
+std::string CodeName(absl::StatusCode code) {
+  return absl::AsciiStrToLower(absl::StatusCodeToString(code));
+}
+
+// Reads the fields of one JSON object, each with a clear error naming it,
+// and refuses fields nobody read (typos must not pass silently).
+class Fields {
+ public:
+  Fields(const json& obj, std::string where) : obj_(obj), where_(std::move(where)) {}
+
+  bool Has(const char* key) const { return obj_.contains(key) && !obj_[key].is_null(); }
+
+  absl::Status String(const char* key, std::string* out, bool required) {
+    used_.insert(key);
+    if (!Has(key)) return required ? Missing(key) : absl::OkStatus();
+    const json& v = obj_[key];
+    if (!v.is_string()) return Wrong(key, "a string");
+    *out = v.get<std::string>();
+    return absl::OkStatus();
+  }
+
+  absl::Status Int(const char* key, int64_t* out, bool required) {
+    used_.insert(key);
+    if (!Has(key)) return required ? Missing(key) : absl::OkStatus();
+    const json& v = obj_[key];
+    if (!v.is_number_integer()) return Wrong(key, "an integer");
+    *out = v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX
+               ? INT64_MAX
+               : v.get<int64_t>();
+    return absl::OkStatus();
+  }
+
+  absl::Status Uint(const char* key, uint64_t* out, bool required) {
+    used_.insert(key);
+    if (!Has(key)) return required ? Missing(key) : absl::OkStatus();
+    const json& v = obj_[key];
+    if (!v.is_number_unsigned()) return Wrong(key, "a non-negative integer");
+    *out = v.get<uint64_t>();
+    return absl::OkStatus();
+  }
+
+  absl::Status Bool(const char* key, bool* out) {
+    used_.insert(key);
+    if (!Has(key)) return absl::OkStatus();
+    if (!obj_[key].is_boolean()) return Wrong(key, "true or false");
+    *out = obj_[key].get<bool>();
+    return absl::OkStatus();
+  }
+
+  const json* Object(const char* key) {
+    used_.insert(key);
+    return Has(key) ? &obj_[key] : nullptr;
+  }
+
+  absl::Status CheckUnknown() const {
+    for (auto it = obj_.begin(); it != obj_.end(); ++it) {
+      if (used_.count(it.key()) == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unknown field '", Name(it.key().c_str()), "'"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::string Name(const char* key) const {
+    return where_.empty() ? key : absl::StrCat(where_, ".", key);
+  }
+
+ private:
+  absl::Status Missing(const char* key) const {
+    return absl::InvalidArgumentError(absl::StrCat("missing field '", Name(key), "'"));
+  }
+  absl::Status Wrong(const char* key, const char* what) const {
+    return absl::InvalidArgumentError(absl::StrCat("field '", Name(key), "' must be ", what));
+  }
+
+  const json& obj_;
+  const std::string where_;
+  std::set<std::string> used_;
+};
+
+absl::Status ParseOwner(const json& j, Owner* out) {
+  if (!j.is_object()) return absl::InvalidArgumentError("field 'owner' must be an object");
+  Fields f(j, "owner");
+  int64_t pid = 0;
+  uint64_t start = 0;
+  absl::Status s = f.String("uuid", &out->uuid, true);
+  if (s.ok()) s = f.String("name", &out->name, true);
+  if (s.ok()) s = f.Int("pid", &pid, true);
+  if (s.ok()) s = f.Uint("start_time", &start, false);
+  if (s.ok()) s = f.CheckUnknown();
+  out->pid = pid;
+  out->start_time = start;
+  return s;
+}
+
+absl::Status ParseSpec(const json& j, const std::string& where, ResourceSpec* out) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", where, "' must be an object"));
+  }
+  Fields f(j, where);
+  std::string disk, lease, mode = "exclusive";
+  absl::Status s = f.String("disk", &disk, false);
+  if (s.ok()) s = f.String("lease", &lease, false);
+  if (s.ok()) s = f.String("lockspace", &out->lockspace, false);
+  if (s.ok()) s = f.String("backend", &out->backend, false);
+  if (s.ok()) s = f.String("path", &out->lease_path, false);
+  if (s.ok()) s = f.Uint("offset", &out->lease_offset, false);
+  if (s.ok()) s = f.String("mode", &mode, false);
+  if (s.ok()) s = f.CheckUnknown();
+  if (!s.ok()) return s;
+  if (f.Has("disk") == f.Has("lease")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", where, "' must have exactly one of 'disk' and 'lease'"));
+  }
+  if (f.Has("disk") && (f.Has("path") || f.Has("offset"))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", where, "': 'path' and 'offset' belong to leases, not disks"));
+  }
+  out->kind = f.Has("disk") ? ResourceKind::kDisk : ResourceKind::kLease;
+  out->target = f.Has("disk") ? disk : lease;
+  absl::StatusOr<LockMode> m = ParseLockMode(mode);
+  if (!m.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".mode: ", m.status().message()));
+  }
+  out->mode = *m;
+  return absl::OkStatus();
+}
+
+absl::Status ParseSpecs(const json* arr, std::vector<ResourceSpec>* out) {
+  if (arr == nullptr) return absl::InvalidArgumentError("missing field 'resources'");
+  if (!arr->is_array()) return absl::InvalidArgumentError("field 'resources' must be an array");
+  if (arr->size() > 4096) {
+    return absl::ResourceExhaustedError("a request may name at most 4096 resources");
+  }
+  for (size_t i = 0; i < arr->size(); ++i) {
+    ResourceSpec spec;
+    if (absl::Status s = ParseSpec((*arr)[i], absl::StrCat("resources[", i, "]"), &spec);
+        !s.ok()) {
+      return s;
+    }
+    out->push_back(std::move(spec));
+  }
+  return absl::OkStatus();
+}
+
+json LockJson(const LockView& l) {
+  return json{{"backend", l.backend},
+              {"kind", ResourceKindName(l.resource.kind)},
+              {"lockspace", l.resource.lockspace},
+              {"name", l.resource.name},
+              {"path", l.resource.path},
+              {"offset", l.resource.offset},
+              {"mode", LockModeName(l.mode)},
+              {"fencing_token", l.fencing_token}};
+}
+
+json LocksJson(const std::vector<LockView>& locks) {
+  json arr = json::array();
+  for (const LockView& l : locks) arr.push_back(LockJson(l));
+  return arr;
+}
+
+json OwnerJson(const Owner& o) {
+  return json{{"uuid", o.uuid},
+              {"name", o.name},
+              {"pid", o.pid},
+              {"start_time", o.start_time},
+              {"host", o.host}};
+}
+
+std::string StateOf(const std::vector<LockView>& locks) {
+  std::vector<HandoffEntry> entries;
+  for (const LockView& l : locks) {
+    entries.push_back({l.backend, l.resource.lockspace, l.resource.name, l.mode,
+                       l.fencing_token});
+  }
+  return EncodeHandoff(entries);
+}
+
+absl::Status ParsePolicy(Fields& f, std::optional<FailurePolicy>* policy,
+                         std::optional<absl::Duration>* grace) {
+  std::string p;
+  int64_t grace_ms = -1;
+  absl::Status s = f.String("policy", &p, false);
+  if (s.ok()) s = f.Int("grace_ms", &grace_ms, false);
+  if (!s.ok()) return s;
+  if (f.Has("policy")) {
+    absl::StatusOr<FailurePolicy> fp = ParseFailurePolicy(p);
+    if (!fp.ok()) return fp.status();
+    *policy = *fp;
+  }
+  if (f.Has("grace_ms")) {
+    if (grace_ms < 0) return absl::InvalidArgumentError("field 'grace_ms' must not be negative");
+    *grace = absl::Milliseconds(grace_ms);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bool* reexec) {
+  if (op == "hello") {
+    if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
+    AgentStatus st = agent->Status();
+    json names = json::array();
+    for (const BackendView& b : st.backends) names.push_back(b.name);
+    return json{{"server", "latchd"},
+                {"protocol", kProtocolVersion},
+                {"backends", names},
+                {"default_backend", names.empty() ? json() : names[0]}};
+  }
+  if (op == "status") {
+    if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
+    AgentStatus st = agent->Status();
+    json backends = json::array();
+    for (const BackendView& b : st.backends) {
+      backends.push_back(json{{"name", b.name},
+                              {"healthy", b.health.ok()},
+                              {"message", std::string(b.health.message())}});
+    }
+    json owners = json::array();
+    for (const OwnerView& o : st.owners) {
+      owners.push_back(json{{"owner", OwnerJson(o.owner)},
+                            {"policy", FailurePolicyName(o.policy)},
+                            {"grace_ms", absl::ToInt64Milliseconds(o.grace)},
+                            {"alive", o.alive},
+                            {"locks", LocksJson(o.locks)}});
+    }
+    return json{{"host", st.host},
+                {"pid", static_cast<int64_t>(getpid())},
+                {"boot_id", st.boot_id},
+                {"journal", st.journal_path},
+                {"backends", backends},
+                {"owners", owners}};
+  }
+  if (op == "register") {
+    Owner owner;
+    std::optional<FailurePolicy> policy;
+    std::optional<absl::Duration> grace;
+    const json* o = f.Object("owner");
+    if (o == nullptr) return absl::InvalidArgumentError("missing field 'owner'");
+    absl::Status s = ParseOwner(*o, &owner);
+    if (s.ok()) s = ParsePolicy(f, &policy, &grace);
+    if (s.ok()) s = f.CheckUnknown();
+    if (!s.ok()) return s;
+    absl::StatusOr<OwnerView> v = agent->Register(owner, policy, grace);
+    if (!v.ok()) return v.status();
+    return json{{"owner", OwnerJson(v->owner)},
+                {"policy", FailurePolicyName(v->policy)},
+                {"grace_ms", absl::ToInt64Milliseconds(v->grace)},
+                {"locks", LocksJson(v->locks)}};
+  }
+  std::string uuid;
+  if (op == "reexec") {
+    if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
+    if (absl::Status s = agent->PrepareExec(absl::Seconds(5)); !s.ok()) return s;
+    *reexec = true;
+    return json::object();
+  }
+  if (op != "set_policy" && op != "acquire" && op != "release" && op != "inquire" &&
+      op != "unregister") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown op '", op,
+        "' (expected hello, register, set_policy, acquire, release, inquire, unregister, "
+        "status or reexec)"));
+  }
+  if (absl::Status s = f.String("uuid", &uuid, true); !s.ok()) return s;
+  if (op == "set_policy") {
+    std::optional<FailurePolicy> policy;
+    std::optional<absl::Duration> grace;
+    absl::Status s = ParsePolicy(f, &policy, &grace);
+    if (s.ok()) s = f.CheckUnknown();
+    if (s.ok() && !policy) s = absl::InvalidArgumentError("missing field 'policy'");
+    if (s.ok()) s = agent->SetPolicy(uuid, *policy, grace);
+    if (!s.ok()) return s;
+    return json{{"policy", FailurePolicyName(*policy)}};
+  }
+  if (op == "acquire") {
+    std::vector<ResourceSpec> specs;
+    bool wait = false;
+    int64_t timeout_ms = -1;
+    std::string state;
+    absl::Status s = ParseSpecs(f.Object("resources"), &specs);
+    if (s.ok()) s = f.Bool("wait", &wait);
+    if (s.ok()) s = f.Int("timeout_ms", &timeout_ms, false);
+    if (s.ok()) s = f.String("state", &state, false);
+    if (s.ok()) s = f.CheckUnknown();
+    if (!s.ok()) return s;
+    AcquireOptions opts;
+    opts.wait = wait;
+    opts.timeout = timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(timeout_ms);
+    std::optional<std::string> st;
+    if (f.Has("state")) st = state;
+    absl::StatusOr<std::vector<LockView>> locks = agent->Acquire(uuid, specs, opts, st);
+    if (!locks.ok()) return locks.status();
+    return json{{"locks", LocksJson(*locks)}};
+  }
+  if (op == "release" || op == "unregister") {
+    std::optional<std::vector<ResourceSpec>> specs;
+    if (op == "release" && f.Has("resources")) {
+      specs.emplace();
+      if (absl::Status s = ParseSpecs(f.Object("resources"), &*specs); !s.ok()) return s;
+    }
+    if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
+    absl::StatusOr<ReleaseResult> r =
+        op == "release" ? agent->Release(uuid, specs) : agent->Unregister(uuid);
+    if (!r.ok()) return r.status();
+    return json{{"released", LocksJson(r->released)}, {"state", r->state}};
+  }
+  // inquire
+  if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
+  absl::StatusOr<OwnerView> v = agent->Inquire(uuid);
+  if (!v.ok()) return v.status();
+  return json{{"owner", OwnerJson(v->owner)},
+              {"policy", FailurePolicyName(v->policy)},
+              {"alive", v->alive},
+              {"locks", LocksJson(v->locks)},
+              {"state", StateOf(v->locks)}};
+}
+
+json ErrorJson(const json& id, const absl::Status& s) {
+  return json{{"v", kProtocolVersion},
+              {"id", id},
+              {"ok", false},
+              {"error", {{"code", CodeName(s.code())}, {"message", std::string(s.message())}}}};
+}
+
+bool WriteAll(int fd, const std::string& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string Server::HandleLine(const std::string& line, bool* reexec) {
+  *reexec = false;
+  const json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (req.is_discarded()) {
+    return ErrorJson(nullptr, absl::InvalidArgumentError("request is not valid JSON")).dump();
+  }
+  if (!req.is_object()) {
+    return ErrorJson(nullptr, absl::InvalidArgumentError("request must be a JSON object"))
+        .dump();
+  }
+  const json id = req.contains("id") ? req["id"] : json();
+  Fields f(req, "");
+  f.Object("id");
+  int64_t v = 0;
+  std::string op;
+  absl::Status s = f.Int("v", &v, true);
+  if (s.ok() && v != kProtocolVersion) {
+    s = absl::InvalidArgumentError(
+        absl::StrCat("protocol version ", v, " is not spoken here (latchd speaks version ",
+                     kProtocolVersion, ")"));
+  }
+  if (s.ok()) s = f.String("op", &op, true);
+  if (!s.ok()) return ErrorJson(id, s).dump();
+  absl::StatusOr<json> result;
+  try {
+    result = Dispatch(agent_, op, f, reexec);
+  } catch (const std::exception& e) {
+    // nlohmann throws on type confusion we did not foresee; never let one
+    // take latchd down.
+    result = absl::InvalidArgumentError(absl::StrCat("malformed request: ", e.what()));
+  }
+  if (!result.ok()) {
+    spdlog::debug("{} refused: {}", op, result.status().ToString());
+    return ErrorJson(id, result.status()).dump();
+  }
+  json out = {{"v", kProtocolVersion}, {"id", id}, {"ok", true}};
+  out.update(*result);
+  return out.dump();
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(Agent* agent, ServerOptions options,
+                                                      std::function<void()> on_reexec) {
+  int fd = options.inherited_fd;
+  if (fd < 0) {
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    if (options.socket_path.size() >= sizeof(addr.sun_path)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "socket path ", options.socket_path, " is longer than ", sizeof(addr.sun_path) - 1,
+          " bytes"));
+    }
+    memcpy(addr.sun_path, options.socket_path.c_str(), options.socket_path.size() + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+    // Someone answering there is another latchd: never steal its socket.
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      close(fd);
+      return absl::FailedPreconditionError(
+          absl::StrCat("another latchd is serving ", options.socket_path));
+    }
+    close(fd);
+    unlink(options.socket_path.c_str());
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const mode_t old = umask(0177);  // The socket file is born 0600.
+    const int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    const int err = errno;
+    umask(old);
+    if (rc != 0) {
+      close(fd);
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot bind ", options.socket_path, ": ", strerror(err)));
+    }
+    if (listen(fd, 256) != 0) {
+      close(fd);
+      return absl::InternalError(absl::StrCat("listen: ", strerror(errno)));
+    }
+  }
+  std::unique_ptr<Server> s(new Server(agent, std::move(options), std::move(on_reexec), fd));
+  s->stop_fd_ = eventfd(0, EFD_CLOEXEC);
+  s->accept_thread_ = std::thread([p = s.get()] { p->AcceptLoop(); });
+  return s;
+}
+
+Server::Server(Agent* agent, ServerOptions options, std::function<void()> on_reexec, int fd)
+    : agent_(agent), options_(std::move(options)), on_reexec_(std::move(on_reexec)),
+      listen_fd_(fd) {}
+
+void Server::Stop(bool keep_listening) {
+  const uint64_t one = 1;
+  (void)!write(stop_fd_, &one, sizeof(one));
+  if (accept_thread_.joinable()) accept_thread_.join();
+  {
+    std::lock_guard<std::mutex> l(conn_mu_);
+    for (int fd : conns_) shutdown(fd, SHUT_RDWR);
+  }
+  if (!keep_listening) {
+    close(listen_fd_);
+    unlink(options_.socket_path.c_str());
+  }
+}
+
+void Server::AcceptLoop() {
+  for (;;) {
+    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::critical("poll on the listening socket: {}", strerror(errno));
+      return;
+    }
+    if (p[1].revents != 0) return;
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+        spdlog::error("accept: {}", strerror(errno));
+        if (errno == EMFILE || errno == ENFILE) usleep(100000);
+      }
+      continue;
+    }
+    ucred cred = {};
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        std::find(options_.allowed_uids.begin(), options_.allowed_uids.end(), cred.uid) ==
+            options_.allowed_uids.end()) {
+      spdlog::warn("refused a client with uid {} (pid {}): not in allowed_uids", cred.uid,
+                   cred.pid);
+      WriteAll(fd, ErrorJson(nullptr, absl::PermissionDeniedError(absl::StrCat(
+                                          "uid ", cred.uid, " may not use latchd")))
+                           .dump() +
+                       "\n");
+      close(fd);
+      continue;
+    }
+    if (clients_.load() >= options_.max_clients) {
+      WriteAll(fd, ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
+                                          "latchd serves at most ", options_.max_clients,
+                                          " connections")))
+                           .dump() +
+                       "\n");
+      close(fd);
+      continue;
+    }
+    ++clients_;
+    {
+      std::lock_guard<std::mutex> l(conn_mu_);
+      conns_.push_back(fd);
+    }
+    std::thread([this, fd] { Serve(fd); }).detach();
+  }
+}
+
+void Server::Serve(int fd) {
+  std::string buf;
+  bool discarding = false;  // skipping the rest of an oversized line
+  char chunk[16384];
+  bool open = true;
+  while (open) {
+    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buf.append(chunk, static_cast<size_t>(n));
+    size_t start = 0;
+    for (;;) {
+      const size_t nl = buf.find('\n', start);
+      if (nl == std::string::npos) break;
+      if (discarding) {
+        discarding = false;
+        start = nl + 1;
+        continue;
+      }
+      const std::string line = buf.substr(start, nl - start);
+      start = nl + 1;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      bool reexec = false;
+      const std::string response = HandleLine(line, &reexec) + "\n";
+      if (!WriteAll(fd, response)) {
+        open = false;
+        break;
+      }
+      if (reexec) {
+        on_reexec_();
+        open = false;
+        break;
+      }
+    }
+    buf.erase(0, start);
+    if (open && buf.size() > options_.max_request_bytes) {
+      // Answer now, then skip the rest of that line whatever its length.
+      open = WriteAll(fd, ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
+                                                 "request exceeds ", options_.max_request_bytes,
+                                                 " bytes")))
+                                  .dump() +
+                              "\n");
+      buf.clear();
+      discarding = true;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> l(conn_mu_);
+    conns_.erase(std::remove(conns_.begin(), conns_.end(), fd), conns_.end());
+  }
+  close(fd);
+  --clients_;
+}
+
+}  // namespace latchkey
