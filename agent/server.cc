@@ -547,7 +547,9 @@ void Server::Serve(int fd) {
       }
     }
     buf.erase(0, start);
-    if (open && buf.size() > options_.max_request_bytes) {
+    if (discarding) {
+      buf.clear();  // Still inside the oversized line.
+    } else if (open && buf.size() > options_.max_request_bytes) {
       // Answer now, then skip the rest of that line whatever its length.
       open = WriteAll(fd, ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
                                                  "request exceeds ", options_.max_request_bytes,

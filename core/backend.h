@@ -75,12 +75,13 @@ struct AcquireOptions {
   // absl::InfiniteDuration() waits forever.
   bool wait = false;
   absl::Duration timeout = absl::ZeroDuration();
-  // The hand-off check. When set, the grant is refused with Aborted unless
-  // the resource's most recent grant (to anyone) carried exactly this
-  // fencing token, i.e. nobody took the resource since the state the caller
-  // was handed (a migration source's inquire, a release's state string).
-  // The check and the grant are one atomic step. Backends without
-  // fencing_tokens refuse it (InvalidArgument).
+  // The hand-off check. When set, the grant is refused with Aborted if,
+  // since the grant that carried this fencing token, anyone was granted the
+  // resource in a mode that conflicts with `mode`: nobody can have changed
+  // what the caller was handed (a migration source's inquire, a release's
+  // state string). Compatible grants in between (another shared-read
+  // holder) do not count. The check and the grant are one atomic step.
+  // Backends without fencing_tokens refuse it (InvalidArgument).
   std::optional<uint64_t> expect_token;
 };
 
@@ -149,8 +150,9 @@ class Backend {
   // Takes over a lock described by a journal record after a restart. A
   // backend with orphan_adoption adopts without a window, as does any
   // backend taking over a lock inherited across PrepareExec + exec; others
-  // re-acquire and return Aborted when the lock was taken by someone else
-  // meanwhile (the fencing token moved). NotFound when a backend whose
+  // re-acquire, with the same check as AcquireOptions::expect_token against
+  // record.fencing_token: Aborted when anyone was granted a conflicting
+  // mode since that grant (the lock was broken meanwhile). NotFound when a backend whose
   // locks survive their holder finds no such lock to adopt.
   virtual absl::StatusOr<Grant> Adopt(const LockRecord& record) = 0;
 
