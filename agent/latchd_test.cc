@@ -482,6 +482,11 @@ TEST_F(LatchdTest, BadRequestsGetClearErrorsAndLoseNothing) {
   const std::string big = "{\"v\":1,\"op\":\"status\",\"pad\":\"" + std::string(200000, 'x') + "\"}\n";
   send_line(big);
   EXPECT_THAT(read_line(), HasSubstr("request exceeds 65536 bytes"));
+  // Just over the limit, arriving in one read: refused all the same.
+  const std::string just = "{\"v\":1,\"op\":\"status\",\"pad\":\"" + std::string(65520, 'x') + "\"}\n";
+  ASSERT_GT(just.size(), 65536u);
+  send_line(just);
+  EXPECT_THAT(read_line(), HasSubstr("request exceeds 65536 bytes"));
   send_line("{\"v\":1,\"id\":42,\"op\":\"hello\"}\n");
   const std::string hello = read_line();
   EXPECT_THAT(hello, HasSubstr("\"id\":42"));

@@ -362,6 +362,12 @@ bool WriteAll(int fd, const std::string& data) {
 
 }  // namespace
 
+std::string Server::TooLong() const {
+  return ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
+                                "request exceeds ", options_.max_request_bytes, " bytes")))
+      .dump();
+}
+
 std::string Server::HandleLine(const std::string& line, bool* reexec) {
   *reexec = false;
   const json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
@@ -535,7 +541,9 @@ void Server::Serve(int fd) {
       start = nl + 1;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       bool reexec = false;
-      const std::string response = HandleLine(line, &reexec) + "\n";
+      const std::string response =
+          (line.size() + 1 > options_.max_request_bytes ? TooLong() : HandleLine(line, &reexec)) +
+          "\n";
       if (!WriteAll(fd, response)) {
         open = false;
         break;
@@ -551,11 +559,7 @@ void Server::Serve(int fd) {
       buf.clear();  // Still inside the oversized line.
     } else if (open && buf.size() > options_.max_request_bytes) {
       // Answer now, then skip the rest of that line whatever its length.
-      open = WriteAll(fd, ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
-                                                 "request exceeds ", options_.max_request_bytes,
-                                                 " bytes")))
-                                  .dump() +
-                              "\n");
+      open = WriteAll(fd, TooLong() + "\n");
       buf.clear();
       discarding = true;
     }

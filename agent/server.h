@@ -59,6 +59,7 @@ class Server {
  private:
   Server(Agent* agent, ServerOptions options, std::function<void()> on_reexec, int fd);
   void AcceptLoop();
+  std::string TooLong() const;
   void Serve(int fd);
 
   Agent* const agent_;

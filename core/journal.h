@@ -49,7 +49,9 @@ const char* JournalLockStateName(JournalLockState state);
 
 struct JournalOwner {
   Owner owner;
-  std::string policy;  // latchd's lock-failure policy name; stored as text.
+  // latchd's lock-failure policy, opaque to the journal (latchd writes
+  // "NAME/GRACE_MS", e.g. "terminate/5000").
+  std::string policy;
 };
 
 // A lock row. Its key is (record.owner.uuid, backend, record.resource

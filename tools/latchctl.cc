@@ -1,15 +1,22 @@
-// latchctl: inspect and use latchkey backends from the command line.
+// latchctl: the command line for latchd, the per-host lock agent.
 //
-// This first cut works in-process against a chosen backend plugin: the lock
-// is held by latchctl itself (with --hold, until SIGINT or SIGTERM). Run
-// `latchctl help` for usage.
+// latchd holds every lock, for a registered owner (a VM's process, or the
+// command `latchctl run` starts); latchctl only sends requests
+// (docs/protocol.md) over latchd's socket. Two commands work without latchd:
+// `backends` probes the plugins, `journal` reads latchd's journal file.
+// Run `latchctl help` for usage.
 #include <signal.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
-#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,55 +26,98 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "core/backend.h"
-#include "core/config.h"
+#include "agent/client.h"
+#include "core/journal.h"
+#include "core/lock_mode.h"
+#include "core/owner.h"
 #include "core/plugin_loader.h"
+#include "core/resource.h"
 
 namespace latchkey {
 namespace {
 
-constexpr char kUsage[] = R"(usage: latchctl [GLOBAL OPTIONS] COMMAND [OPTIONS]
+// Keep in sync with the latchctl section of README.md.
+constexpr char kUsage[] = R"(usage: latchctl [--socket PATH] COMMAND [OPTIONS]
+
+latchd, the per-host agent, holds every lock for a registered owner (a VM's
+process, or the command 'latchctl run' starts); latchctl talks to it.
 
 Global options:
-  --config FILE        settings in libvirt conf syntax (keys below)
-  --backend NAME       backend to use (default: config 'backend', else posixfd)
-  --plugin-path DIRS   colon-separated plugin directories
-                       (default: $LATCHKEY_PLUGIN_PATH, the build tree, /usr/lib/latchkey/backends)
+  --socket PATH        latchd's socket (default: $LATCHD_SOCKET, else
+                       /run/latchkey/latchd.sock)
+  --plugin-path DIRS   colon-separated plugin directories, for 'backends'
+                       (default: $LATCHKEY_PLUGIN_PATH, the build tree,
+                       /usr/lib/latchkey/backends)
 
 Commands:
-  backends             list backend plugins with their capabilities
-  acquire  RESOURCE --owner NAME [--uuid UUID] [--mode MODE] [--wait SECONDS] [--hold]
-                       take a lock; with --hold keep it until SIGINT/SIGTERM, then release
-  release  RESOURCE --owner NAME --uuid UUID
-                       release a lock this backend lets another process release
-  status   [--json]    every lock the backend can see, with holder, mode and token
+  status [--json]      owners and locks latchd holds
+  run RESOURCE... [--wait SECONDS] [--owner NAME] [--uuid UUID] [--grace-ms N] -- CMD [ARG...]
+                       start CMD held before exec, register it as the owner,
+                       take the locks, then let it run; they are released when
+                       CMD ends; exit with CMD's status (128+N if signal N
+                       killed it). SIGINT/SIGTERM are passed on to it.
+                       Owner name default: CMD's base name; uuid: random
+  register --owner NAME --uuid UUID --pid PID [--policy POLICY] [--grace-ms N]
+                       make a process an owner that can lock
+  set-policy --uuid UUID --policy POLICY [--grace-ms N]
+  unregister --uuid UUID [--json]
+                       release every lock of the owner and forget it
+  acquire RESOURCE... --uuid UUID [--wait SECONDS] [--state STATE] [--json]
+                       take all the resources for the owner, or none
+  release [RESOURCE...] --uuid UUID [--json]
+                       release them (default: every lock of the owner) and
+                       print the state string (for 'acquire --state')
+  inquire --uuid UUID [--json]
+                       the owner's policy, locks and state string
+  journal [--state-dir DIR | --journal FILE] [--json]
+                       dump latchd's journal, read-only, also while latchd is
+                       down (default: /run/latchkey/journal.db; DIR/journal.db)
+  backends             backend plugins found locally, with their capabilities
+  reexec               restart latchd in place (upgrade), keeping every lock
   help                 this text
 
-RESOURCE:  --disk PATH [--lockspace LS]      a disk image (named by its canonical path)
-           --lease KEY [--lockspace LS] [--lease-path PATH --lease-offset N]
-MODE:      shared-read | shared-write | exclusive (default exclusive)
+RESOURCE: --disk PATH                  a disk image, named by its canonical path
+          --lease KEY [--lease-path PATH] [--lease-offset N]
+  Each --disk or --lease starts a resource; --mode MODE, --lockspace LS and
+  --backend NAME after it apply to that resource, and before the first one to
+  every resource. Defaults: exclusive, latchd's lockspace and first backend.
+MODE:     shared-read | shared-write | exclusive
+POLICY:   what latchd does to the owner's process when a lock is lost:
+          terminate (SIGTERM, SIGKILL after --grace-ms; default) | pause | ignore
+SECONDS:  how long to wait for a conflicting lock to go: a number, or
+          'forever'; without --wait (or 0) a conflict is refused at once
 
-Config keys: backend, plugin_path (list), lockspace, and each backend's own
-keys prefixed with its name, e.g. posixfd_lock_dir = "/run/latchkey/locks".
-
-Exit status: 0 done, 1 refused (lock held or wait timed out), 2 bad usage or
-input, 3 backend or system error.
+Exit status: 0 done; 1 refused (held by another owner, wait timed out, lock
+lost or hand-off check failed); 2 bad usage or input (also: unknown owner or
+lock); 3 error (latchd not running, permission denied, latchd or backend
+failure).
 )";
 
 enum Exit { kOk = 0, kRefused = 1, kBadUsage = 2, kError = 3 };
 
-int Fail(const absl::Status& s) {
-  fprintf(stderr, "latchctl: %s\n", std::string(s.message()).c_str());
+// How long to wait for latchd to accept and answer an ordinary request.
+constexpr absl::Duration kCallTimeout = absl::Seconds(30);
+
+int ExitCodeFor(const absl::Status& s) {
   switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return kOk;
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
       return kRefused;
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kOutOfRange:
       return kBadUsage;
     default:
       return kError;
   }
+}
+
+int Fail(const absl::Status& s) {
+  fprintf(stderr, "latchctl: %s\n", std::string(s.message()).c_str());
+  return ExitCodeFor(s);
 }
 
 int UsageError(const std::string& what) {
@@ -75,105 +125,351 @@ int UsageError(const std::string& what) {
   return kBadUsage;
 }
 
-// Options as given: "--name value" pairs and bare "--flag"s.
-struct Args {
-  std::map<std::string, std::string> values;
-  std::vector<std::string> positional;
-  const std::string* Get(const std::string& k) const {
-    auto it = values.find(k);
-    return it == values.end() ? nullptr : &it->second;
-  }
+// ---------------------------------------------------------------------------
+// Arguments: options in the order given (resources depend on it), the
+// command word, and what follows "--".
+
+struct Opt {
+  std::string name;   // "--disk"
+  std::string value;  // "" for a bare flag
 };
 
-const std::vector<std::string> kFlags = {"--hold", "--json"};
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<Opt> opts;
+  std::vector<std::string> command;  // after "--"
+  bool dashdash = false;
+};
+
+const std::vector<std::string> kBareFlags = {"--json"};
 const std::vector<std::string> kValued = {
-    "--config", "--backend", "--plugin-path", "--owner",      "--uuid",       "--mode",
-    "--wait",   "--disk",    "--lease",       "--lockspace", "--lease-path", "--lease-offset"};
+    "--socket", "--plugin-path", "--owner",     "--uuid",  "--pid",       "--policy",
+    "--grace-ms", "--wait",      "--state",     "--disk",  "--lease",     "--lockspace",
+    "--lease-path", "--lease-offset", "--mode", "--backend", "--state-dir", "--journal"};
+// May be given once per resource.
+const std::vector<std::string> kResourceOpts = {"--disk", "--lease", "--mode", "--lockspace",
+                                                "--lease-path", "--lease-offset", "--backend"};
+const std::vector<std::string> kGlobalOpts = {"--socket", "--plugin-path"};
+
+bool Contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
 
 absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) {
+    std::string arg = argv[i];
+    if (arg == "--") {
+      a.dashdash = true;
+      a.command.assign(argv + i + 1, argv + argc);
+      break;
+    }
+    if (arg == "-h" || arg == "--help") {
+      a.positional.push_back("help");
+      continue;
+    }
+    if (arg.size() < 2 || arg[0] != '-') {
       a.positional.push_back(arg);
       continue;
     }
-    const bool flag = std::find(kFlags.begin(), kFlags.end(), arg) != kFlags.end();
-    const bool valued = std::find(kValued.begin(), kValued.end(), arg) != kValued.end();
-    if (!flag && !valued) return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
-    if (a.values.count(arg)) return absl::InvalidArgumentError(absl::StrCat(arg, " given twice"));
-    if (flag) {
-      a.values[arg] = "1";
-    } else if (i + 1 >= argc) {
-      return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
+    std::optional<std::string> inline_value;
+    if (const size_t eq = arg.find('='); eq != std::string::npos && arg.rfind("--", 0) == 0) {
+      inline_value = arg.substr(eq + 1);
+      arg.resize(eq);
+    }
+    if (Contains(kBareFlags, arg)) {
+      if (inline_value) return absl::InvalidArgumentError(absl::StrCat(arg, " takes no value"));
+      a.opts.push_back({arg, ""});
+    } else if (Contains(kValued, arg)) {
+      if (inline_value) {
+        a.opts.push_back({arg, *inline_value});
+      } else if (i + 1 >= argc) {
+        return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
+      } else {
+        a.opts.push_back({arg, argv[++i]});
+      }
     } else {
-      a.values[arg] = argv[++i];
+      return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
     }
   }
   return a;
 }
+
+// ---------------------------------------------------------------------------
+// Reading latchd's JSON leniently: a missing field prints as "-".
+
+std::string Str(const nlohmann::json& j, const char* key, const std::string& dflt = "-") {
+  if (!j.is_object()) return dflt;
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_boolean()) return it->get<bool>() ? "yes" : "no";
+  return it->dump();
+}
+
+const nlohmann::json& Field(const nlohmann::json& j, const char* key) {
+  static const nlohmann::json kNull;
+  if (!j.is_object()) return kNull;
+  const auto it = j.find(key);
+  return it == j.end() ? kNull : *it;
+}
+
+// "/img/a.qcow2" for a disk, "lease LS/KEY" (plus its storage) for a lease.
+std::string DescribeLock(const nlohmann::json& lock) {
+  if (Str(lock, "kind") == "disk") return Str(lock, "path");
+  std::string d = absl::StrCat("lease ", Str(lock, "lockspace"), "/", Str(lock, "name"));
+  const std::string path = Str(lock, "path", "");
+  if (!path.empty()) absl::StrAppend(&d, " at ", path, ":", Str(lock, "offset", "0"));
+  return d;
+}
+
+std::string DescribeOwner(const nlohmann::json& owner) {
+  return absl::StrCat(Str(owner, "name"), " (uuid ", Str(owner, "uuid"), ", pid ",
+                      Str(owner, "pid"), ")");
+}
+
+void PrintLocks(FILE* out, const char* verb, const nlohmann::json& locks) {
+  if (!locks.is_array()) return;
+  for (const nlohmann::json& l : locks) {
+    fprintf(out, "%s %s %s, fencing token %s (backend %s, lockspace %s)\n", verb,
+            Str(l, "mode").c_str(), DescribeLock(l).c_str(), Str(l, "fencing_token").c_str(),
+            Str(l, "backend").c_str(), Str(l, "lockspace").c_str());
+  }
+}
+
+void PrintJson(const nlohmann::json& j) { printf("%s\n", j.dump().c_str()); }
+
+// ---------------------------------------------------------------------------
 
 class Ctl {
  public:
   explicit Ctl(Args args) : args_(std::move(args)) {}
 
   int Run() {
-    if (args_.positional.size() != 1) {
-      return UsageError(args_.positional.empty() ? "no command given" : "one command at a time");
-    }
+    if (args_.positional.empty()) return UsageError("no command given");
     const std::string cmd = args_.positional[0];
-    if (cmd == "help") {
-      fputs(kUsage, stdout);
-      return kOk;
+    if (args_.positional.size() > 1) {
+      return UsageError(absl::StrCat("unexpected argument '", args_.positional[1], "'"));
     }
-    if (absl::Status s = LoadConfig(); !s.ok()) return Fail(s);
-    if (cmd == "backends") return Backends();
-    if (cmd == "acquire" || cmd == "release" || cmd == "status") {
-      if (absl::Status s = OpenBackend(); !s.ok()) return Fail(s);
-      if (cmd == "acquire") return AcquireCmd();
-      if (cmd == "release") return ReleaseCmd();
-      return StatusCmd();
+    struct Command {
+      const char* name;
+      std::vector<std::string> options;
+      bool resources;
+      int (Ctl::*run)();
+    };
+    const std::vector<Command> commands = {
+        {"help", {}, false, &Ctl::Help},
+        {"backends", {}, false, &Ctl::Backends},
+        {"status", {"--json"}, false, &Ctl::Status},
+        {"run", {"--wait", "--owner", "--uuid", "--grace-ms"}, true, &Ctl::RunCmd},
+        {"register", {"--owner", "--uuid", "--pid", "--policy", "--grace-ms"}, false,
+         &Ctl::Register},
+        {"set-policy", {"--uuid", "--policy", "--grace-ms"}, false, &Ctl::SetPolicy},
+        {"unregister", {"--uuid", "--json"}, false, &Ctl::Unregister},
+        {"acquire", {"--uuid", "--wait", "--state", "--json"}, true, &Ctl::Acquire},
+        {"release", {"--uuid", "--json"}, true, &Ctl::Release},
+        {"inquire", {"--uuid", "--json"}, false, &Ctl::Inquire},
+        {"journal", {"--state-dir", "--journal", "--json"}, false, &Ctl::JournalCmd},
+        {"reexec", {}, false, &Ctl::Reexec},
+    };
+    const Command* c = nullptr;
+    for (const Command& k : commands) {
+      if (cmd == k.name) c = &k;
     }
-    return UsageError(absl::StrCat("unknown command '", cmd, "'"));
+    if (c == nullptr) return UsageError(absl::StrCat("unknown command '", cmd, "'"));
+    if (args_.dashdash && cmd != "run") {
+      return UsageError(absl::StrCat("'", cmd, "' takes no command after --"));
+    }
+    // Every option must belong to the command; only resource options repeat.
+    for (size_t i = 0; i < args_.opts.size(); ++i) {
+      const std::string& name = args_.opts[i].name;
+      const bool resource_opt = Contains(kResourceOpts, name);
+      if (!Contains(kGlobalOpts, name) && !Contains(c->options, name) &&
+          !(resource_opt && c->resources)) {
+        return UsageError(absl::StrCat("option ", name, " does not apply to '", cmd, "'"));
+      }
+      if (resource_opt) continue;
+      for (size_t k = 0; k < i; ++k) {
+        if (args_.opts[k].name == name) return UsageError(absl::StrCat(name, " given twice"));
+      }
+    }
+    return (this->*(c->run))();
   }
 
  private:
-  absl::Status LoadConfig() {
-    if (const std::string* f = args_.Get("--config")) {
-      absl::StatusOr<Config> c = Config::ParseFile(*f);
-      if (!c.ok()) return c.status();
-      config_ = *std::move(c);
+  const std::string* Get(const std::string& name) const {
+    for (const Opt& o : args_.opts) {
+      if (o.name == name) return &o.value;
     }
-    absl::StatusOr<std::vector<std::string>> path =
-        config_.GetStringList("plugin_path", DefaultPluginPath());
-    if (!path.ok()) return path.status();
-    plugin_path_ = *path;
-    if (const std::string* p = args_.Get("--plugin-path")) {
-      plugin_path_ = absl::StrSplit(*p, ':', absl::SkipEmpty());
-    }
-    std::vector<std::string> prefixes;
-    for (const PluginInfo& p : ListPlugins(plugin_path_)) prefixes.push_back(p.name + "_");
-    return config_.CheckKeys({"backend", "plugin_path", "lockspace"}, prefixes);
+    return nullptr;
   }
 
-  absl::Status OpenBackend() {
-    absl::StatusOr<std::string> name = config_.GetString("backend", "posixfd");
-    if (!name.ok()) return name.status();
-    if (const std::string* b = args_.Get("--backend")) *name = *b;
-    absl::StatusOr<std::unique_ptr<Backend>> b =
-        LoadBackend(plugin_path_, *name, config_.Section(*name + "_"));
-    if (!b.ok()) return b.status();
-    backend_ = *std::move(b);
+  absl::StatusOr<std::string> Need(const std::string& name, const char* what) const {
+    const std::string* v = Get(name);
+    if (v == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", args_.positional[0], "' needs ", name, " ", what));
+    }
+    return *v;
+  }
+
+  static absl::StatusOr<int64_t> Int(const std::string& name, const std::string& value) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(value, &n) || n < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " '", value, "' is not a non-negative integer"));
+    }
+    return n;
+  }
+
+  std::string SocketPath() const {
+    const std::string* s = Get("--socket");
+    return s != nullptr ? *s : DefaultSocketPath();
+  }
+
+  absl::Status Connect() {
+    if (client_.has_value()) return absl::OkStatus();
+    absl::StatusOr<LatchdClient> c = LatchdClient::Connect(SocketPath(), kCallTimeout);
+    if (!c.ok()) return c.status();
+    client_.emplace(*std::move(c));
     return absl::OkStatus();
   }
 
+  // Connects if needed and sends `request`.
+  absl::StatusOr<nlohmann::json> Call(const nlohmann::json& request,
+                                      absl::Duration timeout = kCallTimeout) {
+    if (absl::Status s = Connect(); !s.ok()) return s;
+    return client_->Call(request, timeout);
+  }
+
+  // Sends a request whose answer is only printed: as JSON with --json, else
+  // through `print`.
+  template <typename Print>
+  int Simple(const nlohmann::json& request, Print print) {
+    absl::StatusOr<nlohmann::json> r = Call(request);
+    if (!r.ok()) return Fail(r.status());
+    if (Get("--json") != nullptr) {
+      PrintJson(*r);
+    } else {
+      print(*r);
+    }
+    return kOk;
+  }
+
+  // The resource specs of the request, from --disk/--lease groups.
+  absl::StatusOr<nlohmann::json> Resources(bool required) const {
+    std::map<std::string, std::string> defaults;
+    std::vector<std::map<std::string, std::string>> groups;
+    for (const Opt& o : args_.opts) {
+      if (!Contains(kResourceOpts, o.name)) continue;
+      if (o.name == "--disk" || o.name == "--lease") {
+        groups.push_back({{o.name, o.value}});
+        continue;
+      }
+      auto& target = groups.empty() ? defaults : groups.back();
+      if (!target.emplace(o.name, o.value).second) {
+        return absl::InvalidArgumentError(
+            groups.empty() ? absl::StrCat(o.name, " given twice before the first resource")
+                           : absl::StrCat(o.name, " given twice for one resource"));
+      }
+    }
+    if (groups.empty()) {
+      if (required) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "'", args_.positional[0], "' needs a resource: --disk PATH or --lease KEY"));
+      }
+      if (!defaults.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(defaults.begin()->first, " given without --disk or --lease"));
+      }
+      return nlohmann::json(nullptr);
+    }
+    nlohmann::json specs = nlohmann::json::array();
+    for (std::map<std::string, std::string> g : groups) {
+      for (const auto& [k, v] : defaults) g.emplace(k, v);
+      nlohmann::json spec = nlohmann::json::object();
+      if (auto d = g.find("--disk"); d != g.end()) {
+        for (const char* lease_only : {"--lease-path", "--lease-offset"}) {
+          if (g.count(lease_only)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(lease_only, " applies to --lease, not to --disk ", d->second));
+          }
+        }
+        // latchd resolves paths in its own directory: send an absolute one.
+        absl::StatusOr<std::string> path = CanonicalImagePath(d->second);
+        if (!path.ok()) return path.status();
+        spec["disk"] = *path;
+      } else {
+        spec["lease"] = g["--lease"];
+        if (auto p = g.find("--lease-path"); p != g.end()) spec["path"] = p->second;
+        if (auto o = g.find("--lease-offset"); o != g.end()) {
+          absl::StatusOr<int64_t> off = Int("--lease-offset", o->second);
+          if (!off.ok()) return off.status();
+          spec["offset"] = *off;
+        }
+      }
+      if (auto m = g.find("--mode"); m != g.end()) {
+        absl::StatusOr<LockMode> mode = ParseLockMode(m->second);
+        if (!mode.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat("--mode: ", mode.status().message()));
+        }
+        spec["mode"] = LockModeName(*mode);
+      }
+      if (auto l = g.find("--lockspace"); l != g.end()) spec["lockspace"] = l->second;
+      if (auto b = g.find("--backend"); b != g.end()) spec["backend"] = b->second;
+      specs.push_back(std::move(spec));
+    }
+    return specs;
+  }
+
+  // Adds "wait"/"timeout_ms" from --wait to an acquire request and returns
+  // how long to wait for latchd's answer.
+  absl::StatusOr<absl::Duration> AddWait(nlohmann::json* request) const {
+    const std::string* w = Get("--wait");
+    if (w == nullptr) return kCallTimeout;
+    if (*w == "forever") {
+      (*request)["wait"] = true;
+      return absl::InfiniteDuration();
+    }
+    double secs = 0;
+    if (!absl::SimpleAtod(*w, &secs) || !std::isfinite(secs) || secs < 0 || secs > 1e9) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--wait '", *w, "' is not a number of seconds or 'forever'"));
+    }
+    const int64_t ms = static_cast<int64_t>(std::ceil(secs * 1000));
+    if (ms == 0) return kCallTimeout;  // refuse at once
+    (*request)["wait"] = true;
+    (*request)["timeout_ms"] = ms;
+    return absl::Milliseconds(ms) + kCallTimeout;
+  }
+
+  absl::StatusOr<nlohmann::json> Policy(nlohmann::json request) const {
+    if (const std::string* p = Get("--policy")) request["policy"] = *p;
+    if (const std::string* g = Get("--grace-ms")) {
+      absl::StatusOr<int64_t> ms = Int("--grace-ms", *g);
+      if (!ms.ok()) return ms.status();
+      request["grace_ms"] = *ms;
+    }
+    return request;
+  }
+
+  // ---- commands
+
+  int Help() {
+    fputs(kUsage, stdout);
+    return kOk;
+  }
+
   int Backends() {
+    std::vector<std::string> path = DefaultPluginPath();
+    if (const std::string* p = Get("--plugin-path")) {
+      path = absl::StrSplit(*p, ':', absl::SkipEmpty());
+    }
     std::vector<std::string> errors;
-    std::vector<PluginInfo> plugins = ListPlugins(plugin_path_, &errors);
+    std::vector<PluginInfo> plugins = ListPlugins(path, &errors);
     for (const std::string& e : errors) fprintf(stderr, "latchctl: skipped: %s\n", e.c_str());
     if (plugins.empty()) {
-      fprintf(stderr, "latchctl: no backend plugins in %s\n",
-              absl::StrJoin(plugin_path_, ":").c_str());
+      fprintf(stderr, "latchctl: no backend plugins in %s\n", absl::StrJoin(path, ":").c_str());
       return kError;
     }
     for (const PluginInfo& p : plugins) {
@@ -194,141 +490,361 @@ class Ctl {
     return kOk;
   }
 
-  absl::StatusOr<Resource> ResourceFromArgs() {
-    absl::StatusOr<std::string> ls = config_.GetString("lockspace", "default");
-    if (!ls.ok()) return ls.status();
-    if (const std::string* l = args_.Get("--lockspace")) *ls = *l;
-    const std::string* disk = args_.Get("--disk");
-    const std::string* lease = args_.Get("--lease");
-    if ((disk == nullptr) == (lease == nullptr)) {
-      return absl::InvalidArgumentError("name exactly one resource: --disk PATH or --lease KEY");
-    }
-    if (disk != nullptr) return Resource::Disk(*disk, *ls, backend_->capabilities().max_name_len);
-    uint64_t offset = 0;
-    if (const std::string* o = args_.Get("--lease-offset")) {
-      if (!absl::SimpleAtoi(*o, &offset)) {
-        return absl::InvalidArgumentError(absl::StrCat("--lease-offset '", *o, "' is not a number"));
-      }
-    }
-    const std::string* path = args_.Get("--lease-path");
-    return Resource::Lease(*ls, *lease, path ? *path : "", offset);
-  }
-
-  absl::StatusOr<Owner> OwnerFromArgs(bool need_uuid) {
-    const std::string* name = args_.Get("--owner");
-    if (name == nullptr) return absl::InvalidArgumentError("--owner NAME is required");
-    const std::string* uuid = args_.Get("--uuid");
-    if (uuid == nullptr && need_uuid) {
-      return absl::InvalidArgumentError("--uuid is required to name the owner");
-    }
-    Owner o = OwnerForThisProcess(uuid ? *uuid : RandomUuid(), *name);
-    if (absl::Status s = o.Validate(); !s.ok()) return s;
-    return o;
-  }
-
-  int AcquireCmd() {
-    absl::StatusOr<Resource> r = ResourceFromArgs();
+  int Status() {
+    absl::StatusOr<nlohmann::json> r = Call({{"op", "status"}});
     if (!r.ok()) return Fail(r.status());
-    absl::StatusOr<Owner> o = OwnerFromArgs(false);
-    if (!o.ok()) return Fail(o.status());
-    absl::StatusOr<LockMode> mode = ParseLockMode(args_.Get("--mode") ? *args_.Get("--mode") : "exclusive");
-    if (!mode.ok()) return Fail(mode.status());
-    AcquireOptions opts;
-    if (const std::string* w = args_.Get("--wait")) {
-      double secs = 0;
-      if (!absl::SimpleAtod(*w, &secs) || secs < 0) {
-        return UsageError(absl::StrCat("--wait '", *w, "' is not a number of seconds"));
-      }
-      opts.wait = true;
-      opts.timeout = absl::Seconds(secs);
-    }
-    // Block the stop signals before taking the lock, so one arriving
-    // between the grant and the wait below is not lost.
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    const bool hold = args_.Get("--hold") != nullptr;
-    if (hold) sigprocmask(SIG_BLOCK, &stop, nullptr);
-
-    absl::StatusOr<Grant> g = backend_->Acquire(*o, *r, *mode, opts);
-    if (!g.ok()) return Fail(g.status());
-    printf("granted %s %s to %s, fencing token %llu\n", LockModeName(g->mode),
-           r->Describe().c_str(), o->Describe().c_str(),
-           static_cast<unsigned long long>(g->fencing_token));
-    fflush(stdout);
-    if (!hold) return kOk;  // The process exits; backends that tie locks to it drop them.
-    int sig = 0;
-    sigwait(&stop, &sig);
-    if (absl::Status s = backend_->Release(*o, *r); !s.ok()) return Fail(s);
-    printf("released %s held by %s (%s)\n", r->Describe().c_str(), o->name.c_str(),
-           sig == SIGINT ? "SIGINT" : "SIGTERM");
-    return kOk;
-  }
-
-  int ReleaseCmd() {
-    absl::StatusOr<Resource> r = ResourceFromArgs();
-    if (!r.ok()) return Fail(r.status());
-    absl::StatusOr<Owner> o = OwnerFromArgs(true);
-    if (!o.ok()) return Fail(o.status());
-    if (absl::Status s = backend_->Release(*o, *r); !s.ok()) return Fail(s);
-    printf("released %s held by %s\n", r->Describe().c_str(), o->name.c_str());
-    return kOk;
-  }
-
-  static std::string JsonString(const std::string& s) {
-    std::string out = "\"";
-    for (unsigned char c : s) {
-      if (c == '"' || c == '\\') {
-        out += '\\';
-        out += static_cast<char>(c);
-      } else if (c < 0x20) {
-        out += absl::StrFormat("\\u%04x", c);
-      } else {
-        out += static_cast<char>(c);
-      }
-    }
-    return out + "\"";
-  }
-
-  int StatusCmd() {
-    absl::StatusOr<std::vector<HolderInfo>> holders = backend_->Inquire(std::nullopt);
-    if (!holders.ok()) return Fail(holders.status());
-    if (args_.Get("--json") != nullptr) {
-      std::vector<std::string> rows;
-      for (const HolderInfo& h : *holders) {
-        rows.push_back(absl::StrCat(
-            "{\"backend\":", JsonString(backend_->name()),
-            ",\"kind\":", JsonString(ResourceKindName(h.resource.kind)),
-            ",\"lockspace\":", JsonString(h.resource.lockspace),
-            ",\"name\":", JsonString(h.resource.name), ",\"path\":", JsonString(h.resource.path),
-            ",\"mode\":", JsonString(LockModeName(h.mode)),
-            ",\"owner\":", JsonString(h.owner.name), ",\"uuid\":", JsonString(h.owner.uuid),
-            ",\"pid\":", h.owner.pid, ",\"host\":", JsonString(h.owner.host),
-            ",\"fencing_token\":", h.fencing_token, "}"));
-      }
-      printf("{\"locks\":[%s]}\n", absl::StrJoin(rows, ",").c_str());
+    if (Get("--json") != nullptr) {
+      PrintJson(*r);
       return kOk;
     }
-    printf("%-44s %-12s %-14s %-8s %-12s %s\n", "RESOURCE", "MODE", "OWNER", "PID", "HOST",
-           "TOKEN");
-    for (const HolderInfo& h : *holders) {
-      const std::string what = h.resource.kind == ResourceKind::kDisk
-                                   ? h.resource.path
-                                   : absl::StrCat("lease ", h.resource.Key());
-      printf("%-44s %-12s %-14s %-8lld %-12s %llu\n", what.c_str(), LockModeName(h.mode),
-             h.owner.name.c_str(), static_cast<long long>(h.owner.pid), h.owner.host.c_str(),
-             static_cast<unsigned long long>(h.fencing_token));
+    std::vector<std::string> backends;
+    for (const nlohmann::json& b : Field(*r, "backends")) {
+      std::string health = Field(b, "healthy") == true ? "healthy" : "UNHEALTHY";
+      const std::string msg = Str(b, "message", "");
+      if (!msg.empty()) absl::StrAppend(&health, ": ", msg);
+      backends.push_back(absl::StrCat(Str(b, "name"), " (", health, ")"));
     }
-    printf("%zu lock%s held (backend %s)\n", holders->size(), holders->size() == 1 ? "" : "s",
-           backend_->name().c_str());
+    printf("latchd pid %s on host %s, journal %s\nbackends: %s\n", Str(*r, "pid").c_str(),
+           Str(*r, "host").c_str(), Str(*r, "journal").c_str(),
+           backends.empty() ? "-" : absl::StrJoin(backends, ", ").c_str());
+    const nlohmann::json& owners = Field(*r, "owners");
+    if (!owners.is_array() || owners.empty()) {
+      printf("no owners registered\n");
+      return kOk;
+    }
+    const char* kRow = "%-16s %-36s %-8s %-5s %-9s %-8s %-12s %-6s %s\n";
+    printf(kRow, "OWNER", "UUID", "PID", "ALIVE", "POLICY", "BACKEND", "MODE", "TOKEN",
+           "RESOURCE");
+    size_t nlocks = 0;
+    for (const nlohmann::json& o : owners) {
+      const nlohmann::json& owner = Field(o, "owner");
+      const std::string name = Str(owner, "name"), uuid = Str(owner, "uuid"),
+                        pid = Str(owner, "pid"), alive = Str(o, "alive"),
+                        policy = Str(o, "policy");
+      const nlohmann::json& locks = Field(o, "locks");
+      if (!locks.is_array() || locks.empty()) {
+        printf(kRow, name.c_str(), uuid.c_str(), pid.c_str(), alive.c_str(), policy.c_str(), "-",
+               "-", "-", "(no locks)");
+        continue;
+      }
+      for (const nlohmann::json& l : locks) {
+        ++nlocks;
+        printf(kRow, name.c_str(), uuid.c_str(), pid.c_str(), alive.c_str(), policy.c_str(),
+               Str(l, "backend").c_str(), Str(l, "mode").c_str(), Str(l, "fencing_token").c_str(),
+               DescribeLock(l).c_str());
+      }
+    }
+    printf("%zu owner%s, %zu lock%s\n", owners.size(), owners.size() == 1 ? "" : "s", nlocks,
+           nlocks == 1 ? "" : "s");
     return kOk;
+  }
+
+  int Register() {
+    absl::StatusOr<std::string> name = Need("--owner", "NAME");
+    if (!name.ok()) return Fail(name.status());
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    absl::StatusOr<std::string> pid_text = Need("--pid", "PID");
+    if (!pid_text.ok()) return Fail(pid_text.status());
+    absl::StatusOr<int64_t> pid = Int("--pid", *pid_text);
+    if (!pid.ok()) return Fail(pid.status());
+    absl::StatusOr<nlohmann::json> req = Policy(
+        {{"op", "register"}, {"owner", {{"uuid", *uuid}, {"name", *name}, {"pid", *pid}}}});
+    if (!req.ok()) return Fail(req.status());
+    absl::StatusOr<nlohmann::json> r = Call(*req);
+    if (!r.ok()) return Fail(r.status());
+    printf("registered %s, policy %s\n", DescribeOwner(Field(*r, "owner")).c_str(),
+           Str(*r, "policy").c_str());
+    return kOk;
+  }
+
+  int SetPolicy() {
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    if (!Get("--policy")) return Fail(Need("--policy", "POLICY").status());
+    absl::StatusOr<nlohmann::json> req = Policy({{"op", "set_policy"}, {"uuid", *uuid}});
+    if (!req.ok()) return Fail(req.status());
+    absl::StatusOr<nlohmann::json> r = Call(*req);
+    if (!r.ok()) return Fail(r.status());
+    printf("policy of %s is now %s\n", uuid->c_str(), Get("--policy")->c_str());
+    return kOk;
+  }
+
+  int Unregister() {
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    return Simple({{"op", "unregister"}, {"uuid", *uuid}}, [&](const nlohmann::json& r) {
+      PrintLocks(stdout, "released", Field(r, "released"));
+      printf("unregistered %s\n", uuid->c_str());
+    });
+  }
+
+  int Acquire() {
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    absl::StatusOr<nlohmann::json> specs = Resources(/*required=*/true);
+    if (!specs.ok()) return Fail(specs.status());
+    nlohmann::json req = {{"op", "acquire"}, {"uuid", *uuid}, {"resources", *specs}};
+    if (const std::string* st = Get("--state")) req["state"] = *st;
+    absl::StatusOr<absl::Duration> timeout = AddWait(&req);
+    if (!timeout.ok()) return Fail(timeout.status());
+    absl::StatusOr<nlohmann::json> r = Call(req, *timeout);
+    if (!r.ok()) return Fail(r.status());
+    if (Get("--json") != nullptr) {
+      PrintJson(*r);
+    } else {
+      PrintLocks(stdout, "granted", Field(*r, "locks"));
+    }
+    return kOk;
+  }
+
+  int Release() {
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    absl::StatusOr<nlohmann::json> specs = Resources(/*required=*/false);
+    if (!specs.ok()) return Fail(specs.status());
+    nlohmann::json req = {{"op", "release"}, {"uuid", *uuid}};
+    if (!specs->is_null()) req["resources"] = *specs;
+    // stdout carries only the state string, for state=$(latchctl release ...).
+    return Simple(req, [](const nlohmann::json& r) {
+      PrintLocks(stderr, "released", Field(r, "released"));
+      printf("%s\n", Str(r, "state", "").c_str());
+    });
+  }
+
+  int Inquire() {
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    return Simple({{"op", "inquire"}, {"uuid", *uuid}}, [](const nlohmann::json& r) {
+      printf("owner %s, policy %s\n", DescribeOwner(Field(r, "owner")).c_str(),
+             Str(r, "policy").c_str());
+      PrintLocks(stdout, "holds", Field(r, "locks"));
+      printf("state %s\n", Str(r, "state", "").c_str());
+    });
+  }
+
+  int Reexec() {
+    absl::StatusOr<nlohmann::json> r = Call({{"op", "reexec"}});
+    if (!r.ok()) return Fail(r.status());
+    printf("latchd at %s is re-executing\n", SocketPath().c_str());
+    return kOk;
+  }
+
+  // ---- journal: read latchd's SQLite file directly.
+
+  int JournalCmd() {
+    const std::string* file = Get("--journal");
+    const std::string* dir = Get("--state-dir");
+    if (file != nullptr && dir != nullptr) {
+      return UsageError("give --state-dir or --journal, not both");
+    }
+    const std::string path = file != nullptr  ? *file
+                             : dir != nullptr ? absl::StrCat(*dir, "/journal.db")
+                                              : std::string("/run/latchkey/journal.db");
+    std::string boot_id;
+    absl::StatusOr<JournalContents> j = Journal::ReadOnly(path, &boot_id);
+    if (!j.ok()) return Fail(j.status());
+    const std::string this_boot = CurrentBootId();
+    if (Get("--json") != nullptr) {
+      nlohmann::json out = {{"journal", path}, {"boot_id", boot_id},
+                            {"this_boot", !boot_id.empty() && boot_id == this_boot},
+                            {"owners", nlohmann::json::array()},
+                            {"locks", nlohmann::json::array()},
+                            {"problems", j->problems}};
+      for (const JournalOwner& o : j->owners) {
+        out["owners"].push_back({{"owner", OwnerJson(o.owner)}, {"policy", o.policy}});
+      }
+      for (const JournalLock& l : j->locks) {
+        const Resource& r = l.record.resource;
+        out["locks"].push_back({{"backend", l.backend},
+                                {"state", JournalLockStateName(l.state)},
+                                {"owner", OwnerJson(l.record.owner)},
+                                {"kind", ResourceKindName(r.kind)},
+                                {"lockspace", r.lockspace},
+                                {"name", r.name},
+                                {"path", r.path},
+                                {"offset", r.offset},
+                                {"mode", LockModeName(l.record.mode)},
+                                {"fencing_token", l.record.fencing_token},
+                                {"backend_token", l.record.backend_token}});
+      }
+      PrintJson(out);
+      return kOk;
+    }
+    printf("journal %s\nboot %s (%s)\n", path.c_str(), boot_id.empty() ? "-" : boot_id.c_str(),
+           !boot_id.empty() && boot_id == this_boot ? "this boot" : "NOT this boot");
+    printf("owners: %zu\n", j->owners.size());
+    for (const JournalOwner& o : j->owners) {
+      printf("  %s, start time %llu, host %s, policy %s\n", o.owner.Describe().c_str(),
+             static_cast<unsigned long long>(o.owner.start_time), o.owner.host.c_str(),
+             o.policy.c_str());
+    }
+    printf("locks: %zu\n", j->locks.size());
+    for (const JournalLock& l : j->locks) {
+      const Resource& r = l.record.resource;
+      const std::string what = r.kind == ResourceKind::kDisk
+                                   ? absl::StrCat(r.path, " (lockspace ", r.lockspace, ")")
+                                   : absl::StrCat("lease ", r.lockspace, "/", r.name);
+      printf("  %s %s %s %s token %llu backend_token %s owner %s (%s)\n", l.backend.c_str(),
+             JournalLockStateName(l.state), LockModeName(l.record.mode), what.c_str(),
+             static_cast<unsigned long long>(l.record.fencing_token),
+             l.record.backend_token.empty() ? "-" : l.record.backend_token.c_str(),
+             l.record.owner.name.c_str(), l.record.owner.uuid.c_str());
+    }
+    if (!j->problems.empty()) {
+      printf("problems: %zu\n", j->problems.size());
+      for (const std::string& p : j->problems) printf("  %s\n", p.c_str());
+    }
+    return kOk;
+  }
+
+  static nlohmann::json OwnerJson(const Owner& o) {
+    return {{"uuid", o.uuid}, {"name", o.name},       {"pid", o.pid},
+            {"start_time", o.start_time}, {"host", o.host}};
+  }
+
+  // ---- run: hold locks for a command's lifetime.
+
+  int RunCmd() {
+    if (!args_.dashdash || args_.command.empty()) {
+      return UsageError("'run' needs the command after --: latchctl run --disk PATH -- CMD [ARG...]");
+    }
+    absl::StatusOr<nlohmann::json> specs = Resources(/*required=*/true);
+    if (!specs.ok()) return Fail(specs.status());
+    const std::vector<std::string>& cmd = args_.command;
+    const std::string* uuid_opt = Get("--uuid");
+    const std::string uuid = uuid_opt != nullptr ? *uuid_opt : RandomUuid();
+    std::string name;
+    if (const std::string* o = Get("--owner")) {
+      name = *o;
+    } else {
+      name = cmd[0].substr(cmd[0].rfind('/') + 1);
+      if (name.empty()) name = absl::StrCat("latchctl-run-", getpid());
+      name.resize(std::min(name.size(), kMaxOwnerNameLen));
+    }
+    // The owner is CMD's own process, started first and held before exec
+    // until its locks are granted: latchd releases them when CMD exits (even
+    // if latchctl dies first), and the lock-failure policy acts on CMD.
+    sigset_t forwarded, old;
+    int go = -1;
+    const pid_t child = StartHeld(cmd, &forwarded, &old, &go);
+    if (child < 0) return kError;
+    auto abandon = [&](int code) {
+      close(go);  // CMD sees EOF and exits without running
+      int ignored;
+      waitpid(child, &ignored, 0);
+      Unregister(uuid);
+      return code;
+    };
+    absl::StatusOr<nlohmann::json> reg = Policy(
+        {{"op", "register"},
+         {"owner", {{"uuid", uuid}, {"name", name}, {"pid", static_cast<int64_t>(child)}}},
+         {"policy", "terminate"}});
+    if (!reg.ok()) return abandon(Fail(reg.status()));
+    if (absl::StatusOr<nlohmann::json> r = Call(*reg); !r.ok()) {
+      close(go);
+      int ignored;
+      waitpid(child, &ignored, 0);
+      return Fail(r.status());
+    }
+
+    nlohmann::json acq = {{"op", "acquire"}, {"uuid", uuid}, {"resources", *specs}};
+    absl::StatusOr<absl::Duration> timeout = AddWait(&acq);
+    absl::Status got = timeout.status();
+    if (got.ok()) got = Call(acq, *timeout).status();
+    if (!got.ok()) return abandon(Fail(got));
+
+    const char g = 'g';
+    const bool started = write(go, &g, 1) == 1;
+    close(go);
+    int status = 0;
+    WaitForwarding(child, forwarded, &status);
+    Unregister(uuid);
+    if (!started) return kError;
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return kError;
+  }
+
+  // Best effort: when it fails latchd still releases everything once CMD
+  // exits, as it watches the owner's pid.
+  void Unregister(const std::string& uuid) {
+    const nlohmann::json req = {{"op", "unregister"}, {"uuid", uuid}};
+    absl::StatusOr<nlohmann::json> r = Call(req);
+    if (!r.ok() && client_.has_value() && !client_->connected()) {
+      client_.reset();  // the connection broke (latchd re-executed?): reconnect once
+      r = Call(req);
+    }
+    if (!r.ok() && r.status().code() != absl::StatusCode::kNotFound) {
+      fprintf(stderr, "latchctl: warning: unregistering %s: %s (latchd releases its locks "
+              "when the command exits)\n", uuid.c_str(), std::string(r.status().message()).c_str());
+    }
+  }
+
+  // Forks the process that will exec `cmd`; it waits for one byte on *go
+  // (write it once the locks are held; close *go instead to abandon it).
+  // SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGCHLD are left blocked in latchctl
+  // (*forwarded) for WaitForwarding. Returns the child's pid, or -1.
+  pid_t StartHeld(const std::vector<std::string>& cmd, sigset_t* forwarded, sigset_t* old,
+                  int* go) {
+    signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap CMD for us
+    sigemptyset(forwarded);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(forwarded, s);
+    sigprocmask(SIG_BLOCK, forwarded, old);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+      fprintf(stderr, "latchctl: pipe: %s\n", strerror(errno));
+      return -1;
+    }
+    fflush(nullptr);
+    const pid_t child = fork();
+    if (child < 0) {
+      fprintf(stderr, "latchctl: fork: %s\n", strerror(errno));
+      close(p[0]);
+      close(p[1]);
+      return -1;
+    }
+    if (child == 0) {
+      close(p[1]);
+      char c;
+      ssize_t n;
+      while ((n = read(p[0], &c, 1)) < 0 && errno == EINTR) {
+      }
+      if (n != 1) _exit(126);  // not granted: never run
+      sigprocmask(SIG_SETMASK, old, nullptr);
+      std::vector<char*> argv;
+      for (const std::string& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execvp(argv[0], argv.data());
+      const int err = errno;
+      fprintf(stderr, "latchctl: cannot run %s: %s\n", argv[0], strerror(err));
+      _exit(err == ENOENT ? 127 : 126);
+    }
+    close(p[0]);
+    *go = p[1];
+    return child;
+  }
+
+  // Waits for `child`, passing the forwarded signals on to it. The signals
+  // stay blocked afterwards: one that arrives from now on must not kill
+  // latchctl before it has unregistered (they are dropped at exit).
+  void WaitForwarding(pid_t child, const sigset_t& forwarded, int* status) {
+    for (;;) {
+      siginfo_t info;
+      const int sig = sigwaitinfo(&forwarded, &info);
+      if (sig < 0) continue;  // EINTR
+      if (sig == SIGCHLD) {
+        if (waitpid(child, status, WNOHANG) == child) return;
+        continue;
+      }
+      // A terminal already signals its whole foreground process group.
+      if (info.si_code == SI_KERNEL && getpgid(child) == getpgrp()) continue;
+      kill(child, sig);
+    }
   }
 
   Args args_;
-  Config config_;
-  std::vector<std::string> plugin_path_;
-  std::unique_ptr<Backend> backend_;
+  std::optional<LatchdClient> client_;
 };
 
 }  // namespace

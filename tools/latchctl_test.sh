@@ -1,46 +1,175 @@
 #!/usr/bin/env bash
-# latchctl end to end on the real posixfd plugin: contention, status, bad
-# input. Every process started here is stopped by its PID.
+# latchctl end to end against a real latchd (posixfd backend) with a private
+# config, socket, state and lock directory: status, run (contention, exit
+# codes, signals), register/acquire/release with the hand-off state string,
+# the journal dump (also with latchd down), and errors. Every process started
+# here is stopped by its PID.
 set -uo pipefail
 latchctl="$TEST_SRCDIR/latchkey/tools/latchctl"
-plugins="$TEST_SRCDIR/latchkey/backends"
-work="$TEST_TMPDIR/latchctl"
-mkdir -p "$work"
-fail() { echo "FAIL: $*" >&2; exit 1; }
-ctl() { "$latchctl" --plugin-path "$plugins" --config "$work/c.conf" "$@"; }
+latchd="$TEST_SRCDIR/latchkey/agent/latchd"
+# Not under $TEST_TMPDIR: a Unix socket path must fit in 108 bytes.
+work=$(mktemp -d /tmp/latchctl-test.XXXXXX)
+sock="$work/latchd.sock"
+latchd_pid=""
+bg_pids=()
+cleanup() {
+  for p in "${bg_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  if [[ -n $latchd_pid ]]; then
+    kill -TERM "$latchd_pid" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$latchd_pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$latchd_pid" 2>/dev/null
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP PIPE
+fail() {
+  echo "FAIL: $*" >&2
+  echo "--- latchd log:" >&2
+  cat "$work/latchd.log" >&2
+  exit 1
+}
+ctl() { "$latchctl" --socket "$sock" "$@"; }
+wait_for() {  # wait_for FILE: up to 10 s
+  for _ in $(seq 500); do [[ -e $1 ]] && return 0; sleep 0.02; done
+  return 1
+}
 
-printf 'backend = "posixfd"\nlockspace = "t"\nposixfd_lock_dir = "%s/locks"\n' "$work" >"$work/c.conf"
-: >"$work/disk.img"
+cat >"$work/latchd.conf" <<CONF
+state_dir = "$work/state"
+socket = "$sock"
+allowed_uids = [ $(id -u) ]
+log_syslog = 0
+lockspace = "t"
+posixfd_lock_dir = "$work/locks"
+CONF
+mkdir -p "$work/state"
+: >"$work/a.img"
+: >"$work/b.img"
+ln -s "$work/a.img" "$work/alias.img"
 
-ctl backends | grep -q '^posixfd' || fail "backends does not list posixfd"
+"$latchd" --config "$work/latchd.conf" >"$work/latchd.log" 2>&1 &
+latchd_pid=$!
+for _ in $(seq 500); do [[ -S $sock ]] && break; kill -0 "$latchd_pid" 2>/dev/null || break; sleep 0.02; done
+[[ -S $sock ]] || fail "latchd did not create $sock"
 
-"$latchctl" --plugin-path "$plugins" --config "$work/c.conf" \
-  acquire --disk "$work/disk.img" --owner vm-one --hold >"$work/one.out" 2>&1 &
-holder=$!
-trap 'kill -KILL $holder 2>/dev/null' EXIT
-for _ in $(seq 200); do grep -q granted "$work/one.out" && break; sleep 0.02; done
-grep -q "granted exclusive disk $work/disk.img" "$work/one.out" || fail "holder: $(cat "$work/one.out")"
+# --- an empty agent
+out=$(ctl status) || fail "status on an empty agent: $out"
+[[ $out == *"no owners registered"* && $out == *"posixfd (healthy)"* ]] || fail "empty status: $out"
+json=$(ctl status --json) || fail "status --json"
+[[ $json == *'"owners":[]'* ]] || fail "empty status --json: $json"
 
-out=$(ctl acquire --disk "$work/disk.img" --owner vm-two --mode shared-read 2>&1); rc=$?
-[[ $rc -eq 1 ]] || fail "second acquire exited $rc, want 1: $out"
-for want in "$work/disk.img" "held exclusive by vm-one" "pid $holder" "wanted shared-read by vm-two"; do
-  [[ $out == *"$want"* ]] || fail "refusal lacks '$want': $out"
+# --- run: vm-one holds a.img until told to stop, then exits 3
+"$latchctl" --socket "$sock" run --disk "$work/a.img" --owner vm-one -- \
+  sh -c "touch '$work/one.started'; while [ ! -e '$work/one.stop' ]; do sleep 0.02; done; exit 3" \
+  >"$work/one.out" 2>&1 &
+one=$!
+bg_pids+=("$one")
+wait_for "$work/one.started" || fail "run did not start its command: $(cat "$work/one.out")"
+
+out=$(ctl run --disk "$work/alias.img" --mode shared-read --wait 0 --owner vm-two -- \
+  touch "$work/two.ran" 2>&1); rc=$?
+[[ $rc -eq 1 ]] || fail "second run on the same disk exited $rc, want 1: $out"
+[[ $out == *"$work/a.img"* && $out == *vm-one* ]] || fail "refusal does not name disk and holder: $out"
+[[ ! -e $work/two.ran ]] || fail "a refused run ran its command"
+
+out=$(ctl run --disk "$work/b.img" --owner vm-three -- sh -c "touch '$work/three.ran'" 2>&1) ||
+  fail "run on another disk: $out"
+[[ -e $work/three.ran ]] || fail "run on another disk did not run its command"
+
+out=$(ctl status) || fail "status: $out"
+[[ $out == *vm-one* && $out == *exclusive* && $out == *"$work/a.img"* && $out != *vm-three* ]] ||
+  fail "status while vm-one holds a.img: $out"
+
+out=$(ctl journal --state-dir "$work/state") || fail "journal while held: $out"
+[[ $out == *"boot "* && $out == *vm-one* && $out == *"posixfd held exclusive $work/a.img"* ]] ||
+  fail "journal does not show the held lock: $out"
+[[ $(ctl journal --journal "$work/state/journal.db" --json) == *'"state":"held"'* ]] ||
+  fail "journal --json: $(ctl journal --journal "$work/state/journal.db" --json)"
+
+touch "$work/one.stop"
+wait "$one"; rc=$?
+[[ $rc -eq 3 ]] || fail "run exited $rc, want its command's 3: $(cat "$work/one.out")"
+out=$(ctl status) || fail "status: $out"
+[[ $out == *"no owners registered"* ]] || fail "run left its owner behind: $out"
+
+# --- run: signals and odd commands
+out=$(ctl run --disk "$work/a.img" -- sh -c 'kill -TERM $$' 2>&1); rc=$?
+[[ $rc -eq 143 ]] || fail "command killed by SIGTERM: run exited $rc, want 143: $out"
+"$latchctl" --socket "$sock" run --disk "$work/a.img" -- sh -c "touch '$work/four.started'; exec sleep 30" &
+four=$!
+bg_pids+=("$four")
+wait_for "$work/four.started" || fail "run did not start sleep"
+kill -TERM "$four"
+wait "$four"; rc=$?
+[[ $rc -eq 143 ]] || fail "SIGTERM to run: exited $rc, want 143 (forwarded to its command)"
+out=$(ctl run --disk "$work/a.img" -- "$work/no-such-program" 2>&1); rc=$?
+[[ $rc -eq 127 && $out == *no-such-program* ]] || fail "missing command: $rc: $out"
+
+# --- register, acquire, status --json, release, hand-off
+src=11111111-1111-4111-8111-111111111111
+dst=22222222-2222-4222-8222-222222222222
+other=33333333-3333-4333-8333-333333333333
+ctl register --owner vm-src --uuid $src --pid $$ --policy ignore >/dev/null || fail "register vm-src"
+ctl register --owner vm-dst --uuid $dst --pid $$ >/dev/null || fail "register vm-dst"
+out=$(ctl acquire --uuid $src --mode shared-write --disk "$work/a.img" --disk "$work/b.img" \
+  --mode exclusive --lease lease1 2>&1) || fail "acquire: $out"
+[[ $(grep -c '^granted' <<<"$out") -eq 3 ]] || fail "acquire of three resources: $out"
+json=$(ctl status --json) || fail "status --json"
+for want in '"name":"vm-src"' '"mode":"shared-write"' '"mode":"exclusive"' '"kind":"lease"' \
+  '"policy":"ignore"'; do
+  [[ $json == *"$want"* ]] || fail "status --json lacks $want: $json"
 done
+out=$(ctl acquire --uuid $dst --disk "$work/a.img" 2>&1); rc=$?
+[[ $rc -eq 1 && $out == *vm-src* ]] || fail "conflicting acquire ($rc): $out"
+out=$(ctl set-policy --uuid $src --policy pause 2>&1) || fail "set-policy: $out"
+[[ $(ctl inquire --uuid $src) == *"policy pause"* ]] || fail "inquire after set-policy"
 
-json=$(ctl status --json) || fail "status --json failed"
-[[ $json == *'"owner":"vm-one"'* && $json == *'"mode":"exclusive"'* ]] || fail "status: $json"
+state=$(ctl release --uuid $src 2>/dev/null) || fail "release"
+[[ $state == latchkey1\;* && $state == *:ex:* && $state == *:sw:* ]] ||
+  fail "release did not print a state string: $state"
+out=$(ctl acquire --uuid $dst --disk "$work/a.img" --mode sw --disk "$work/b.img" \
+  --lease lease1 --state "$state" 2>&1) || fail "hand-off acquire with the state string: $out"
+state2=$(ctl release --uuid $dst 2>/dev/null) || fail "release vm-dst"
+ctl register --owner vm-other --uuid $other --pid $$ >/dev/null || fail "register vm-other"
+ctl acquire --uuid $other --lease lease1 >/dev/null || fail "vm-other acquire"
+ctl release --uuid $other >/dev/null 2>&1 || fail "vm-other release"
+out=$(ctl acquire --uuid $src --lease lease1 --state "$state2" 2>&1); rc=$?
+[[ $rc -eq 1 ]] || fail "hand-off after someone slipped in: exited $rc, want 1 (aborted): $out"
+out=$(ctl release --uuid $src --disk "$work/a.img" 2>&1); rc=$?
+[[ $rc -eq 2 ]] || fail "releasing a lock not held: exited $rc, want 2 (not_found): $out"
+for u in $src $dst $other; do ctl unregister --uuid $u >/dev/null || fail "unregister $u"; done
+out=$(ctl inquire --uuid $src 2>&1); rc=$?
+[[ $rc -eq 2 ]] || fail "inquire of an unregistered owner: exited $rc, want 2: $out"
 
-kill -TERM "$holder"; wait "$holder"
-grep -q "released disk $work/disk.img" "$work/one.out" || fail "no release: $(cat "$work/one.out")"
-ctl status | grep -q '^0 locks held' || fail "locks left after release: $(ctl status)"
-
-printf 'backend = "posixfd"\nposixfd_lock_dir = 12\n' >"$work/bad.conf"
-out=$("$latchctl" --plugin-path "$plugins" --config "$work/bad.conf" status 2>&1); rc=$?
-[[ $rc -eq 2 && $out == *"bad.conf:2: 'lock_dir' must be a string"* ]] || fail "bad config ($rc): $out"
-out=$(ctl --backend nosuch status 2>&1); rc=$?
-[[ $rc -eq 2 && $out == *"unknown backend 'nosuch'"* && $out == *"available: posixfd"* ]] || fail "unknown backend ($rc): $out"
-out=$(ctl acquire --lease "../x" --owner vm 2>&1); rc=$?
-[[ $rc -eq 2 && $out == *"must not start with"* ]] || fail "bad lease key ($rc): $out"
+# --- bad usage
+out=$(ctl status --frob 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *--frob* ]] || fail "unknown option ($rc): $out"
 out=$(ctl frobnicate 2>&1); rc=$?
 [[ $rc -eq 2 && $out == *"unknown command 'frobnicate'"* ]] || fail "unknown command ($rc): $out"
+out=$(ctl acquire --uuid $src --lease ../x 2>&1); rc=$?
+[[ $rc -eq 2 ]] || fail "bad lease key ($rc): $out"
+out=$(ctl acquire --uuid $src --disk "$work/a.img" --mode bogus 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *--mode* ]] || fail "bad mode ($rc): $out"
+ctl help | grep -q '^usage: latchctl' || fail "help"
+"$latchctl" --plugin-path "$TEST_SRCDIR/latchkey/backends" backends | grep -q '^posixfd' ||
+  fail "backends does not list posixfd"
+
+# --- no latchd there
+out=$("$latchctl" --socket "$work/none.sock" status 2>&1); rc=$?
+[[ $rc -eq 3 && $out == *"latchd is not running at $work/none.sock"* ]] ||
+  fail "no latchd ($rc): $out"
+out=$(LATCHD_SOCKET="$work/none.sock" "$latchctl" status 2>&1); rc=$?
+[[ $rc -eq 3 && $out == *"$work/none.sock"* ]] || fail "LATCHD_SOCKET ($rc): $out"
+
+# --- the journal can be read while latchd is down
+kill -TERM "$latchd_pid"
+for _ in $(seq 200); do kill -0 "$latchd_pid" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$latchd_pid" 2>/dev/null && fail "latchd did not stop on SIGTERM"
+wait "$latchd_pid" 2>/dev/null
+latchd_pid=""
+out=$(ctl journal --state-dir "$work/state") || fail "journal with latchd down: $out"
+[[ $out == *"locks: 0"* ]] || fail "journal after everything was released: $out"
+out=$(ctl status 2>&1); rc=$?
+[[ $rc -eq 3 && $out == *"latchd is not running at $sock"* ]] || fail "status with latchd down ($rc): $out"
 echo PASS
