@@ -775,6 +775,16 @@ absl::StatusOr<ReleaseResult> Agent::Release(
       // Release does not care about the mode; plan with one every backend
       // grants so the check in Plan cannot refuse it.
       s.mode = LockMode::kExclusive;
+      if (s.kind == ResourceKind::kDisk) {
+        // A disk named by exactly the canonical path it was locked under
+        // needs no path resolution (realpath costs a syscall per component).
+        std::optional<std::pair<std::string, Resource>> held = FindHeldDisk(uuid, s);
+        if (held) {
+          keys.push_back(held->first);
+          described.push_back(held->second);
+          continue;
+        }
+      }
       absl::StatusOr<Planned> p = Plan(s);
       if (!p.ok()) {
         return absl::Status(p.status().code(),
@@ -839,6 +849,23 @@ absl::StatusOr<ReleaseResult> Agent::Release(
   return r;
 }
 
+std::optional<std::pair<std::string, Resource>> Agent::FindHeldDisk(const std::string& uuid,
+                                                                    const ResourceSpec& spec) {
+  absl::StatusOr<LoadedBackend*> b = FindBackend(spec.backend);
+  if (!b.ok()) return std::nullopt;
+  const std::string& ls = spec.lockspace.empty() ? options_.lockspace : spec.lockspace;
+  absl::MutexLock l(&mu_);
+  auto it = owners_.find(uuid);
+  if (it == owners_.end()) return std::nullopt;
+  for (const auto& [key, h] : it->second->locks) {
+    if (h.resource.kind == ResourceKind::kDisk && h.backend == (*b)->name &&
+        h.resource.lockspace == ls && h.resource.path == spec.target) {
+      return std::make_pair(key, h.resource);
+    }
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   absl::MutexLock l(&mu_);
@@ -852,6 +879,12 @@ absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
                    Views(e)};
 }
 
+std::vector<std::string> Agent::BackendNames() const {
+  std::vector<std::string> names;
+  for (const LoadedBackend& b : backends_) names.push_back(b.name);
+  return names;
+}
+
 AgentStatus Agent::Status() {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   AgentStatus st;
@@ -859,11 +892,17 @@ AgentStatus Agent::Status() {
   st.boot_id = boot_id_;
   st.journal_path = options_.journal_path;
   for (LoadedBackend& b : backends_) st.backends.push_back({b.name, b.backend->Health()});
-  absl::MutexLock l(&mu_);
-  for (const auto& [uuid, e] : owners_) {
-    st.owners.push_back(OwnerView{
-        e->owner, e->policy, e->grace,
-        ProcessIsAlive(static_cast<pid_t>(e->owner.pid), e->owner.start_time), Views(*e)});
+  {
+    // Copy under the lock; the /proc reads happen outside it, so a status
+    // of 10,000 locks does not stall lock requests.
+    absl::MutexLock l(&mu_);
+    st.owners.reserve(owners_.size());
+    for (const auto& [uuid, e] : owners_) {
+      st.owners.push_back(OwnerView{e->owner, e->policy, e->grace, false, Views(*e)});
+    }
+  }
+  for (OwnerView& o : st.owners) {
+    o.alive = ProcessIsAlive(static_cast<pid_t>(o.owner.pid), o.owner.start_time);
   }
   return st;
 }

@@ -121,6 +121,8 @@ class Agent {
   absl::StatusOr<OwnerView> Inquire(const std::string& uuid);
   absl::StatusOr<ReleaseResult> Unregister(const std::string& uuid);
   AgentStatus Status();
+  // The loaded backends' names, the first being the default. Cheap.
+  std::vector<std::string> BackendNames() const;
 
   // A lock of `uuid` was lost: forget it and apply the owner's policy.
   // Backends report such events (lease expiry, lockspace stop).
@@ -161,6 +163,9 @@ class Agent {
   void ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget);
   std::vector<LockView> Views(const OwnerEntry& e) const;
   bool Survives(const std::string& backend) const;
+  // The key and resource of a disk `uuid` holds under exactly `spec.target`.
+  std::optional<std::pair<std::string, Resource>> FindHeldDisk(const std::string& uuid,
+                                                               const ResourceSpec& spec);
 
   const AgentOptions options_;
   std::vector<LoadedBackend> backends_;

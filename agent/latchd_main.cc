@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -214,7 +215,23 @@ void RaiseFdLimit() {
   }
 }
 
+// The program's own path, resolved at start: a re-exec runs the binary now
+// installed there (an upgrade), not the deleted image /proc/self/exe names.
+std::string SelfPath() {
+  char buf[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "/proc/self/exe";
+  std::string path(buf, static_cast<size_t>(n));
+  const std::string deleted = " (deleted)";
+  if (path.size() > deleted.size() &&
+      path.compare(path.size() - deleted.size(), deleted.size(), deleted) == 0) {
+    path.resize(path.size() - deleted.size());
+  }
+  return path;
+}
+
 int Main(int argc, char** argv) {
+  const std::string self = SelfPath();
   std::string config_path = kDefaultConfig;
   bool explicit_config = false, check_only = false;
   for (int i = 1; i < argc; ++i) {
@@ -321,7 +338,7 @@ int Main(int argc, char** argv) {
       setenv(kListenFdEnv, std::to_string(lfd).c_str(), 1);
       setenv(kLockFdEnv, std::to_string(*lock_fd).c_str(), 1);
       pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
-      execv("/proc/self/exe", argv);
+      execv(self.c_str(), argv);
       const int err = errno;
       pthread_sigmask(SIG_BLOCK, &signals, nullptr);
       spdlog::critical("re-exec failed: {}; going on serving", strerror(err));

@@ -225,9 +225,8 @@ absl::Status ParsePolicy(Fields& f, std::optional<FailurePolicy>* policy,
 absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bool* reexec) {
   if (op == "hello") {
     if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
-    AgentStatus st = agent->Status();
     json names = json::array();
-    for (const BackendView& b : st.backends) names.push_back(b.name);
+    for (const std::string& b : agent->BackendNames()) names.push_back(b);
     return json{{"server", "latchd"},
                 {"protocol", kProtocolVersion},
                 {"backends", names},

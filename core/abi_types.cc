@@ -33,7 +33,9 @@ lk_resource ToAbi(const Resource& r) {
 lk_acquire_options ToAbi(const AcquireOptions& o) {
   lk_acquire_options out;
   out.flags = o.wait ? LK_ACQUIRE_WAIT : 0;
+  if (o.expect_token.has_value()) out.flags |= LK_ACQUIRE_EXPECT_TOKEN;
   out.timeout_ms = o.timeout == absl::InfiniteDuration() ? -1 : absl::ToInt64Milliseconds(o.timeout);
+  out.expect_token = o.expect_token.value_or(0);
   return out;
 }
 
@@ -83,6 +85,7 @@ AcquireOptions FromAbi(const lk_acquire_options* o) {
   if (o == nullptr) return out;
   out.wait = (o->flags & LK_ACQUIRE_WAIT) != 0;
   out.timeout = o->timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(o->timeout_ms);
+  if ((o->flags & LK_ACQUIRE_EXPECT_TOKEN) != 0) out.expect_token = o->expect_token;
   return out;
 }
 

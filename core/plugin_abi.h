@@ -15,7 +15,10 @@
  *  - No C++ exception ever crosses this boundary.
  *  - A backend handle may be used from many threads at once.
  *
- * Version history: 1 (first).
+ * Version history:
+ *   1  first.
+ *   2  expect_token in lk_acquire_options (LK_ACQUIRE_EXPECT_TOKEN), the
+ *      prepare_exec and finish_adoption entry points.
  *
  * Plugin authors normally do not write against this header directly: they
  * implement latchkey::Backend and export it with LATCHKEY_EXPORT_BACKEND
@@ -31,7 +34,7 @@
 extern "C" {
 #endif
 
-#define LK_BACKEND_ABI_VERSION 1u
+#define LK_BACKEND_ABI_VERSION 2u
 #define LK_BACKEND_SYMBOL "latchkey_backend"
 
 /* Lock modes (same numbers as latchkey::LockMode). */
@@ -51,6 +54,7 @@ extern "C" {
 
 /* lk_acquire_options.flags */
 #define LK_ACQUIRE_WAIT 0x1u
+#define LK_ACQUIRE_EXPECT_TOKEN 0x2u /* expect_token is set (hand-off check) */
 
 #define LK_ERROR_MESSAGE_MAX 1024
 #define LK_BACKEND_TOKEN_MAX 256
@@ -79,6 +83,11 @@ typedef struct lk_resource {
 typedef struct lk_acquire_options {
   uint32_t flags;
   int64_t timeout_ms; /* with LK_ACQUIRE_WAIT; < 0 waits forever */
+  /* With LK_ACQUIRE_EXPECT_TOKEN, the hand-off check: refuse (Aborted) if,
+   * since the grant that carried this fencing token, anyone was granted the
+   * resource in a mode conflicting with the one asked for
+   * (latchkey::AcquireOptions::expect_token). */
+  uint64_t expect_token;
 } lk_acquire_options;
 
 typedef struct lk_grant {
@@ -148,6 +157,12 @@ typedef struct lk_backend_descriptor {
   int (*adopt)(lk_backend *backend, const lk_record *record, lk_grant *out,
                lk_error *err);
   int (*health)(lk_backend *backend, lk_error *err);
+  /* Since version 2. Before an execve() of the calling process: keep every
+   * held lock across it (latchkey::Backend::PrepareExec). */
+  int (*prepare_exec)(lk_backend *backend, lk_error *err);
+  /* Since version 2. After the last adopt of a start: release every
+   * inherited lock no adopt claimed (latchkey::Backend::FinishAdoption). */
+  void (*finish_adoption)(lk_backend *backend);
 } lk_backend_descriptor;
 
 #ifdef __cplusplus

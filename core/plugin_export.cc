@@ -73,6 +73,11 @@ absl::Status DoAcquireOrConvert(bool convert, lk_backend* backend, const lk_owne
         "the ", Cast(backend)->name(), " backend does not grant mode ", LockModeName(*m)));
   }
   const AcquireOptions opts = abi::FromAbi(options);
+  if (opts.expect_token.has_value() && !caps.fencing_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", Cast(backend)->name(), " backend has no fencing tokens, so it cannot check ",
+        "the hand-off token (expect_token ", *opts.expect_token, ") for ", r.Describe()));
+  }
   absl::StatusOr<Grant> g = convert ? Cast(backend)->Convert(o, r, *m, opts)
                                     : Cast(backend)->Acquire(o, r, *m, opts);
   if (!g.ok()) return g.status();
@@ -183,6 +188,22 @@ int Health(lk_backend* backend, lk_error* err) {
     if (backend == nullptr) return NullBackend();
     return Cast(backend)->Health();
   });
+}
+
+int PrepareExec(lk_backend* backend, lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    return Cast(backend)->PrepareExec();
+  });
+}
+
+void FinishAdoption(lk_backend* backend) {
+  if (backend == nullptr) return;
+  // No error channel: an exception is swallowed here rather than let out.
+  try {
+    Cast(backend)->FinishAdoption();
+  } catch (...) {
+  }
 }
 
 }  // namespace plugin_export

@@ -9,7 +9,10 @@
 //
 // The thunks behind the descriptor translate the C ABI (plugin_abi.h) into
 // Backend calls: they validate every pointer, turn absl::Status into
-// lk_error, and catch every exception so none crosses the boundary.
+// lk_error, and catch every exception so none crosses the boundary. They
+// also enforce what the capabilities promise: a mode the backend does not
+// grant, or an expect_token for a backend without fencing tokens, is refused
+// (InvalidArgument) before the backend sees it.
 // `settings` are the backend's own keys (prefix stripped), each keeping the
 // file:line it came from; the factory must reject unknown keys
 // (Config::CheckKeys).
@@ -45,6 +48,8 @@ int Inquire(lk_backend* backend, const lk_resource* resource, lk_holder_fn emit,
             lk_error* err);
 int Adopt(lk_backend* backend, const lk_record* record, lk_grant* out, lk_error* err);
 int Health(lk_backend* backend, lk_error* err);
+int PrepareExec(lk_backend* backend, lk_error* err);
+void FinishAdoption(lk_backend* backend);
 
 template <Factory F>
 int Open(const lk_setting* settings, size_t n, lk_backend** out, lk_error* err) {
@@ -66,7 +71,9 @@ constexpr lk_backend_descriptor Describe(const char* name, const char* descripti
                                &Release,
                                &Inquire,
                                &Adopt,
-                               &Health};
+                               &Health,
+                               &PrepareExec,
+                               &FinishAdoption};
 }
 
 }  // namespace plugin_export

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <deque>
 #include <map>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -82,12 +83,25 @@ absl::StatusOr<const lk_backend_descriptor*> LoadDescriptor(const std::string& f
         absl::StrCat("backend plugin ", file, " has a descriptor of ", size,
                      " bytes; expected ", sizeof(lk_backend_descriptor)));
   }
-  if (d->name == nullptr || d->open == nullptr || d->close == nullptr ||
-      d->acquire == nullptr || d->convert == nullptr || d->release == nullptr ||
-      d->inquire == nullptr || d->adopt == nullptr || d->health == nullptr) {
-    dlclose(handle);
-    return absl::FailedPreconditionError(
-        absl::StrCat("backend plugin ", file, " leaves an entry point of its descriptor NULL"));
+  const std::pair<const char*, bool> entries[] = {
+      {"name", d->name != nullptr},
+      {"open", d->open != nullptr},
+      {"close", d->close != nullptr},
+      {"acquire", d->acquire != nullptr},
+      {"convert", d->convert != nullptr},
+      {"release", d->release != nullptr},
+      {"inquire", d->inquire != nullptr},
+      {"adopt", d->adopt != nullptr},
+      {"health", d->health != nullptr},
+      {"prepare_exec", d->prepare_exec != nullptr},
+      {"finish_adoption", d->finish_adoption != nullptr},
+  };
+  for (const auto& [entry, present] : entries) {
+    if (!present) {
+      dlclose(handle);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "backend plugin ", file, " leaves entry point '", entry, "' of its descriptor NULL"));
+    }
   }
   (*g_loaded)[file] = d;
   return d;
@@ -170,6 +184,13 @@ class PluginBackend final : public Backend {
     lk_error err{};
     return abi::ErrorToStatus(d_->health(handle_, &err), err);
   }
+
+  absl::Status PrepareExec() override {
+    lk_error err{};
+    return abi::ErrorToStatus(d_->prepare_exec(handle_, &err), err);
+  }
+
+  void FinishAdoption() override { d_->finish_adoption(handle_); }
 
  private:
   using Fn = int (*)(lk_backend*, const lk_owner*, const lk_resource*, uint32_t,

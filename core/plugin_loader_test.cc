@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tools/cpp/runfiles/runfiles.h"
@@ -48,12 +49,13 @@ TEST_F(PluginLoaderTest, EveryFieldCrossesTheAbi) {
   Owner o{"01234567-89ab-cdef-0123-456789abcdef", "vm1", 12, 34, "hostA"};
   Resource r = *Resource::Lease("ls", "key", "/leases", 512);
   absl::StatusOr<Grant> g =
-      b->Acquire(o, r, LockMode::kSharedRead, {true, absl::Milliseconds(1500)});
+      b->Acquire(o, r, LockMode::kSharedRead, {true, absl::Milliseconds(1500), std::nullopt});
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_EQ(g->mode, LockMode::kSharedRead);
   EXPECT_EQ(g->fencing_token, 12034u);
   EXPECT_EQ(g->backend_token,
-            "hi|01234567-89ab-cdef-0123-456789abcdef|hostA|ls/key|/leases|512|wait|1500");
+            "hi|01234567-89ab-cdef-0123-456789abcdef|hostA|ls/key|/leases|512|wait|1500|"
+            "noexpect");
 
   absl::StatusOr<std::vector<HolderInfo>> all = b->Inquire(std::nullopt);
   ASSERT_TRUE(all.ok());
@@ -67,8 +69,70 @@ TEST_F(PluginLoaderTest, EveryFieldCrossesTheAbi) {
   absl::StatusOr<Grant> adopted = b->Adopt(rec);
   ASSERT_TRUE(adopted.ok());
   EXPECT_EQ(adopted->fencing_token, 10u);
-  EXPECT_EQ(adopted->backend_token, "tok");
+  EXPECT_EQ(adopted->backend_token, "tok|prepared=0");
   EXPECT_TRUE(b->Health().ok());
+}
+
+TEST_F(PluginLoaderTest, ExpectTokenCrossesTheAbi) {
+  std::unique_ptr<Backend> b = Probe();
+  ASSERT_NE(b, nullptr);
+  Owner o{"01234567-89ab-cdef-0123-456789abcdef", "vm1", 1, 0, "h"};
+  Resource r = *Resource::Lease("ls", "key");
+  // Zero is a token like any other: set-to-zero is not unset.
+  for (uint64_t t : {uint64_t{0}, uint64_t{1}, uint64_t{0xfedcba9876543210}, ~uint64_t{0}}) {
+    AcquireOptions opts;
+    opts.expect_token = t;
+    absl::StatusOr<Grant> g = b->Acquire(o, r, LockMode::kExclusive, opts);
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_THAT(g->backend_token, ::testing::EndsWith(absl::StrCat("|nowait|0|expect=", t)));
+    g = b->Convert(o, r, LockMode::kSharedRead, opts);
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_THAT(g->backend_token, ::testing::EndsWith(absl::StrCat("|expect=", t)));
+  }
+  AcquireOptions waiting{true, absl::InfiniteDuration(), 7};
+  absl::StatusOr<Grant> g = b->Acquire(o, r, LockMode::kExclusive, waiting);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_THAT(g->backend_token, ::testing::EndsWith("|wait|forever|expect=7"));
+  g = b->Acquire(o, r, LockMode::kExclusive, {});
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_THAT(g->backend_token, ::testing::EndsWith("|nowait|0|noexpect"));
+
+  // A backend without fencing tokens never sees a hand-off check: the
+  // boundary refuses it.
+  std::unique_ptr<Backend> unfenced = Probe("fencing_tokens = 0\n");
+  ASSERT_NE(unfenced, nullptr);
+  AcquireOptions handoff;
+  handoff.expect_token = 5;
+  for (bool convert : {false, true}) {
+    g = convert ? unfenced->Convert(o, r, LockMode::kExclusive, handoff)
+                : unfenced->Acquire(o, r, LockMode::kExclusive, handoff);
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument) << g.status();
+    EXPECT_THAT(g.status().message(), HasSubstr("no fencing tokens"));
+    EXPECT_THAT(g.status().message(), HasSubstr("ls/key"));
+  }
+  EXPECT_TRUE(unfenced->Acquire(o, r, LockMode::kExclusive, {}).ok());
+}
+
+TEST_F(PluginLoaderTest, PrepareExecAndFinishAdoptionReachThePlugin) {
+  std::unique_ptr<Backend> b = Probe();
+  ASSERT_NE(b, nullptr);
+  Owner o{"01234567-89ab-cdef-0123-456789abcdef", "vm1", 1, 0, "h"};
+  LockRecord rec{o, *Resource::Lease("ls", "key"), LockMode::kExclusive, 9, "tok"};
+  ASSERT_TRUE(b->PrepareExec().ok());
+  ASSERT_TRUE(b->PrepareExec().ok());
+  absl::StatusOr<Grant> adopted = b->Adopt(rec);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_EQ(adopted->backend_token, "tok|prepared=2");
+  b->FinishAdoption();
+  adopted = b->Adopt(rec);
+  EXPECT_EQ(adopted.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(adopted.status().message(), HasSubstr("after finish_adoption"));
+
+  std::unique_ptr<Backend> refusing = Probe("fail_prepare_exec = 1\n");
+  ASSERT_NE(refusing, nullptr);
+  absl::Status s = refusing->PrepareExec();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("probe was told to refuse exec"));
 }
 
 TEST_F(PluginLoaderTest, ErrorsAndExceptionsBecomeStatuses) {
@@ -141,17 +205,23 @@ TEST_F(PluginLoaderTest, WrongAbiAndMissingSymbolNameTheFile) {
   absl::StatusOr<std::unique_ptr<Backend>> b = LoadBackend({dir_}, "badabi", Config());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(b.status().message(), HasSubstr(dir_ + "/latchkey-badabi.so"));
-  EXPECT_THAT(b.status().message(), HasSubstr("ABI version 999"));
+  EXPECT_THAT(b.status().message(), HasSubstr("ABI version 3; this latchkey speaks version 2"));
 
   b = LoadBackend({dir_}, "nosymbol", Config());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(b.status().message(), HasSubstr("latchkey-nosymbol.so does not export"));
 
+  b = LoadBackend({dir_}, "noexec", Config());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(b.status().message(),
+              HasSubstr("latchkey-noexec.so leaves entry point 'prepare_exec' of its "
+                        "descriptor NULL"));
+
   std::vector<std::string> errors;
   std::vector<PluginInfo> found = ListPlugins({dir_}, &errors);
   ASSERT_EQ(found.size(), 1u);
   EXPECT_EQ(found[0].name, "probe");
-  EXPECT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors.size(), 3u);
 }
 
 TEST_F(PluginLoaderTest, NotASharedObjectNamesTheFile) {

@@ -7,6 +7,14 @@
 //   [0, 32)        header: magic "LKPOSIX1", fencing token (u64), resource
 //                  kind (u32), path length (u32), lease offset (u64)
 //   [32, 544)      the exclusive holder's record
+//   [544, 568)     conflict tokens: the header token they were written with
+//                  (u64), then the token of the last grant that conflicts
+//                  with shared-read (a shared-write or exclusive grant) and
+//                  of the last that conflicts with shared-write (shared-read
+//                  or exclusive), u64 each. Every grant rewrites [0, 568).
+//                  They answer the hand-off check (AcquireOptions::
+//                  expect_token): the last grant conflicting with exclusive
+//                  is simply the header's token.
 //   [1024, 5120)   the resource path (disk image or lease storage)
 //   [8192 + 512*i) shared holder slot i's record, i < kSharedSlots
 //
@@ -32,6 +40,12 @@
 // OFD locks belong to the open file description, not the process, so two
 // owners in one process (each with its own open()) exclude each other, the
 // trap classic fcntl locks fall into.
+//
+// For the same reason a lock survives execve() when its descriptors do:
+// PrepareExec clears FD_CLOEXEC on every held lock's descriptors, and the
+// backend opened by the new program finds them in /proc/self/fd, proves from
+// /proc/self/fdinfo/FD which lock bytes each description holds and from the
+// holder record whose lock it is, and adopts it without ever unlocking.
 #ifndef LATCHKEY_BACKENDS_POSIXFD_LOCK_FILE_H_
 #define LATCHKEY_BACKENDS_POSIXFD_LOCK_FILE_H_
 
@@ -39,8 +53,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/backend.h"
 
 namespace latchkey {
@@ -57,7 +73,10 @@ inline constexpr off_t kTokenOffset = 8;
 inline constexpr size_t kHeaderSize = 32;
 inline constexpr off_t kExclusiveRecord = 32;
 inline constexpr size_t kRecordSize = 512;
+inline constexpr off_t kConflictOffset = kExclusiveRecord + kRecordSize;
+inline constexpr size_t kConflictSize = 24;
 inline constexpr off_t kPathOffset = 1024;
+static_assert(kConflictOffset + kConflictSize <= kPathOffset, "layout overlaps");
 inline constexpr off_t kSlotRecordBase = 8192;
 inline constexpr char kMagic[8] = {'L', 'K', 'P', 'O', 'S', 'I', 'X', '1'};
 
@@ -76,16 +95,53 @@ Header DecodeHeader(const unsigned char buf[kHeaderSize]);
 // Encodes bytes [kTokenOffset, kHeaderSize): token, kind, path length, offset.
 void EncodeHeaderTail(uint64_t token, const Resource& r, unsigned char out[kHeaderSize - 8]);
 
+// The tokens of the last grants that conflict with each shared mode.
+struct ConflictTokens {
+  uint64_t shared_read = 0;   // last shared-write or exclusive grant
+  uint64_t shared_write = 0;  // last shared-read or exclusive grant
+};
+// Decodes the block. A block not written with the header's current token
+// (a file older than the block, or written by an older posixfd) cannot be
+// trusted: then every grant so far counts as conflicting (both are
+// `header_token`), the safe answer.
+ConflictTokens DecodeConflictTokens(const unsigned char in[kConflictSize], uint64_t header_token);
+void EncodeConflictTokens(uint64_t header_token, const ConflictTokens& c,
+                          unsigned char out[kConflictSize]);
+// The block once `mode` was granted with `token`.
+ConflictTokens AfterGrant(ConflictTokens c, LockMode mode, uint64_t token);
+// The token of the last grant that conflicts with `mode` (exclusive
+// conflicts with every grant: the header's token).
+uint64_t LastConflicting(const ConflictTokens& c, uint64_t header_token, LockMode mode);
+
 // A holder's record: who, which mode, which token.
 struct Record {
   Owner owner;
   LockMode mode = LockMode::kExclusive;
   uint64_t token = 0;
+  // Non-zero for a grant Adopt made by re-acquiring: the token of the
+  // journaled grant it continues. A later Adopt of that same journaled
+  // grant (its adopter died before journaling this one) does not count
+  // this grant as a conflicting one.
+  uint64_t continues = 0;
 };
 void EncodeRecord(const Owner& owner, LockMode mode, uint64_t token,
-                  unsigned char out[kRecordSize]);
+                  unsigned char out[kRecordSize], uint64_t continues = 0);
 // false when the bytes hold no record.
 bool DecodeRecord(const unsigned char in[kRecordSize], Record* out);
+
+// A lock of one open file description, as /proc/self/fdinfo/FD lists it:
+// the kernel lists there exactly the OFD locks the description behind FD
+// holds, which F_OFD_GETLK through that same description cannot see.
+struct OfdLock {
+  bool write = false;
+  off_t start = 0;
+  off_t end = 0;  // inclusive; the largest off_t for "to end of file"
+};
+// The OFDLCK entries of an fdinfo text ("lock:\t1: OFDLCK ADVISORY  WRITE
+// -1 fe:00:1234 START END"); other lines and other lock kinds are skipped.
+std::vector<OfdLock> ParseFdInfoLocks(absl::string_view fdinfo);
+// How `locks` cover `byte`: F_UNLCK, F_RDLCK or F_WRLCK.
+short OfdLockAt(const std::vector<OfdLock>& locks, off_t byte);
 
 // State file name for a resource: "LOCKSPACE:NAME".
 std::string StateFileName(const Resource& r);

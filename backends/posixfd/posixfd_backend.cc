@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -122,8 +124,105 @@ struct Held {
   int slot = -1;  // shared holders' record slot
   uint64_t token = 0;
   bool pending = false;  // an acquire or convert is in progress
+  bool granted = false;  // the lock is held (set once, under the table mutex)
   int state_fd() const { return state.valid() ? state.get() : target.get(); }
 };
+
+// A grant that must find no grant in a conflicting mode since `token`
+// (AcquireOptions::expect_token, or Adopt's re-acquire).
+struct TokenCheck {
+  enum Why { kHandOff, kAdopt };
+  uint64_t token = 0;
+  Why why = kHandOff;
+};
+
+// A descriptor inherited across an exec that may carry a lock of an earlier
+// program image (see PrepareExec), owned by the backend it belongs to until
+// an Adopt claims it or FinishAdoption closes it.
+struct Inherited {
+  Fd fd;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool state_file = false;  // a state file in our lock directory; else an image
+};
+
+// Every descriptor this program image inherited that might be a posixfd
+// lock descriptor: regular files without FD_CLOEXEC, listed once, when the
+// first posixfd backend of the image opens. Nothing a posixfd backend of
+// this image opened can be among them (its descriptors exist only later and
+// are opened O_CLOEXEC), so PrepareExec calls of this image's own backends
+// can never be mistaken for inheritance. Each backend takes the ones that
+// are its own (state files in its lock directory, and the images they name)
+// at open; the rest are never touched.
+struct InheritedPool {
+  std::mutex mu;
+  bool listed = false;
+  struct Entry {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+  };
+  std::vector<Entry> fds;
+};
+
+InheritedPool& Pool() {
+  static InheritedPool* pool = new InheritedPool;  // Never destroyed.
+  return *pool;
+}
+
+// Lists the candidates into the pool. REQUIRES: pool.mu held.
+void ListInherited(InheritedPool* pool) {
+  pool->listed = true;
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return;  // No /proc: nothing can be adopted without a window.
+  const int own = dirfd(d);
+  std::vector<int> fds;
+  while (dirent* e = readdir(d)) {
+    int fd;
+    if (absl::SimpleAtoi(e->d_name, &fd) && fd != own) fds.push_back(fd);
+  }
+  closedir(d);
+  for (int fd : fds) {
+    const int flags = fcntl(fd, F_GETFD);
+    struct stat st;
+    if (flags < 0 || (flags & FD_CLOEXEC) != 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      continue;
+    }
+    pool->fds.push_back({fd, st.st_dev, st.st_ino});
+  }
+}
+
+// The OFD locks the open file description behind `fd` holds, from
+// /proc/self/fdinfo. false when that cannot be read.
+bool OwnLocks(int fd, std::vector<OfdLock>* out) {
+  Fd info(open(absl::StrCat("/proc/self/fdinfo/", fd).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!info.valid()) return false;
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(info.get(), buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  if (n < 0) return false;
+  *out = ParseFdInfoLocks(text);
+  return true;
+}
+
+// True when the description behind `fd` holds any lock byte of the posixfd
+// protocol.
+bool HoldsProtocolLocks(int fd) {
+  std::vector<OfdLock> locks;
+  if (!OwnLocks(fd, &locks)) return false;
+  for (const OfdLock& l : locks) {
+    if (l.start <= kSlotLockBase + kSharedSlots - 1 && l.end >= kLockBase) return true;
+  }
+  return false;
+}
+
+bool SetCloexec(int fd, bool on) {
+  const int flags = fcntl(fd, F_GETFD);
+  if (flags < 0) return false;
+  const int want = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
+  return want == flags || fcntl(fd, F_SETFD, want) == 0;
+}
 
 // Why one attempt did not grant.
 enum class Outcome { kGranted, kBusy, kTransient };
@@ -156,13 +255,17 @@ class PosixFdBackend final : public Backend {
       h = fresh.get();
       held_[key] = std::move(fresh);
     }
-    absl::Status s = AcquireLoop(owner, resource, mode, options, std::nullopt, h);
+    TokenCheck check;
+    if (options.expect_token.has_value()) check = {*options.expect_token, TokenCheck::kHandOff};
+    absl::Status s = AcquireLoop(owner, resource, mode, options,
+                                 options.expect_token.has_value() ? &check : nullptr, h);
     std::lock_guard<std::mutex> l(mu_);
     if (!s.ok()) {
       held_.erase(key);
       return s;
     }
     h->pending = false;
+    h->granted = true;
     return Grant{mode, h->token, ""};
   }
 
@@ -178,7 +281,10 @@ class PosixFdBackend final : public Backend {
       h = it->second.get();
       h->pending = true;
     }
-    absl::Status s = ConvertLoop(owner, resource, h, new_mode, options);
+    TokenCheck check;
+    if (options.expect_token.has_value()) check = {*options.expect_token, TokenCheck::kHandOff};
+    absl::Status s = ConvertLoop(owner, resource, h, new_mode, options,
+                                 options.expect_token.has_value() ? &check : nullptr);
     std::lock_guard<std::mutex> l(mu_);
     h->pending = false;
     if (!s.ok()) return s;
@@ -231,8 +337,10 @@ class PosixFdBackend final : public Backend {
 
   absl::StatusOr<Grant> Adopt(const LockRecord& record) override {
     // posixfd locks die with their process, so there is no orphan to take
-    // over: re-acquire, and refuse if anyone was granted the resource since
-    // the record was written (the fencing token moved).
+    // over. A lock inherited across PrepareExec + exec is taken over as it
+    // is (no window, same token); otherwise re-acquire, and refuse if anyone
+    // was granted the resource since the record was written (the fencing
+    // token moved).
     const std::string key = TableKey(record.owner, record.resource);
     Held* h;  // Owned by held_; ours while pending.
     {
@@ -246,14 +354,19 @@ class PosixFdBackend final : public Backend {
       h = fresh.get();
       held_[key] = std::move(fresh);
     }
-    absl::Status s = AcquireLoop(record.owner, record.resource, record.mode, AcquireOptions{},
-                                 record.fencing_token, h);
+    absl::StatusOr<bool> inherited = TakeOverInherited(record, h);
+    absl::Status s = inherited.status();
+    if (inherited.ok() && !*inherited) {
+      const TokenCheck check{record.fencing_token, TokenCheck::kAdopt};
+      s = AcquireLoop(record.owner, record.resource, record.mode, AcquireOptions{}, &check, h);
+    }
     std::lock_guard<std::mutex> l(mu_);
     if (!s.ok()) {
       held_.erase(key);
       return s;
     }
     h->pending = false;
+    h->granted = true;
     return Grant{record.mode, h->token, ""};
   }
 
@@ -268,6 +381,113 @@ class PosixFdBackend final : public Backend {
           absl::StrCat("posixfd lock directory ", lock_dir_, " is not writable"));
     }
     return absl::OkStatus();
+  }
+
+  // Clears FD_CLOEXEC on the descriptors of every lock held now. Locks an
+  // acquire still in progress gets, or any later grant, keep FD_CLOEXEC and
+  // end at the exec (the new program's Adopt re-acquires them, or says
+  // Aborted): call this right before execve(). Idempotent.
+  absl::Status PrepareExec() override {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<int> cleared;  // by this call, to restore on failure
+    for (const auto& [key, h] : held_) {
+      if (!h->granted) continue;
+      for (const Fd* fd : {&h->target, &h->state}) {
+        if (!fd->valid()) continue;
+        const int flags = fcntl(fd->get(), F_GETFD);
+        if (flags >= 0 && (flags & FD_CLOEXEC) == 0) continue;  // done by an earlier call
+        if (flags < 0 || fcntl(fd->get(), F_SETFD, flags & ~FD_CLOEXEC) != 0) {
+          const int err = errno;
+          for (int c : cleared) SetCloexec(c, true);
+          return ErrnoStatus(err, absl::StrCat("cannot keep descriptor ", fd->get(),
+                                               " of a held lock open across exec"));
+        }
+        cleared.push_back(fd->get());
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Closes every inherited descriptor no Adopt claimed, which releases its
+  // locks; Adopt re-acquires from now on.
+  void FinishAdoption() override {
+    std::vector<Inherited> unclaimed;
+    {
+      std::lock_guard<std::mutex> l(inherited_mu_);
+      adoption_finished_ = true;
+      unclaimed.swap(inherited_);
+    }
+    // Closed here, outside the mutex.
+  }
+
+  // Takes the inherited descriptors that belong to this backend out of the
+  // process-wide pool (see InheritedPool) and marks them FD_CLOEXEC, so no
+  // child started meanwhile inherits them. Called once, by the factory.
+  void TakeInherited() {
+    InheritedPool& pool = Pool();
+    std::lock_guard<std::mutex> pl(pool.mu);
+    if (!pool.listed) ListInherited(&pool);
+    std::lock_guard<std::mutex> l(inherited_mu_);
+    auto still_same = [](const InheritedPool::Entry& e) {
+      struct stat st;
+      const int flags = fcntl(e.fd, F_GETFD);
+      return flags >= 0 && (flags & FD_CLOEXEC) == 0 && fstat(e.fd, &st) == 0 &&
+             st.st_dev == e.dev && st.st_ino == e.ino;
+    };
+    auto take = [&](size_t i, bool state_file) {
+      const InheritedPool::Entry e = pool.fds[i];
+      pool.fds.erase(pool.fds.begin() + static_cast<std::ptrdiff_t>(i));
+      SetCloexec(e.fd, true);
+      inherited_.push_back(Inherited{Fd(e.fd), e.dev, e.ino, state_file});
+    };
+    // State files in our directory: the name the descriptor was opened
+    // under must still name the same file here.
+    std::vector<std::pair<dev_t, ino_t>> images;
+    for (size_t i = 0; i < pool.fds.size();) {
+      const InheritedPool::Entry& e = pool.fds[i];
+      char path[4096];
+      const ssize_t n =
+          readlink(absl::StrCat("/proc/self/fd/", e.fd).c_str(), path, sizeof path - 1);
+      std::string lockspace, name;
+      struct stat st;
+      if (n <= 0 || !still_same(e)) {
+        ++i;
+        continue;
+      }
+      path[n] = '\0';
+      const char* base = strrchr(path, '/');
+      base = base == nullptr ? path : base + 1;
+      if (!ParseStateFileName(base, &lockspace, &name) ||
+          fstatat(dir_fd_.get(), base, &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != e.dev ||
+          st.st_ino != e.ino) {
+        ++i;
+        continue;
+      }
+      // The image a disk resource's state file names, in either lock_target
+      // mode (the earlier image may have used the other one).
+      unsigned char header[kHeaderSize];
+      if (ReadExactly(e.fd, header, sizeof header, 0)) {
+        const Header h = DecodeHeader(header);
+        std::string image(h.path_len, '\0');
+        if (h.initialised && h.kind == ResourceKind::kDisk && h.path_len > 0 &&
+            h.path_len <= kMaxPathLen && ReadExactly(e.fd, image.data(), h.path_len, kPathOffset) &&
+            stat(image.c_str(), &st) == 0) {
+          images.emplace_back(st.st_dev, st.st_ino);
+        }
+      }
+      take(i, /*state_file=*/true);
+    }
+    // Images named by our state files whose descriptor holds protocol locks.
+    for (size_t i = 0; i < pool.fds.size();) {
+      const InheritedPool::Entry& e = pool.fds[i];
+      const bool ours = std::find(images.begin(), images.end(), std::make_pair(e.dev, e.ino)) !=
+                        images.end();
+      if (ours && still_same(e) && HoldsProtocolLocks(e.fd)) {
+        take(i, /*state_file=*/false);
+      } else {
+        ++i;
+      }
+    }
   }
 
  private:
@@ -317,15 +537,14 @@ class PosixFdBackend final : public Backend {
 
   // Acquires into *h (fresh, no descriptors). On failure h holds nothing.
   absl::Status AcquireLoop(const Owner& owner, const Resource& r, LockMode mode,
-                           const AcquireOptions& options, std::optional<uint64_t> expect_token,
-                           Held* h) {
+                           const AcquireOptions& options, const TokenCheck* check, Held* h) {
     if (absl::Status s = OpenFiles(r, h); !s.ok()) return s;
     // Deadlines are computed only once a first attempt failed: the fast
     // path reads no clock.
     std::optional<absl::Time> deadline, gate_deadline;
     Fd watch;
     while (true) {
-      absl::StatusOr<Outcome> o = TryAcquire(owner, r, mode, h, expect_token);
+      absl::StatusOr<Outcome> o = TryAcquire(owner, r, mode, h, check);
       if (o.ok() && *o == Outcome::kGranted) return absl::OkStatus();
       // Drop what this attempt locked but keep the descriptors: closing
       // them would wake our own inotify watch (and every other waiter).
@@ -395,12 +614,12 @@ class PosixFdBackend final : public Backend {
 
   // One attempt. The caller drops every lock of h->target on failure.
   absl::StatusOr<Outcome> TryAcquire(const Owner& owner, const Resource& r, LockMode mode,
-                                     Held* h, std::optional<uint64_t> expect_token) {
+                                     Held* h, const TokenCheck* check) {
     const int fd = h->target.get();
     if (mode == LockMode::kExclusive) {
       // Gate and both class bytes in one call, kept for the whole hold.
       if (int err = SetLock(fd, F_WRLCK, kGate, 3); err != 0) return Conflict(err, fd, mode, r);
-      return Admit(owner, r, h, mode, /*slot=*/-1, expect_token);
+      return Admit(owner, r, h, mode, /*slot=*/-1, check);
     }
     if (int err = SetLock(fd, F_WRLCK, kGate, 1); err != 0) return Conflict(err, fd, mode, r);
     if (ProbeLock(fd, OtherClassByte(mode), 1) != F_UNLCK) return Outcome::kBusy;
@@ -409,7 +628,7 @@ class PosixFdBackend final : public Backend {
     }
     absl::StatusOr<int> slot = ClaimSlot(fd, r);
     if (!slot.ok()) return slot.status();
-    absl::StatusOr<Outcome> o = Admit(owner, r, h, mode, *slot, expect_token);
+    absl::StatusOr<Outcome> o = Admit(owner, r, h, mode, *slot, check);
     if (!o.ok() || *o != Outcome::kGranted) return o;
     if (int err = SetLock(fd, F_UNLCK, kGate, 1); err != 0) {
       return ErrnoStatus(err, absl::StrCat("cannot open the gate of ", r.Describe()));
@@ -441,23 +660,55 @@ class PosixFdBackend final : public Backend {
   }
 
   // Bumps the token and writes the holder record for `mode` (in `slot` for
-  // shared modes). On success sets h's mode, slot and token; on failure
-  // leaves h as it was. REQUIRES: the gate is held.
+  // shared modes) and the conflict tokens. On success sets h's mode, slot
+  // and token; on failure leaves h as it was. With `check`, refuses
+  // (Aborted) when a grant since check->token conflicts with `mode` (or
+  // that grant never happened here): read and compared under the gate, so
+  // the check and the grant are one step. REQUIRES: the gate is held.
   absl::StatusOr<Outcome> Admit(const Owner& owner, const Resource& r, Held* h, LockMode mode,
-                                int slot, std::optional<uint64_t> expect_token) {
+                                int slot, const TokenCheck* check) {
     const int sfd = h->state_fd();
-    unsigned char header[kHeaderSize] = {};
-    const ssize_t n = pread(sfd, header, sizeof header, 0);
+    // Header, exclusive record and conflict tokens are adjacent: one read,
+    // one write. An exclusive grant without a check needs only the header
+    // (it sets both conflict tokens), so its hot path reads 32 bytes.
+    unsigned char buf[kHeaderSize + kRecordSize + kConflictSize];
+    static_assert(kConflictOffset == kHeaderSize + kRecordSize, "layout");
+    const size_t want =
+        mode == LockMode::kExclusive && check == nullptr ? kHeaderSize : sizeof buf;
+    const ssize_t n = pread(sfd, buf, want, 0);
     if (n < 0) return ErrnoStatus(errno, absl::StrCat("cannot read lock file of ", r.Describe()));
-    const Header hdr = DecodeHeader(header);
-    if (!hdr.initialised && !IsZero(header, sizeof header)) {
+    if (static_cast<size_t>(n) < want) memset(buf + n, 0, want - n);  // A fresh file.
+    const Header hdr = DecodeHeader(buf);
+    if (!hdr.initialised && !IsZero(buf, kHeaderSize)) {
       return absl::DataLossError(absl::StrCat("lock file ", lock_dir_, "/", StateFileName(r),
                                               " is not a posixfd lock file (bad magic)"));
     }
-    if (expect_token.has_value() && hdr.token != *expect_token) {
-      return absl::AbortedError(absl::StrCat(
-          r.Describe(), " was granted to someone else since ", owner.name,
-          " held it: fencing token moved from ", *expect_token, " to ", hdr.token));
+    const ConflictTokens conflicts = want == sizeof buf
+                                         ? DecodeConflictTokens(buf + kConflictOffset, hdr.token)
+                                         : ConflictTokens{hdr.token, hdr.token};
+    if (check != nullptr) {
+      // The grant carrying check->token must have happened here, and no
+      // grant since may conflict with `mode`.
+      const uint64_t last = check->token > hdr.token
+                                ? hdr.token
+                                : LastConflicting(conflicts, hdr.token, mode);
+      const bool moved = check->token > hdr.token || last > check->token;
+      if (moved && !ContinuesAdopted(buf, hdr, *check, owner, mode)) {
+        if (check->why == TokenCheck::kAdopt) {
+          return absl::AbortedError(absl::StrCat(
+              r.Describe(), " was granted to someone else since ", owner.name,
+              " held it: fencing token moved from ", check->token, " to ", last,
+              last < check->token ? " (the lock file was recreated)" : ""));
+        }
+        return absl::AbortedError(absl::StrCat(
+            r.Describe(), " was taken by someone else since the hand-off: expected fencing token ",
+            check->token, ", ",
+            last < check->token
+                ? absl::StrCat("but its last grant carries ", last,
+                               " (the lock file was recreated)")
+                : absl::StrCat("but grant ", last, " since conflicts with ", LockModeName(mode)),
+            "; refused ", LockModeName(mode), " to ", owner.name));
+      }
     }
     auto write_failed = [&] {
       return ErrnoStatus(errno, absl::StrCat("cannot write lock file of ", r.Describe()));
@@ -469,27 +720,24 @@ class PosixFdBackend final : public Backend {
       return write_failed();
     }
     const uint64_t token = hdr.token + 1;
+    // Header first (or together with the rest): a token is never handed out
+    // twice, even if a later write fails.
+    memcpy(buf, kMagic, sizeof kMagic);
+    EncodeHeaderTail(token, r, buf + sizeof kMagic);
+    // A shared grant writes back the exclusive record as read: nobody else
+    // writes it while we hold the gate.
+    const uint64_t continues =
+        check != nullptr && check->why == TokenCheck::kAdopt ? check->token : 0;
     if (mode == LockMode::kExclusive) {
-      // Magic, token, header fields and the exclusive record are adjacent:
-      // one write.
-      unsigned char buf[kHeaderSize + kRecordSize];
-      memcpy(buf, kMagic, sizeof kMagic);
-      EncodeHeaderTail(token, r, buf + sizeof kMagic);
-      EncodeRecord(owner, mode, token, buf + kHeaderSize);
-      if (pwrite(sfd, buf, sizeof buf, 0) != static_cast<ssize_t>(sizeof buf)) {
-        return write_failed();
-      }
-    } else {
-      // Header first: a token is never handed out twice, even if the record
-      // write fails.
-      unsigned char head[kHeaderSize];
+      EncodeRecord(owner, mode, token, buf + kHeaderSize, continues);
+    }
+    EncodeConflictTokens(token, AfterGrant(conflicts, mode, token), buf + kConflictOffset);
+    if (pwrite(sfd, buf, sizeof buf, 0) != static_cast<ssize_t>(sizeof buf)) return write_failed();
+    if (mode != LockMode::kExclusive) {
       unsigned char record[kRecordSize];
-      memcpy(head, kMagic, sizeof kMagic);
-      EncodeHeaderTail(token, r, head + sizeof kMagic);
-      EncodeRecord(owner, mode, token, record);
-      if (pwrite(sfd, head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) ||
-          pwrite(sfd, record, sizeof record, SlotRecord(slot)) !=
-              static_cast<ssize_t>(sizeof record)) {
+      EncodeRecord(owner, mode, token, record, continues);
+      if (pwrite(sfd, record, sizeof record, SlotRecord(slot)) !=
+          static_cast<ssize_t>(sizeof record)) {
         return write_failed();
       }
     }
@@ -497,6 +745,21 @@ class PosixFdBackend final : public Backend {
     h->slot = mode == LockMode::kExclusive ? -1 : slot;
     h->token = token;
     return Outcome::kGranted;
+  }
+
+  // True when the last grant is an earlier Adopt's re-acquire of the very
+  // grant `check` adopts (same owner, exclusive, continuing that token):
+  // that adopter died before its journal learnt the new token, and nobody
+  // else was admitted since (else the last grant would be theirs).
+  // `state` holds the header and the exclusive record. Shared adoptions
+  // need no such rule: their re-acquires do not conflict with themselves.
+  static bool ContinuesAdopted(const unsigned char* state, const Header& hdr,
+                               const TokenCheck& check, const Owner& owner, LockMode mode) {
+    Record last;
+    return check.why == TokenCheck::kAdopt && mode == LockMode::kExclusive &&
+           check.token < hdr.token && DecodeRecord(state + kExclusiveRecord, &last) &&
+           last.mode == LockMode::kExclusive && last.token == hdr.token &&
+           last.continues == check.token && last.owner.uuid == owner.uuid;
   }
 
   static bool IsZero(const unsigned char* p, size_t n) {
@@ -507,11 +770,11 @@ class PosixFdBackend final : public Backend {
   }
 
   absl::Status ConvertLoop(const Owner& owner, const Resource& r, Held* h, LockMode to,
-                           const AcquireOptions& options) {
+                           const AcquireOptions& options, const TokenCheck* check) {
     std::optional<absl::Time> deadline, gate_deadline;
     Fd watch;
     while (true) {
-      absl::StatusOr<Outcome> o = TryConvert(owner, r, h, to);
+      absl::StatusOr<Outcome> o = TryConvert(owner, r, h, to, check);
       if (!o.ok()) return o.status();
       if (*o == Outcome::kGranted) return absl::OkStatus();
       const absl::Time now = absl::Now();
@@ -539,17 +802,17 @@ class PosixFdBackend final : public Backend {
   // fallible I/O (Admit) happens while the old locks still stand, or is
   // rolled back; changes to one's own locks cannot conflict with anyone.
   absl::StatusOr<Outcome> TryConvert(const Owner& owner, const Resource& r, Held* h,
-                                     LockMode to) {
+                                     LockMode to, const TokenCheck* check) {
     const int fd = h->target.get();
     const LockMode from = h->mode;
     if (to == LockMode::kExclusive) {
       // Exclusive holds the gate already: a fresh token and record.
-      if (from == LockMode::kExclusive) return Admit(owner, r, h, to, -1, std::nullopt);
+      if (from == LockMode::kExclusive) return Admit(owner, r, h, to, -1, check);
       // Upgrade in place: fails, with our read lock untouched, if anyone
       // else holds G, A or B.
       if (int err = SetLock(fd, F_WRLCK, kGate, 3); err != 0) return Conflict(err, fd, to, r);
       const int old_slot = h->slot;
-      absl::StatusOr<Outcome> o = Admit(owner, r, h, to, -1, std::nullopt);
+      absl::StatusOr<Outcome> o = Admit(owner, r, h, to, -1, check);
       if (!o.ok()) {
         SetLock(fd, F_RDLCK, ClassByte(from), 1);
         SetLock(fd, F_UNLCK, OtherClassByte(from), 1);
@@ -564,7 +827,7 @@ class PosixFdBackend final : public Backend {
       // still exclusive, then the range is split.
       absl::StatusOr<int> slot = ClaimSlot(fd, r);
       if (!slot.ok()) return slot.status();
-      absl::StatusOr<Outcome> o = Admit(owner, r, h, to, *slot, std::nullopt);
+      absl::StatusOr<Outcome> o = Admit(owner, r, h, to, *slot, check);
       if (!o.ok()) {
         SetLock(fd, F_UNLCK, kSlotLockBase + *slot, 1);
         return o;
@@ -591,7 +854,7 @@ class PosixFdBackend final : public Backend {
       }
       SetLock(fd, F_UNLCK, ClassByte(from), 1);
     }
-    absl::StatusOr<Outcome> o = Admit(owner, r, h, to, h->slot, std::nullopt);
+    absl::StatusOr<Outcome> o = Admit(owner, r, h, to, h->slot, check);
     if (!o.ok() && from != to) {
       // We still hold the gate, so nobody entered either class meanwhile.
       SetLock(fd, F_RDLCK, ClassByte(from), 1);
@@ -599,6 +862,139 @@ class PosixFdBackend final : public Backend {
     }
     SetLock(fd, F_UNLCK, kGate, 1);
     return o;
+  }
+
+  // Adopt's side of exec adoption: moves the inherited descriptor(s) that
+  // hold exactly `rec`'s lock into *h (fresh, no descriptors), unchanged.
+  // false when no inherited descriptor holds a lock of this owner here;
+  // Aborted when one does but in another mode or with another token than
+  // the record says (FinishAdoption then releases it).
+  absl::StatusOr<bool> TakeOverInherited(const LockRecord& rec, Held* h) {
+    std::lock_guard<std::mutex> l(inherited_mu_);
+    if (adoption_finished_ || inherited_.empty()) return false;
+    const Resource& r = rec.resource;
+    const std::string file = StateFileName(r);
+    struct stat st;
+    if (fstatat(dir_fd_.get(), file.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+    const std::pair<dev_t, ino_t> state_id(st.st_dev, st.st_ino);
+    std::pair<dev_t, ino_t> target_id = state_id;
+    if (UsesImage(r)) {
+      if (stat(r.path.c_str(), &st) != 0) return false;
+      target_id = {st.st_dev, st.st_ino};
+    }
+    auto find = [&](bool state_file, std::pair<dev_t, ino_t> id, size_t from) {
+      for (size_t i = from; i < inherited_.size(); ++i) {
+        const Inherited& c = inherited_[i];
+        if (c.state_file == state_file && c.dev == id.first && c.ino == id.second) return i;
+      }
+      return inherited_.size();
+    };
+    std::string mismatch;
+    for (size_t i = find(!UsesImage(r), target_id, 0); i < inherited_.size();
+         i = find(!UsesImage(r), target_id, i + 1)) {
+      // Where the records are: the target itself, or (image mode) the
+      // state file, through an inherited descriptor when there is one.
+      size_t state_index = inherited_.size();
+      Fd state;
+      int state_fd = inherited_[i].fd.get();
+      if (UsesImage(r)) {
+        state_index = find(true, state_id, 0);
+        if (state_index == inherited_.size()) {
+          state = Fd(openat(dir_fd_.get(), file.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+          if (!state.valid()) {
+            return ErrnoStatus(errno, absl::StrCat("cannot open lock file ", lock_dir_, "/", file,
+                                                   " for ", r.Describe()));
+          }
+          state_fd = state.get();
+        } else {
+          state_fd = inherited_[state_index].fd.get();
+        }
+      }
+      std::optional<int> slot = VerifyInherited(inherited_[i].fd.get(), state_fd, rec, &mismatch);
+      if (!slot.has_value()) continue;
+      h->target = std::move(inherited_[i].fd);
+      if (state_index < inherited_.size()) state = std::move(inherited_[state_index].fd);
+      h->state = std::move(state);
+      for (size_t j : {std::max(i, state_index), std::min(i, state_index)}) {
+        if (j < inherited_.size()) {
+          inherited_.erase(inherited_.begin() + static_cast<std::ptrdiff_t>(j));
+        }
+      }
+      h->mode = rec.mode;
+      h->slot = *slot;
+      h->token = rec.fencing_token;
+      return true;
+    }
+    if (!mismatch.empty()) return absl::AbortedError(mismatch);
+    return false;
+  }
+
+  // Whether inherited descriptor `fd` holds `rec`'s lock: its own OFD
+  // locks (fdinfo) are a settled hold in rec.mode, a fresh description sees
+  // its write-locked bytes held by someone while `fd` sees nobody else on
+  // them, and the holder record they guard names rec's owner and token.
+  // Returns the record slot (-1 for exclusive), or nullopt; sets *mismatch
+  // when `fd` holds this owner's lock but not as the record says.
+  std::optional<int> VerifyInherited(int fd, int state_fd, const LockRecord& rec,
+                                     std::string* mismatch) {
+    const Resource& r = rec.resource;
+    std::vector<OfdLock> locks;
+    if (!OwnLocks(fd, &locks)) return std::nullopt;
+    const short gate = OfdLockAt(locks, kGate);
+    const short read_class = OfdLockAt(locks, kReadClass);
+    const short write_class = OfdLockAt(locks, kWriteClass);
+    int slot = -1, slots = 0;
+    for (int i = 0; i < kSharedSlots; ++i) {
+      if (OfdLockAt(locks, kSlotLockBase + i) != F_UNLCK) {
+        slot = i;
+        ++slots;
+      }
+    }
+    LockMode mode;
+    std::vector<off_t> written;  // the bytes it must hold write-locked
+    if (gate == F_WRLCK && read_class == F_WRLCK && write_class == F_WRLCK && slots == 0) {
+      mode = LockMode::kExclusive;
+      written = {kGate, kReadClass, kWriteClass};
+    } else if (gate == F_UNLCK && slots == 1 &&
+               OfdLockAt(locks, kSlotLockBase + slot) == F_WRLCK &&
+               ((read_class == F_RDLCK && write_class == F_UNLCK) ||
+                (write_class == F_RDLCK && read_class == F_UNLCK))) {
+      mode = read_class == F_RDLCK ? LockMode::kSharedRead : LockMode::kSharedWrite;
+      written = {kSlotLockBase + slot};
+    } else {
+      return std::nullopt;  // No settled posixfd hold.
+    }
+    Fd fresh(UsesImage(r) ? open(r.path.c_str(), O_RDONLY | O_CLOEXEC)
+                          : openat(dir_fd_.get(), StateFileName(r).c_str(),
+                                   O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!fresh.valid()) return std::nullopt;
+    for (off_t b : written) {
+      if (ProbeLock(fresh.get(), b, 1) != F_WRLCK || ProbeLock(fd, b, 1) != F_UNLCK) {
+        return std::nullopt;
+      }
+    }
+    unsigned char header[kHeaderSize];
+    unsigned char buf[kRecordSize];
+    Record holder;
+    if (!ReadExactly(state_fd, header, sizeof header, 0) ||
+        !ReadExactly(state_fd, buf, sizeof buf,
+                     mode == LockMode::kExclusive ? kExclusiveRecord : SlotRecord(slot)) ||
+        !DecodeRecord(buf, &holder) || holder.owner.uuid != rec.owner.uuid) {
+      return std::nullopt;  // Not this owner's lock (or no record at all).
+    }
+    const uint64_t last = DecodeHeader(header).token;
+    if (holder.mode != mode || (mode == LockMode::kExclusive && holder.token != last)) {
+      return std::nullopt;  // The record is not the one this lock guards.
+    }
+    if (mode != rec.mode || holder.token != rec.fencing_token) {
+      *mismatch = absl::StrCat(
+          "the lock on ", r.Describe(), " that ", rec.owner.name,
+          " held before the exec is ", LockModeName(mode), " with fencing token ", holder.token,
+          ", but the record to adopt says ", LockModeName(rec.mode), " with fencing token ",
+          rec.fencing_token, ": not adopted (released when adoption finishes)");
+      return std::nullopt;
+    }
+    return mode == LockMode::kExclusive ? -1 : slot;
   }
 
   static absl::Status InProgress(const Owner& owner, const Resource& r) {
@@ -733,6 +1129,12 @@ class PosixFdBackend final : public Backend {
   // Debian's debug-configured abseil runs deadlock detection on every lock.)
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Held>> held_;
+  // Exec adoption: descriptors inherited from the program image before the
+  // exec that no Adopt has claimed yet. Only Adopt and FinishAdoption take
+  // this mutex, never the lock paths.
+  std::mutex inherited_mu_;
+  std::vector<Inherited> inherited_;
+  bool adoption_finished_ = false;
 };
 
 absl::Status MakeDirs(const std::string& path) {
@@ -772,8 +1174,9 @@ absl::StatusOr<std::unique_ptr<Backend>> NewPosixFdBackend(const Config& setting
   if (!fd.valid()) {
     return ErrnoStatus(errno, absl::StrCat("posixfd lock directory ", *dir));
   }
-  return std::unique_ptr<Backend>(
-      new PosixFdBackend(*dir, std::move(fd), *target == "image"));
+  auto backend = std::make_unique<PosixFdBackend>(*dir, std::move(fd), *target == "image");
+  backend->TakeInherited();
+  return std::unique_ptr<Backend>(std::move(backend));
 }
 
 }  // namespace

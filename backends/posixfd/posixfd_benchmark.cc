@@ -113,7 +113,9 @@ int main(int argc, char** argv) {
   MedianReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   g_backend.reset();
-  system(absl::StrCat("rm -rf '", g_dir, "'").c_str());
+  if (system(absl::StrCat("rm -rf '", g_dir, "'").c_str()) != 0) {
+    fprintf(stderr, "posixfd_benchmark: could not remove %s\n", g_dir.c_str());
+  }
 
   const double raw = reporter.medians["BM_RawOfd"];
   const double ex = reporter.medians["BM_FrameworkExclusive"];

@@ -78,7 +78,7 @@ void Worker(Witness* w, Backend* b, int seed, int rounds) {
   const LockMode modes[] = {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive};
   for (int i = 0; i < rounds; ++i) {
     LockMode m = modes[rng() % 3];
-    AcquireOptions opts{(rng() % 2) == 0, absl::Milliseconds(rng() % 20)};
+    AcquireOptions opts{(rng() % 2) == 0, absl::Milliseconds(rng() % 20), std::nullopt};
     absl::StatusOr<Grant> g = b->Acquire(me, res, m, opts);
     if (!g.ok()) continue;
     // Witness entry happens after the grant; a conflicting holder still
@@ -167,7 +167,8 @@ TEST(PosixFdSafetyTest, WaitersSleepInsteadOfSpinning) {
   const Owner waiter = OwnerForThisProcess(RandomUuid(), "waiter");
   ASSERT_TRUE(b->Acquire(holder, res, LockMode::kExclusive, {}).ok());
   const double cpu0 = CpuSeconds();
-  absl::StatusOr<Grant> g = b->Acquire(waiter, res, LockMode::kExclusive, {true, absl::Seconds(1)});
+  absl::StatusOr<Grant> g =
+      b->Acquire(waiter, res, LockMode::kExclusive, {true, absl::Seconds(1), std::nullopt});
   const double cpu = CpuSeconds() - cpu0;
   EXPECT_EQ(g.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_LT(cpu, 0.2) << "a 1 s wait used " << cpu << " s of CPU";

@@ -38,6 +38,13 @@ constexpr LockMode kSR = LockMode::kSharedRead;
 constexpr LockMode kSW = LockMode::kSharedWrite;
 constexpr LockMode kEX = LockMode::kExclusive;
 
+AcquireOptions WaitFor(absl::Duration timeout) {
+  AcquireOptions o;
+  o.wait = true;
+  o.timeout = timeout;
+  return o;
+}
+
 class ContractTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -169,7 +176,7 @@ TEST_P(ContractTest, WaitingAcquireIsGrantedOnRelease) {
   std::atomic<bool> done{false};
   absl::StatusOr<Grant> waited;
   std::thread t([&] {
-    waited = backend_->Acquire(b_, res_, kEX, AcquireOptions{true, absl::Seconds(20)});
+    waited = backend_->Acquire(b_, res_, kEX, WaitFor(absl::Seconds(20)));
     done = true;
   });
   absl::SleepFor(absl::Milliseconds(200));
@@ -186,7 +193,7 @@ TEST_P(ContractTest, WaitingAcquireTimesOut) {
   ASSERT_TRUE(Try(a_, kEX).ok());
   const absl::Time start = absl::Now();
   absl::StatusOr<Grant> g =
-      backend_->Acquire(b_, res_, kEX, AcquireOptions{true, absl::Milliseconds(300)});
+      backend_->Acquire(b_, res_, kEX, WaitFor(absl::Milliseconds(300)));
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(g.status().code(), absl::StatusCode::kDeadlineExceeded) << g.status();
   EXPECT_GE(took, absl::Milliseconds(300));
@@ -330,7 +337,7 @@ TEST_P(ContractTest, TwoProcessesContend) {
     absl::SleepFor(absl::Milliseconds(150));
     EXPECT_TRUE(other->Release().ok());
   });
-  g = backend_->Acquire(a_, res_, kEX, AcquireOptions{true, absl::Seconds(20)});
+  g = backend_->Acquire(a_, res_, kEX, WaitFor(absl::Seconds(20)));
   releaser.join();
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_GT(g->fencing_token, other->token());
@@ -351,7 +358,7 @@ TEST_P(ContractTest, KilledHolderProcessFreesItsLocks) {
   ASSERT_NE(other, nullptr);
   ASSERT_TRUE(IsLockBusy(Try(a_, kEX).status()));
   other->Kill();
-  absl::StatusOr<Grant> g = backend_->Acquire(a_, res_, kEX, AcquireOptions{true, absl::Seconds(10)});
+  absl::StatusOr<Grant> g = backend_->Acquire(a_, res_, kEX, WaitFor(absl::Seconds(10)));
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_TRUE(backend_->Release(a_, res_).ok());
 }
@@ -377,6 +384,244 @@ TEST_P(ContractTest, AdoptRefusesWhenSomeoneTookItMeanwhile) {
   absl::StatusOr<Grant> lost = backend_->Adopt(second);
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kAborted) << lost.status();
   EXPECT_THAT(lost.status().message(), HasSubstr("fencing token moved"));
+  EXPECT_TRUE(Try(c_, kEX).ok()) << "a refused adoption holds nothing";
+  EXPECT_TRUE(backend_->Release(c_, res_).ok());
+}
+
+AcquireOptions HandOff(uint64_t token) {
+  AcquireOptions o;
+  o.expect_token = token;
+  return o;
+}
+
+TEST_P(ContractTest, HandOffTokenNeedsFencingTokens) {
+  if (caps_.fencing_tokens) GTEST_SKIP() << "backend has fencing tokens: see the HandOff tests";
+  absl::StatusOr<Grant> g = backend_->Acquire(a_, res_, kEX, HandOff(1));
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument) << g.status();
+  EXPECT_TRUE(Try(b_, kEX).ok()) << "a refused hand-off holds nothing";
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+}
+
+TEST_P(ContractTest, HandOffSucceedsWhenNobodyTookTheResource) {
+  if (!caps_.fencing_tokens) GTEST_SKIP() << "backend declares no fencing tokens";
+  absl::StatusOr<Grant> source = Try(a_, kEX);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  absl::StatusOr<Grant> dest = backend_->Acquire(b_, res_, kEX, HandOff(source->fencing_token));
+  ASSERT_TRUE(dest.ok()) << dest.status();
+  EXPECT_EQ(dest->mode, kEX);
+  EXPECT_GT(dest->fencing_token, source->fencing_token);
+  ExpectStillHeld("after the hand-off");
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  // A waiting hand-off with the latest token is granted too.
+  dest = backend_->Acquire(a_, res_, kEX, [&] {
+    AcquireOptions o = WaitFor(absl::Seconds(5));
+    o.expect_token = dest->fencing_token;
+    return o;
+  }());
+  ASSERT_TRUE(dest.ok()) << dest.status();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, HandOffIgnoresCompatibleGrantsInBetween) {
+  if (!caps_.fencing_tokens) GTEST_SKIP() << "backend declares no fencing tokens";
+  const LockMode shared = Supports(kSR) ? kSR : kSW;
+  if (!Supports(shared)) GTEST_SKIP() << "backend grants no shared mode";
+  // a_ hands over a shared lock while b_ shares the resource with it.
+  absl::StatusOr<Grant> source = Try(a_, shared);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(Try(b_, shared).ok());
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  absl::StatusOr<Grant> dest = backend_->Acquire(c_, res_, shared, HandOff(source->fencing_token));
+  ASSERT_TRUE(dest.ok()) << "b_'s grant does not conflict with " << LockModeName(shared) << ": "
+                         << dest.status();
+  EXPECT_GT(dest->fencing_token, source->fencing_token);
+  EXPECT_TRUE(backend_->Release(c_, res_).ok());
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+  // But the same token does not buy exclusive: b_'s grant conflicts with it.
+  absl::StatusOr<Grant> ex = backend_->Acquire(c_, res_, kEX, HandOff(source->fencing_token));
+  EXPECT_EQ(ex.status().code(), absl::StatusCode::kAborted) << ex.status();
+
+  // The other shared mode conflicts: a shared-write grant in between
+  // refuses a shared-read hand-off, not a shared-write one.
+  if (!Supports(kSR) || !Supports(kSW) || !caps_.folded_modes.empty()) return;
+  source = Try(a_, kSR);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  ASSERT_TRUE(Try(b_, kSW).ok());
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  absl::StatusOr<Grant> g = backend_->Acquire(c_, res_, kSR, HandOff(source->fencing_token));
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kAborted) << g.status();
+  g = backend_->Acquire(c_, res_, kSW, HandOff(source->fencing_token));
+  EXPECT_TRUE(g.ok()) << g.status();
+  EXPECT_TRUE(backend_->Release(c_, res_).ok());
+}
+
+TEST_P(ContractTest, HandOffIsRefusedWhenSomeoneTookTheResourceMeanwhile) {
+  if (!caps_.fencing_tokens) GTEST_SKIP() << "backend declares no fencing tokens";
+  absl::StatusOr<Grant> source = Try(a_, kEX);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  // Another owner acquired and released in between.
+  absl::StatusOr<Grant> thief = Try(b_, kEX);
+  ASSERT_TRUE(thief.ok());
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  for (LockMode m : {kEX, kSR, kSW}) {
+    if (!Supports(m)) continue;
+    SCOPED_TRACE(LockModeName(m));
+    absl::StatusOr<Grant> g = backend_->Acquire(c_, res_, m, HandOff(source->fencing_token));
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kAborted) << g.status();
+    EXPECT_THAT(g.status().message(), HasSubstr(res_.name));
+    // A waiting hand-off is refused at once, not after its timeout.
+    const absl::Time start = absl::Now();
+    AcquireOptions waiting = WaitFor(absl::Seconds(30));
+    waiting.expect_token = source->fencing_token;
+    g = backend_->Acquire(c_, res_, m, waiting);
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kAborted) << g.status();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  }
+  // A token no grant here ever carried is refused too.
+  absl::StatusOr<Grant> g = backend_->Acquire(c_, res_, kEX, HandOff(thief->fencing_token + 1000));
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kAborted) << g.status();
+  // The refusals hold nothing: nobody holds the resource, c_ holds nothing
+  // and anyone may take it exclusively.
+  absl::StatusOr<std::vector<HolderInfo>> holders = backend_->Inquire(res_);
+  ASSERT_TRUE(holders.ok()) << holders.status();
+  EXPECT_TRUE(holders->empty());
+  EXPECT_EQ(backend_->Release(c_, res_).code(), absl::StatusCode::kNotFound);
+  g = Try(b_, kEX);
+  EXPECT_TRUE(g.ok()) << g.status();
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+}
+
+TEST_P(ContractTest, OnlyOneHandOffPerToken) {
+  if (!caps_.fencing_tokens) GTEST_SKIP() << "backend declares no fencing tokens";
+  absl::StatusOr<Grant> source = Try(a_, kEX);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  // Several takers race for it exclusively with the same token, each
+  // releasing at once when it wins: the check and the grant are one step,
+  // so exactly one wins and every other sees a conflicting grant since.
+  constexpr int kTakers = 6;
+  std::vector<Owner> owners;
+  for (int i = 0; i < kTakers; ++i) {
+    owners.push_back(OwnerForThisProcess(RandomUuid(), absl::StrCat("vm-taker", i)));
+  }
+  std::vector<absl::StatusOr<Grant>> results(kTakers, absl::UnknownError("not run"));
+  std::vector<absl::Status> releases(kTakers);
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kTakers; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go) {
+      }
+      AcquireOptions o = WaitFor(absl::Seconds(10));
+      o.expect_token = source->fencing_token;
+      results[i] = backend_->Acquire(owners[i], res_, kEX, o);
+      if (results[i].ok()) releases[i] = backend_->Release(owners[i], res_);
+    });
+  }
+  go = true;
+  for (std::thread& t : threads) t.join();
+  int won = 0;
+  for (int i = 0; i < kTakers; ++i) {
+    if (results[i].ok()) {
+      ++won;
+      EXPECT_TRUE(releases[i].ok()) << releases[i];
+    } else {
+      EXPECT_EQ(results[i].status().code(), absl::StatusCode::kAborted) << results[i].status();
+    }
+  }
+  EXPECT_EQ(won, 1);
+}
+
+TEST_P(ContractTest, ConvertChecksTheHandOffToken) {
+  if (!caps_.fencing_tokens) GTEST_SKIP() << "backend declares no fencing tokens";
+  const LockMode shared = Supports(kSR) ? kSR : kSW;
+  if (!Supports(shared)) GTEST_SKIP() << "backend grants no shared mode";
+  absl::StatusOr<Grant> mine = Try(a_, shared);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  absl::StatusOr<Grant> other = Try(b_, shared);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  // b_ was granted after a_, which conflicts with exclusive: converting on
+  // a_'s token is refused, and a_ keeps its shared lock.
+  absl::StatusOr<Grant> up = backend_->Convert(a_, res_, kEX, HandOff(mine->fencing_token));
+  EXPECT_EQ(up.status().code(), absl::StatusCode::kAborted) << up.status();
+  ExpectStillHeld("after a refused convert");
+  absl::StatusOr<std::vector<HolderInfo>> holders = backend_->Inquire(res_);
+  ASSERT_TRUE(holders.ok());
+  ASSERT_EQ(holders->size(), 1u);
+  EXPECT_EQ((*holders)[0].mode, shared);
+  absl::StatusOr<Grant> joined = Try(c_, shared);
+  EXPECT_TRUE(joined.ok()) << "a_ is still shared, not exclusive: " << joined.status();
+  ASSERT_TRUE(backend_->Release(c_, res_).ok());
+  // On the latest token it converts.
+  up = backend_->Convert(a_, res_, kEX, HandOff(joined->fencing_token));
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_GT(up->fencing_token, joined->fencing_token);
+  EXPECT_TRUE(backend_->Release(a_, res_).ok());
+}
+
+TEST_P(ContractTest, AdoptingTheSameRecordAgainAfterTheAdopterDiedWorks) {
+  if (caps_.orphan_adoption) {
+    GTEST_SKIP() << "backends with orphan adoption are tested adopting real orphans with latchd";
+  }
+  // latchd adopts a record, then dies before its journal learns the new
+  // grant: the next latchd adopts the same record again. That re-acquire
+  // was no one else's grant, so it does not count against the record.
+  absl::StatusOr<Grant> g = Try(a_, kEX);
+  ASSERT_TRUE(g.ok());
+  const LockRecord record{a_, res_, kEX, g->fencing_token, g->backend_token};
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  for (int restart = 0; restart < 3; ++restart) {
+    absl::StatusOr<Grant> adopted = backend_->Adopt(record);
+    ASSERT_TRUE(adopted.ok()) << "restart " << restart << ": " << adopted.status();
+    EXPECT_GT(adopted->fencing_token, record.fencing_token);
+    ExpectStillHeld("after adoption");
+    ASSERT_TRUE(backend_->Release(a_, res_).ok());  // The adopter dies.
+  }
+  // Someone else in between still breaks it.
+  ASSERT_TRUE(Try(b_, kEX).ok());
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  absl::StatusOr<Grant> lost = backend_->Adopt(record);
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kAborted) << lost.status();
+  // So does a new grant of the owner's own (it released and re-acquired:
+  // the record is stale), and a hand-off is not an adoption.
+  absl::StatusOr<Grant> mine = Try(a_, kEX);
+  ASSERT_TRUE(mine.ok());
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  const LockRecord stale{a_, res_, kEX, mine->fencing_token - 1, mine->backend_token};
+  EXPECT_EQ(backend_->Adopt(stale).status().code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(backend_->Adopt(LockRecord{a_, res_, kEX, mine->fencing_token, ""}).ok());
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  absl::StatusOr<Grant> handoff = backend_->Acquire(c_, res_, kEX, HandOff(mine->fencing_token));
+  EXPECT_EQ(handoff.status().code(), absl::StatusCode::kAborted) << handoff.status();
+}
+
+TEST_P(ContractTest, AdoptIgnoresCompatibleGrantsMeanwhile) {
+  if (caps_.orphan_adoption) {
+    GTEST_SKIP() << "backends with orphan adoption are tested adopting real orphans with latchd";
+  }
+  const LockMode shared = Supports(kSR) ? kSR : kSW;
+  if (!Supports(shared)) GTEST_SKIP() << "backend grants no shared mode";
+  // Two shared holders; the first "restarts" (its lock is gone) while the
+  // second, granted later, still holds.
+  absl::StatusOr<Grant> g = Try(a_, shared);
+  ASSERT_TRUE(g.ok());
+  const LockRecord record{a_, res_, shared, g->fencing_token, g->backend_token};
+  ASSERT_TRUE(Try(b_, shared).ok());
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  absl::StatusOr<Grant> adopted = backend_->Adopt(record);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  ASSERT_TRUE(backend_->Release(b_, res_).ok());
+  // An exclusive grant in between does conflict.
+  const LockRecord second{a_, res_, shared, adopted->fencing_token, adopted->backend_token};
+  ASSERT_TRUE(Try(c_, kEX).ok());
+  ASSERT_TRUE(backend_->Release(c_, res_).ok());
+  absl::StatusOr<Grant> lost = backend_->Adopt(second);
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kAborted) << lost.status();
   EXPECT_TRUE(Try(c_, kEX).ok()) << "a refused adoption holds nothing";
   EXPECT_TRUE(backend_->Release(c_, res_).ok());
 }
@@ -411,8 +656,9 @@ TEST_P(ContractTest, BadInputIsRefusedAndHeldLocksStay) {
   mkdir(badabi_dir.c_str(), 0700);
   const char* srcdir = getenv("TEST_SRCDIR");
   ASSERT_NE(srcdir, nullptr);
-  symlink(absl::StrCat(srcdir, "/latchkey/tests/testdata/latchkey-badabi.so").c_str(),
-          (badabi_dir + "/latchkey-badabi.so").c_str());
+  ASSERT_EQ(symlink(absl::StrCat(srcdir, "/latchkey/tests/testdata/latchkey-badabi.so").c_str(),
+                    (badabi_dir + "/latchkey-badabi.so").c_str()),
+            0);
   absl::StatusOr<std::unique_ptr<Backend>> wrong = LoadBackend({badabi_dir}, "badabi", settings_);
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(wrong.status().message(), HasSubstr("latchkey-badabi.so"));

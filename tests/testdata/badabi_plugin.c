@@ -1,8 +1,9 @@
-/* A plugin from a future latchkey: only abi_version is meaningful. */
+/* A plugin from a future latchkey, built for ABI version 3 (this one speaks
+ * 2): only abi_version is meaningful. */
 #include "core/plugin_abi.h"
 
 __attribute__((visibility("default"))) const lk_backend_descriptor latchkey_backend = {
-    .abi_version = 999,
+    .abi_version = 3,
     .struct_size = sizeof(lk_backend_descriptor),
     .name = "badabi",
 };

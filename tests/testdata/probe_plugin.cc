@@ -1,5 +1,6 @@
 // The "probe" fixture: echoes its inputs so tests can check that every field
 // crosses the C ABI intact, and fails on request to check error transport.
+#include <atomic>
 #include <memory>
 #include <stdexcept>
 
@@ -11,7 +12,8 @@ namespace {
 
 class ProbeBackend final : public Backend {
  public:
-  explicit ProbeBackend(std::string greeting) : greeting_(std::move(greeting)) {}
+  ProbeBackend(std::string greeting, bool fail_prepare_exec, bool fencing)
+      : greeting_(std::move(greeting)), fail_prepare_exec_(fail_prepare_exec), fencing_(fencing) {}
   std::string name() const override { return "probe"; }
   Capabilities capabilities() const override;
 
@@ -27,7 +29,13 @@ class ProbeBackend final : public Backend {
     g.backend_token = absl::StrCat(greeting_, "|", owner.uuid, "|", owner.host, "|",
                                    resource.Key(), "|", resource.path, "|", resource.offset,
                                    "|", options.wait ? "wait" : "nowait", "|",
-                                   absl::ToInt64Milliseconds(options.timeout));
+                                   options.timeout == absl::InfiniteDuration()
+                                       ? "forever"
+                                       : absl::StrCat(absl::ToInt64Milliseconds(options.timeout)),
+                                   "|",
+                                   options.expect_token.has_value()
+                                       ? absl::StrCat("expect=", *options.expect_token)
+                                       : "noexpect");
     return g;
   }
   absl::StatusOr<Grant> Convert(const Owner& owner, const Resource& resource, LockMode mode,
@@ -47,21 +55,40 @@ class ProbeBackend final : public Backend {
     h.fencing_token = 42;
     return std::vector<HolderInfo>{h, h};
   }
+  // The backend token says how many PrepareExec calls came before.
   absl::StatusOr<Grant> Adopt(const LockRecord& record) override {
+    if (adoption_finished_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("probe: adoption of ", record.resource.Key(), " after finish_adoption"));
+    }
     Grant g;
     g.mode = record.mode;
     g.fencing_token = record.fencing_token + 1;
-    g.backend_token = record.backend_token;
+    g.backend_token = absl::StrCat(record.backend_token, "|prepared=", prepare_exec_calls_.load());
     return g;
   }
   absl::Status Health() override { return absl::OkStatus(); }
+  absl::Status PrepareExec() override {
+    if (fail_prepare_exec_) return absl::FailedPreconditionError("probe was told to refuse exec");
+    ++prepare_exec_calls_;
+    return absl::OkStatus();
+  }
+  void FinishAdoption() override { adoption_finished_ = true; }
 
  private:
   std::string greeting_;
+  const bool fail_prepare_exec_;
+  const bool fencing_;  // what capabilities() says; the descriptor always says yes
+  std::atomic<int> prepare_exec_calls_{0};
+  std::atomic<bool> adoption_finished_{false};
 };
 
 absl::StatusOr<std::unique_ptr<Backend>> NewProbe(const Config& settings) {
-  if (absl::Status s = settings.CheckKeys({"greeting", "fail_open"}); !s.ok()) return s;
+  if (absl::Status s =
+          settings.CheckKeys({"greeting", "fail_open", "fail_prepare_exec", "fencing_tokens"});
+      !s.ok()) {
+    return s;
+  }
   absl::StatusOr<bool> fail = settings.GetBool("fail_open", false);
   if (!fail.ok()) return fail.status();
   if (*fail) {
@@ -70,14 +97,20 @@ absl::StatusOr<std::unique_ptr<Backend>> NewProbe(const Config& settings) {
   }
   absl::StatusOr<std::string> greeting = settings.GetString("greeting", "hello");
   if (!greeting.ok()) return greeting.status();
-  return std::unique_ptr<Backend>(new ProbeBackend(*greeting));
+  absl::StatusOr<bool> fail_prepare_exec = settings.GetBool("fail_prepare_exec", false);
+  if (!fail_prepare_exec.ok()) return fail_prepare_exec.status();
+  absl::StatusOr<bool> fencing = settings.GetBool("fencing_tokens", true);
+  if (!fencing.ok()) return fencing.status();
+  return std::unique_ptr<Backend>(new ProbeBackend(*greeting, *fail_prepare_exec, *fencing));
 }
 
 constexpr lk_capabilities kProbeCaps = {
-    (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_EXCLUSIVE), 0, 16, ""};
+    (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_EXCLUSIVE), LK_CAP_FENCING_TOKENS, 16, ""};
 
 Capabilities ProbeBackend::capabilities() const {
-  return plugin_export::CapabilitiesFromAbi(kProbeCaps);
+  Capabilities caps = plugin_export::CapabilitiesFromAbi(kProbeCaps);
+  caps.fencing_tokens = fencing_;
+  return caps;
 }
 
 }  // namespace
