@@ -200,6 +200,24 @@ absl::Status Agent::Journal(const JournalChange& change) const {
   return s;
 }
 
+ReleaseResult Agent::Released(const std::vector<Held>& held) {
+  ReleaseResult r;
+  for (const Held& h : held) {
+    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+  }
+  r.state = HandoffState(r.released);
+  return r;
+}
+
+std::string HandoffState(const std::vector<LockView>& locks) {
+  std::vector<HandoffEntry> entries;
+  for (const LockView& l : locks) {
+    entries.push_back({l.backend, l.resource.lockspace, l.resource.name, l.mode,
+                       l.fencing_token});
+  }
+  return EncodeHandoff(entries);
+}
+
 std::vector<LockView> Agent::Views(const OwnerEntry& e) const {
   std::vector<LockView> out;
   for (const auto& [key, h] : e.locks) {
@@ -546,15 +564,8 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid) {
   }
   watch_->Unwatch(uuid);
   ReleaseHeld(owner, held, /*forget=*/true);
-  ReleaseResult r;
-  std::vector<HandoffEntry> entries;
-  for (const Held& h : held) {
-    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token});
-    entries.push_back({h.backend, h.resource.lockspace, h.resource.name, h.mode, h.token});
-  }
-  r.state = EncodeHandoff(entries);
   spdlog::info("unregistered {}: released {} locks", owner.Describe(), held.size());
-  return r;
+  return Released(held);
 }
 
 // ---------------------------------------------------------------------------
@@ -835,18 +846,11 @@ absl::StatusOr<ReleaseResult> Agent::Release(
     }
   }
   ReleaseHeld(entry->owner, held, /*forget=*/false);
-  ReleaseResult r;
-  std::vector<HandoffEntry> entries;
   {
     absl::MutexLock l(&mu_);
     for (const std::string& k : keys) entry->locks.erase(k);
   }
-  for (const Held& h : held) {
-    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token});
-    entries.push_back({h.backend, h.resource.lockspace, h.resource.name, h.mode, h.token});
-  }
-  r.state = EncodeHandoff(entries);
-  return r;
+  return Released(held);
 }
 
 std::optional<std::pair<std::string, Resource>> Agent::FindHeldDisk(const std::string& uuid,

@@ -89,6 +89,9 @@ struct ReleaseResult {
   std::string state;  // hand-off state string of the released locks
 };
 
+// The hand-off state string (agent/handoff.h) of `locks`.
+std::string HandoffState(const std::vector<LockView>& locks);
+
 struct AgentStatus {
   std::string host;
   std::string boot_id;
@@ -162,6 +165,7 @@ class Agent {
   // `forget`, removes the owner row in the same transaction.
   void ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget);
   std::vector<LockView> Views(const OwnerEntry& e) const;
+  static ReleaseResult Released(const std::vector<Held>& held);
   bool Survives(const std::string& backend) const;
   // The key and resource of a disk `uuid` holds under exactly `spec.target`.
   std::optional<std::pair<std::string, Resource>> FindHeldDisk(const std::string& uuid,

@@ -14,7 +14,6 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "agent/handoff.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -194,15 +193,6 @@ json OwnerJson(const Owner& o) {
               {"host", o.host}};
 }
 
-std::string StateOf(const std::vector<LockView>& locks) {
-  std::vector<HandoffEntry> entries;
-  for (const LockView& l : locks) {
-    entries.push_back({l.backend, l.resource.lockspace, l.resource.name, l.mode,
-                       l.fencing_token});
-  }
-  return EncodeHandoff(entries);
-}
-
 absl::Status ParsePolicy(Fields& f, std::optional<FailurePolicy>* policy,
                          std::optional<absl::Duration>* grace) {
   std::string p;
@@ -338,7 +328,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
               {"policy", FailurePolicyName(v->policy)},
               {"alive", v->alive},
               {"locks", LocksJson(v->locks)},
-              {"state", StateOf(v->locks)}};
+              {"state", HandoffState(v->locks)}};
 }
 
 json ErrorJson(const json& id, const absl::Status& s) {

@@ -452,7 +452,11 @@ absl::Status CreateFresh(const std::string& path, const std::string& boot_id) {
   // Created by hand so the mode is 0600 whatever the umask; SQLite gives its
   // -wal and -shm files the database file's mode.
   const int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return ErrnoError(absl::StrCat("journal ", path, ": cannot create ", tmp), errno);
+  if (fd < 0) {
+    // Whatever the errno, the directory cannot take the journal: fix that first.
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, ": cannot create ", tmp, ": ", strerror(errno)));
+  }
   const int chmod_rc = fchmod(fd, 0600);
   const int chmod_errno = errno;
   close(fd);
