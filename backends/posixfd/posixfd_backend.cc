@@ -240,33 +240,13 @@ class PosixFdBackend final : public Backend {
   absl::StatusOr<Grant> Acquire(const Owner& owner, const Resource& resource, LockMode mode,
                                 const AcquireOptions& options) override {
     const std::string key = TableKey(owner, resource);
-    Held* h;  // Owned by held_; ours while pending.
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = held_.find(key);
-      if (it != held_.end()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            owner.name, " already holds ", resource.Describe(), " (",
-            it->second->pending ? "acquire in progress" : LockModeName(it->second->mode),
-            "); use convert to change its mode"));
-      }
-      auto fresh = std::make_unique<Held>();
-      fresh->pending = true;
-      h = fresh.get();
-      held_[key] = std::move(fresh);
-    }
+    absl::StatusOr<Held*> h = Reserve(key, owner, resource);
+    if (!h.ok()) return h.status();
     TokenCheck check;
     if (options.expect_token.has_value()) check = {*options.expect_token, TokenCheck::kHandOff};
     absl::Status s = AcquireLoop(owner, resource, mode, options,
-                                 options.expect_token.has_value() ? &check : nullptr, h);
-    std::lock_guard<std::mutex> l(mu_);
-    if (!s.ok()) {
-      held_.erase(key);
-      return s;
-    }
-    h->pending = false;
-    h->granted = true;
-    return Grant{mode, h->token, ""};
+                                 options.expect_token.has_value() ? &check : nullptr, *h);
+    return Settle(key, *h, s, mode);
   }
 
   absl::StatusOr<Grant> Convert(const Owner& owner, const Resource& resource, LockMode new_mode,
@@ -342,32 +322,16 @@ class PosixFdBackend final : public Backend {
     // was granted the resource since the record was written (the fencing
     // token moved).
     const std::string key = TableKey(record.owner, record.resource);
-    Held* h;  // Owned by held_; ours while pending.
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (held_.count(key) != 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            record.owner.name, " already holds ", record.resource.Describe(), " here"));
-      }
-      auto fresh = std::make_unique<Held>();
-      fresh->pending = true;
-      h = fresh.get();
-      held_[key] = std::move(fresh);
-    }
+    absl::StatusOr<Held*> reserved = Reserve(key, record.owner, record.resource);
+    if (!reserved.ok()) return reserved.status();
+    Held* h = *reserved;
     absl::StatusOr<bool> inherited = TakeOverInherited(record, h);
     absl::Status s = inherited.status();
     if (inherited.ok() && !*inherited) {
       const TokenCheck check{record.fencing_token, TokenCheck::kAdopt};
       s = AcquireLoop(record.owner, record.resource, record.mode, AcquireOptions{}, &check, h);
     }
-    std::lock_guard<std::mutex> l(mu_);
-    if (!s.ok()) {
-      held_.erase(key);
-      return s;
-    }
-    h->pending = false;
-    h->granted = true;
-    return Grant{record.mode, h->token, ""};
+    return Settle(key, h, s, record.mode);
   }
 
   absl::Status Health() override {
@@ -491,6 +455,39 @@ class PosixFdBackend final : public Backend {
   }
 
  private:
+  // Puts a pending entry for `key` in the table, so no other call of this
+  // owner touches the resource while the lock is being taken. The entry is
+  // owned by held_; the caller settles it with Settle.
+  absl::StatusOr<Held*> Reserve(const std::string& key, const Owner& owner,
+                                const Resource& resource) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = held_.find(key);
+    if (it != held_.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          owner.name, " already holds ", resource.Describe(), " (",
+          it->second->pending ? "acquire in progress" : LockModeName(it->second->mode),
+          "); use convert to change its mode"));
+    }
+    auto fresh = std::make_unique<Held>();
+    fresh->pending = true;
+    Held* h = fresh.get();
+    held_[key] = std::move(fresh);
+    return h;
+  }
+
+  // Ends a Reserve: drops the entry when `s` failed, else marks it granted.
+  absl::StatusOr<Grant> Settle(const std::string& key, Held* h, const absl::Status& s,
+                               LockMode mode) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!s.ok()) {
+      held_.erase(key);
+      return s;
+    }
+    h->pending = false;
+    h->granted = true;
+    return Grant{mode, h->token, ""};
+  }
+
   static std::string TableKey(const Owner& owner, const Resource& resource) {
     // uuid, lockspace and name cannot hold a space (validated), so the key
     // is unambiguous.
