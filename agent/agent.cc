@@ -112,6 +112,7 @@ Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
 Agent::~Agent() {
   // Stop owner notices before the backends go away. Locks are not released:
   // a stopping latchd leaves them to the journal and the next start.
+  for (LoadedBackend& b : backends_) b.backend->WatchLockLoss(nullptr);
   watch_.reset();
 }
 
@@ -124,6 +125,13 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentOptions options) {
   if (!w.ok()) return w.status();
   a->watch_ = std::move(*w);
   if (absl::Status s = a->Recover(); !s.ok()) return s;
+  // Locks a backend loses from now on (a lease expiring, a lockspace
+  // failing) go through the owner's lock-failure policy.
+  for (LoadedBackend& b : a->backends_) {
+    b.backend->WatchLockLoss([p = a.get(), name = b.name](const LockLoss& loss) {
+      p->LockLost(loss.owner.uuid, name, loss.resource, loss.reason);
+    });
+  }
   return a;
 }
 
@@ -895,7 +903,7 @@ AgentStatus Agent::Status() {
   st.host = LocalHostName();
   st.boot_id = boot_id_;
   st.journal_path = options_.journal_path;
-  for (LoadedBackend& b : backends_) st.backends.push_back({b.name, b.backend->Health()});
+  for (LoadedBackend& b : backends_) st.backends.push_back({b.name, b.backend->Health(), b.backend->StateJson()});
   {
     // Copy under the lock; the /proc reads happen outside it, so a status
     // of 10,000 locks does not stall lock requests.

@@ -82,6 +82,7 @@ struct OwnerView {
 struct BackendView {
   std::string name;
   absl::Status health;
+  std::string state_json;  // Backend::StateJson()
 };
 
 struct ReleaseResult {

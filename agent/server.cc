@@ -227,9 +227,12 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
     AgentStatus st = agent->Status();
     json backends = json::array();
     for (const BackendView& b : st.backends) {
+      json state = json::parse(b.state_json, nullptr, /*allow_exceptions=*/false);
+      if (state.is_discarded()) state = json{{"unparsable", b.state_json}};
       backends.push_back(json{{"name", b.name},
                               {"healthy", b.health.ok()},
-                              {"message", std::string(b.health.message())}});
+                              {"message", std::string(b.health.message())},
+                              {"state", state}});
     }
     json owners = json::array();
     for (const OwnerView& o : st.owners) {

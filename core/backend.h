@@ -34,6 +34,7 @@
 #define LATCHKEY_CORE_BACKEND_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -113,6 +114,14 @@ struct LockRecord {
   std::string backend_token;
 };
 
+// A lock the backend learned it lost (lease expired, lockspace failed).
+struct LockLoss {
+  Owner owner;  // Fields the backend cannot know are empty / 0.
+  Resource resource;
+  std::string reason;
+};
+using LockLossHandler = std::function<void(const LockLoss&)>;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -173,6 +182,17 @@ class Backend {
   // across an exec (see PrepareExec) that no Adopt claimed is released.
   // Called once, after the last Adopt; a no-op for most backends.
   virtual void FinishAdoption() = 0;
+
+  // The backend's own state for status output, as a JSON object (lockspaces
+  // and their join progress, hosts and their states). "{}" by default.
+  virtual std::string StateJson() { return "{}"; }
+
+  // From now on `handler` is called, from a backend thread, for every held
+  // lock the backend learns it lost; the lock is already gone from the
+  // backend's tables when it runs. An empty handler stops the reports; once
+  // that call returns, no handler call is running. Backends whose locks
+  // cannot be lost behind their holder's back never call it.
+  virtual void WatchLockLoss(LockLossHandler handler) { (void)handler; }
 };
 
 // True for the status a refusal because of a conflicting holder carries.

@@ -19,6 +19,8 @@
  *   1  first.
  *   2  expect_token in lk_acquire_options (LK_ACQUIRE_EXPECT_TOKEN), the
  *      prepare_exec and finish_adoption entry points.
+ *   3  describe_state (a JSON object for status output) and watch_events
+ *      (the backend reports lost locks: lk_event).
  *
  * Plugin authors normally do not write against this header directly: they
  * implement latchkey::Backend and export it with LATCHKEY_EXPORT_BACKEND
@@ -34,7 +36,7 @@
 extern "C" {
 #endif
 
-#define LK_BACKEND_ABI_VERSION 2u
+#define LK_BACKEND_ABI_VERSION 3u
 #define LK_BACKEND_SYMBOL "latchkey_backend"
 
 /* Lock modes (same numbers as latchkey::LockMode). */
@@ -130,6 +132,19 @@ typedef struct lk_capabilities {
 typedef struct lk_backend lk_backend; /* opaque, owned by the plugin */
 
 typedef void (*lk_holder_fn)(void *ctx, const lk_holder *holder);
+typedef void (*lk_text_fn)(void *ctx, const char *text);
+
+/* lk_event.kind */
+#define LK_EVENT_LOCK_LOST 1u /* the owner's lock on the resource is gone */
+
+typedef struct lk_event {
+  uint32_t kind;
+  lk_owner owner; /* fields the backend cannot know are "" / 0 */
+  lk_resource resource;
+  const char *reason; /* for logs: why the lock is gone */
+} lk_event;
+
+typedef void (*lk_event_fn)(void *ctx, const lk_event *event);
 
 typedef struct lk_backend_descriptor {
   uint32_t abi_version; /* LK_BACKEND_ABI_VERSION */
@@ -163,6 +178,15 @@ typedef struct lk_backend_descriptor {
   /* Since version 2. After the last adopt of a start: release every
    * inherited lock no adopt claimed (latchkey::Backend::FinishAdoption). */
   void (*finish_adoption)(lk_backend *backend);
+  /* Since version 3. Emits one JSON object describing the backend's own
+   * state for status output (lockspaces, hosts); "{}" when it has none. */
+  int (*describe_state)(lk_backend *backend, lk_text_fn emit, void *ctx,
+                        lk_error *err);
+  /* Since version 3. From now on the backend calls fn(ctx, event), from a
+   * thread of its own, whenever it learns that a held lock is lost (a lease
+   * expired, a lockspace failed); the lock is already gone from its tables.
+   * fn NULL stops the reports; once that call returns none is running. */
+  void (*watch_events)(lk_backend *backend, lk_event_fn fn, void *ctx);
 } lk_backend_descriptor;
 
 #ifdef __cplusplus

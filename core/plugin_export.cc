@@ -206,5 +206,34 @@ void FinishAdoption(lk_backend* backend) {
   }
 }
 
+int DescribeState(lk_backend* backend, lk_text_fn emit, void* ctx, lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    if (emit == nullptr) return absl::InvalidArgumentError("describe_state: emit is NULL");
+    const std::string text = Cast(backend)->StateJson();
+    emit(ctx, text.c_str());
+    return absl::OkStatus();
+  });
+}
+
+void WatchEvents(lk_backend* backend, lk_event_fn fn, void* ctx) {
+  if (backend == nullptr) return;
+  try {
+    if (fn == nullptr) {
+      Cast(backend)->WatchLockLoss(nullptr);
+      return;
+    }
+    Cast(backend)->WatchLockLoss([fn, ctx](const LockLoss& loss) {
+      lk_event e{};
+      e.kind = LK_EVENT_LOCK_LOST;
+      e.owner = abi::ToAbi(loss.owner);
+      e.resource = abi::ToAbi(loss.resource);
+      e.reason = loss.reason.c_str();
+      fn(ctx, &e);
+    });
+  } catch (...) {
+  }
+}
+
 }  // namespace plugin_export
 }  // namespace latchkey

@@ -50,6 +50,8 @@ int Adopt(lk_backend* backend, const lk_record* record, lk_grant* out, lk_error*
 int Health(lk_backend* backend, lk_error* err);
 int PrepareExec(lk_backend* backend, lk_error* err);
 void FinishAdoption(lk_backend* backend);
+int DescribeState(lk_backend* backend, lk_text_fn emit, void* ctx, lk_error* err);
+void WatchEvents(lk_backend* backend, lk_event_fn fn, void* ctx);
 
 template <Factory F>
 int Open(const lk_setting* settings, size_t n, lk_backend** out, lk_error* err) {
@@ -73,7 +75,9 @@ constexpr lk_backend_descriptor Describe(const char* name, const char* descripti
                                &Adopt,
                                &Health,
                                &PrepareExec,
-                               &FinishAdoption};
+                               &FinishAdoption,
+                               &DescribeState,
+                               &WatchEvents};
 }
 
 }  // namespace plugin_export

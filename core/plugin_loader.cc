@@ -95,6 +95,8 @@ absl::StatusOr<const lk_backend_descriptor*> LoadDescriptor(const std::string& f
       {"health", d->health != nullptr},
       {"prepare_exec", d->prepare_exec != nullptr},
       {"finish_adoption", d->finish_adoption != nullptr},
+      {"describe_state", d->describe_state != nullptr},
+      {"watch_events", d->watch_events != nullptr},
   };
   for (const auto& [entry, present] : entries) {
     if (!present) {
@@ -112,7 +114,10 @@ class PluginBackend final : public Backend {
  public:
   PluginBackend(const lk_backend_descriptor* d, lk_backend* handle)
       : d_(d), handle_(handle), caps_(abi::FromAbi(d->capabilities)) {}
-  ~PluginBackend() override { d_->close(handle_); }
+  ~PluginBackend() override {
+    if (loss_handler_ != nullptr) d_->watch_events(handle_, nullptr, nullptr);
+    d_->close(handle_);
+  }
 
   std::string name() const override { return d_->name; }
   Capabilities capabilities() const override { return caps_; }
@@ -192,6 +197,41 @@ class PluginBackend final : public Backend {
 
   void FinishAdoption() override { d_->finish_adoption(handle_); }
 
+  std::string StateJson() override {
+    std::string text = "{}";
+    lk_error err{};
+    const int rc = d_->describe_state(
+        handle_, [](void* ctx, const char* t) { *static_cast<std::string*>(ctx) = t ? t : "{}"; },
+        &text, &err);
+    if (rc != 0) return "{}";
+    return text;
+  }
+
+  void WatchLockLoss(LockLossHandler handler) override {
+    if (!handler) {
+      d_->watch_events(handle_, nullptr, nullptr);
+      loss_handler_.reset();
+      return;
+    }
+    // The plugin keeps `ctx` until told to stop: it must outlive the calls.
+    auto next = std::make_unique<LockLossHandler>(std::move(handler));
+    d_->watch_events(
+        handle_,
+        [](void* ctx, const lk_event* e) {
+          if (e == nullptr || e->kind != LK_EVENT_LOCK_LOST) return;
+          absl::StatusOr<Owner> o = abi::FromAbi(&e->owner);
+          absl::StatusOr<Resource> r = abi::FromAbi(&e->resource);
+          if (!r.ok()) return;
+          LockLoss loss;
+          if (o.ok()) loss.owner = *o;
+          loss.resource = *r;
+          loss.reason = e->reason ? e->reason : "";
+          (*static_cast<LockLossHandler*>(ctx))(loss);
+        },
+        next.get());
+    loss_handler_ = std::move(next);
+  }
+
  private:
   using Fn = int (*)(lk_backend*, const lk_owner*, const lk_resource*, uint32_t,
                      const lk_acquire_options*, lk_grant*, lk_error*);
@@ -210,6 +250,7 @@ class PluginBackend final : public Backend {
 
   const lk_backend_descriptor* d_;
   lk_backend* handle_;
+  std::unique_ptr<LockLossHandler> loss_handler_;
   Capabilities caps_;
 };
 

@@ -507,6 +507,12 @@ class Ctl {
     printf("latchd pid %s on host %s, journal %s\nbackends: %s\n", Str(*r, "pid").c_str(),
            Str(*r, "host").c_str(), Str(*r, "journal").c_str(),
            backends.empty() ? "-" : absl::StrJoin(backends, ", ").c_str());
+    for (const nlohmann::json& b : Field(*r, "backends")) {
+      const nlohmann::json& state = Field(b, "state");
+      if (state.is_object() && !state.empty()) {
+        printf("  %s: %s\n", Str(b, "name").c_str(), state.dump().c_str());
+      }
+    }
     const nlohmann::json& owners = Field(*r, "owners");
     if (!owners.is_array() || owners.empty()) {
       printf("no owners registered\n");

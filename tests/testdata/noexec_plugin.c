@@ -1,5 +1,6 @@
 /* A plugin built against this ABI version that leaves the entry points new in
- * version 2 (prepare_exec, finish_adoption) NULL: the loader must refuse it
+ * versions 2 and 3 (prepare_exec, finish_adoption, describe_state,
+ * watch_events) NULL: the loader must refuse it
  * before anything of it runs. */
 #include "core/plugin_abi.h"
 

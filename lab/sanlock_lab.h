@@ -1,0 +1,114 @@
+// The sanlock lab: N sanlock "hosts" on one machine, each a real sanlock
+// daemon with its own run directory (SANLOCK_RUN_DIR), its own /var/log (a
+// private mount namespace) and a fixed host name, all over one shared lease
+// file or loop device. Used by tests, the demo, benchmarks and researchers;
+// see lab/README.md for the layout and the CLI (lab/sanlock_lab_main.cc).
+//
+// Every daemon is stopped by its PID: Stop() (and the destructor) asks each
+// to shut down, waits for that PID, and SIGKILLs it after a deadline.
+//
+// Example:
+//   SanlockLabOptions o;
+//   o.dir = "/tmp/lab"; o.hosts = 3;
+//   absl::StatusOr<std::unique_ptr<SanlockLab>> lab = SanlockLab::Start(o);
+//   ... (*lab)->RunDir(2) is host 2's SANLOCK_RUN_DIR ...
+//   (*lab)->Fence(2);     // sanlock direct release_id: host 2 is "fenced"
+//
+// Thread safety: thread-compatible.
+#ifndef LATCHKEY_LAB_SANLOCK_LAB_H_
+#define LATCHKEY_LAB_SANLOCK_LAB_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace latchkey {
+namespace lab {
+
+struct SanlockLabOptions {
+  std::string dir;              // Created if missing; everything lives here.
+  int hosts = 2;                // 1..64; host K has host_id K and name "hostK".
+  std::string lockspace = "lab";
+  int io_timeout = 1;           // Seconds, written into every host slot.
+  uint64_t size_mib = 64;       // Size of the shared lease file.
+  bool loop_device = false;     // Put the lease file behind a loop device.
+  bool join = false;            // Each host joins the lockspace (add_lockspace).
+  int resources = 4;            // Manual resource leases "res0".. at 1 MiB steps.
+  int num_hosts = 0;            // Host slots read per resource lease (-n); 0 = all.
+};
+
+// The shared storage layout (offsets into LeasePath()).
+inline constexpr uint64_t kMiB = 1024 * 1024;
+inline constexpr uint64_t kLockspaceOffset = 0;
+// Manual resource leases "res<i>" at kResourceOffset + i MiB.
+inline constexpr uint64_t kResourceOffset = 1 * kMiB;
+
+class SanlockLab {
+ public:
+  static absl::StatusOr<std::unique_ptr<SanlockLab>> Start(const SanlockLabOptions& options);
+  // Attaches to a lab a CLI started earlier (reads DIR/lab.env).
+  static absl::StatusOr<std::unique_ptr<SanlockLab>> Attach(const std::string& dir);
+  ~SanlockLab();  // Stop() when still running and owned (not attached).
+  SanlockLab(const SanlockLab&) = delete;
+  SanlockLab& operator=(const SanlockLab&) = delete;
+
+  // Shuts every daemon down (killing their lease holders) and waits for
+  // each PID; SIGKILL after 10 s. Detaches the loop device.
+  absl::Status Stop();
+
+  const SanlockLabOptions& options() const { return options_; }
+  int hosts() const { return options_.hosts; }
+  std::string LeasePath() const { return lease_path_; }
+  std::string LeaseDir() const { return options_.dir + "/leases.d"; }
+  std::string HostDir(int host) const;
+  std::string RunDir(int host) const { return HostDir(host) + "/run"; }
+  std::string HostName(int host) const;
+  pid_t DaemonPid(int host) const;
+  // "NAME:PATH:OFFSET" as the sanlock backend's `lockspaces` setting wants it.
+  std::string LockspaceSpec() const;
+  // Where manual lease res<i> lives.
+  uint64_t ResourceOffset(int i) const { return kResourceOffset + i * kMiB; }
+
+  // Faults.
+  absl::Status KillDaemon(int host);              // SIGKILL, waits for the PID
+  absl::Status Freeze(int host);                  // SIGSTOP
+  absl::Status Thaw(int host);                    // SIGCONT
+  absl::Status Fence(int host);                   // sanlock direct release_id
+  absl::Status RestartDaemon(int host);           // after KillDaemon
+  absl::Status Join(int host);                    // sanlock client add_lockspace
+  // `sanlock client status` of one host.
+  absl::StatusOr<std::string> ClientStatus(int host) const;
+
+  // Runs the sanlock command line tool against host `host` (0: no daemon).
+  absl::StatusOr<std::string> Sanlock(int host, const std::vector<std::string>& args) const;
+
+ private:
+  explicit SanlockLab(SanlockLabOptions o) : options_(std::move(o)) {}
+  absl::Status StartDaemon(int host);
+  absl::Status WaitDaemonGone(int host, absl::Duration timeout);
+  absl::Status WriteEnvFile() const;
+
+  SanlockLabOptions options_;
+  std::string lease_path_;
+  std::string loop_;
+  std::vector<pid_t> pids_;  // Index host-1.
+  bool owned_ = true;
+  bool stopped_ = false;
+};
+
+// Runs `argv` with `env` added, capturing stdout+stderr; the exit status is
+// returned with the output (non-zero exit is an error naming the command).
+absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
+                                       const std::vector<std::string>& env = {});
+
+}  // namespace lab
+}  // namespace latchkey
+
+#endif  // LATCHKEY_LAB_SANLOCK_LAB_H_
