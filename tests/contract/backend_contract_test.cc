@@ -52,8 +52,11 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
     static int counter = 0;
     tmp_ = absl::StrCat(getenv("TEST_TMPDIR"), "/t", ++counter);
     ASSERT_EQ(mkdir(tmp_.c_str(), 0700), 0);
-    const std::string text = absl::StrReplaceAll(Env().settings, {{"@TMP@", tmp_},
-                                                                  {"\\n", "\n"}});
+    // @LAB@: the directory of a lab a test environment started (see
+    // backend_contract_test's `lab` in contract.bzl).
+    const char* lab = getenv("LATCHKEY_CONTRACT_LAB");
+    const std::string text = absl::StrReplaceAll(
+        Env().settings, {{"@TMP@", tmp_}, {"@LAB@", lab ? lab : "@LAB@"}, {"\\n", "\n"}});
     settings_file_ = tmp_ + "/backend.conf";
     std::ofstream(settings_file_) << text;
     absl::StatusOr<Config> c = Config::ParseFile(settings_file_);

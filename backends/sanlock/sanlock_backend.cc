@@ -1,0 +1,1257 @@
+// The sanlock backend: disk-paxos leases through libsanlock (sanlock 3.8).
+//
+// How latchkey's model maps onto sanlock:
+//  * Lockspaces are joined (add_lockspace) by a thread per lockspace when the
+//    backend opens; progress and host states are in StateJson().
+//  * Each lockspace gets its own registered sanlock client (connection). It
+//    holds every lease of that lockspace as a PERSISTENT lease, so when the
+//    process dies the daemon keeps them as orphans, which the next instance
+//    adopts with SANLK_ACQUIRE_ORPHAN_ONLY: no window, same lease version.
+//  * One sanlock lease per resource per backend instance; the local owners
+//    sharing it are this backend's own table. Shared-read and shared-write
+//    both fold onto sanlock's SH.
+//  * Fencing token = lver << 16 | n: lver is the lease version sanlock
+//    commits with every ballot; n counts local grants made under that lver
+//    (shared joins and exclusive->shared converts do not ballot).
+//  * The hand-off check (expect_token) asks sanlock to refuse the ballot
+//    unless the on-disk lver is still the token's (SANLK_RES_LVER), and
+//    checks local grants made since the token from the table.
+//  * Lease loss: each client registers a killpath that writes
+//    "LOCKSPACE PID" into a FIFO this backend reads. On that notice every
+//    lease of the lockspace is released (no disk I/O: the lockspace is dead)
+//    and each owner's loss is reported (WatchLockLoss). The client is
+//    restricted from SIGKILL, so latchd itself is never killed by sanlock.
+//  * Lease storage: a lease resource with a path uses it as given (manual,
+//    as libvirt's <lease>); any other resource gets an automatic lease file
+//    in lease_dir, created under a private name, initialised, then link()ed
+//    into place, so two hosts creating it at once never corrupt it.
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern "C" {
+#include <sanlock.h>
+#include <sanlock_admin.h>
+#include <sanlock_resource.h>
+#include <sanlock_rv.h>
+}
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/plugin_export.h"
+
+namespace latchkey {
+namespace sanlockbe {
+namespace {
+
+constexpr uint64_t kAlign = 1024 * 1024;  // SANLK_RES_ALIGN1M
+constexpr uint32_t kSector = 512;         // SANLK_RES_SECTOR512
+constexpr int kSeqBits = 16;
+constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
+constexpr size_t kNameLen = SANLK_NAME_LEN;  // 48 bytes on disk, no terminator needed
+// Names latchkey accepts: one byte short of sanlock's field, because sanlock
+// 3.8.5 prints a 48-byte name with %s and runs into the next field (seen in
+// its inquire state strings).
+constexpr size_t kMaxName = SANLK_NAME_LEN - 1;
+
+constexpr lk_capabilities kCapabilities = {
+    (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_SHARED_WRITE) | (1u << LK_MODE_EXCLUSIVE),
+    LK_CAP_SURVIVES_HOLDER_DEATH | LK_CAP_ORPHAN_ADOPTION | LK_CAP_FENCING_TOKENS,
+    kMaxName,
+    "shared-read and shared-write are both sanlock SH: they do not exclude each other",
+};
+
+uint64_t Token(uint64_t lver, uint64_t n) { return (lver << kSeqBits) | n; }
+
+// sanlock's return codes, by name, with what they mean here.
+std::string RvText(int rv) {
+  switch (rv) {
+    case -ENOENT: return "no such object (-ENOENT)";
+    case -ECONNREFUSED: return "the sanlock daemon is not running (-ECONNREFUSED)";
+    case -ENOSPC: return "the lockspace is not joined or is failing (-ENOSPC)";
+    case -EEXIST: return "held by another process on this host (-EEXIST)";
+    case -EAGAIN: return "held shared by other hosts (-EAGAIN)";
+    case -EBUSY: return "busy (-EBUSY)";
+    case -EUCLEAN: return "an orphan lease left on this host by a stopped holder (-EUCLEAN)";
+    case -EMSGSIZE: return "the lease area is beyond the end of its file (-EMSGSIZE)";
+    case -EINVAL: return "invalid (-EINVAL)";
+    case SANLK_ACQUIRE_LVER: return "the lease version moved (SANLK_ACQUIRE_LVER)";
+    case SANLK_ACQUIRE_IDLIVE: return "held by a live host (SANLK_ACQUIRE_IDLIVE)";
+    case SANLK_ACQUIRE_OWNED: return "owned by another host (SANLK_ACQUIRE_OWNED)";
+    case SANLK_ACQUIRE_OTHER: return "another host won the ballot (SANLK_ACQUIRE_OTHER)";
+    case SANLK_ACQUIRE_SHRETRY: return "held exclusively, shared retry exhausted (SANLK_ACQUIRE_SHRETRY)";
+    case SANLK_ACQUIRE_OWNED_RETRY:
+      return "the holding host stopped renewing; it is not yet dead (SANLK_ACQUIRE_OWNED_RETRY)";
+    case SANLK_LEADER_MAGIC: return "no sanlock lease at that place (SANLK_LEADER_MAGIC)";
+    case SANLK_LEADER_LOCKSPACE: return "the lease belongs to another lockspace (SANLK_LEADER_LOCKSPACE)";
+    case SANLK_LEADER_RESOURCE: return "the lease there has another name (SANLK_LEADER_RESOURCE)";
+    case SANLK_LEADER_NUMHOSTS: return "host_id beyond the lease's host count (SANLK_LEADER_NUMHOSTS)";
+    case SANLK_ADDLS_INVALID_HOSTID: return "host_id out of range (SANLK_ADDLS_INVALID_HOSTID)";
+    case SANLK_HOSTID_BUSY: return "host_id in use by another host (SANLK_HOSTID_BUSY)";
+    case SANLK_WD_ERROR: return "the watchdog is not available (SANLK_WD_ERROR)";
+    default: break;
+  }
+  if (rv < 0 && rv > -200) return absl::StrCat(strerror(-rv), " (", rv, ")");
+  return absl::StrCat("sanlock error ", rv);
+}
+
+bool IsBusy(int rv) {
+  return rv == -EEXIST || rv == -EAGAIN || rv == SANLK_ACQUIRE_IDLIVE ||
+         rv == SANLK_ACQUIRE_OWNED || rv == SANLK_ACQUIRE_OTHER || rv == SANLK_ACQUIRE_SHRETRY ||
+         rv == SANLK_ACQUIRE_OWNED_RETRY || rv == -EUCLEAN || rv == -EBUSY;
+}
+
+bool DaemonGone(int rv) { return rv == -ENOENT || rv == -ECONNREFUSED || rv == -1; }
+
+void CopyName(char* dst, const std::string& src) {
+  memset(dst, 0, kNameLen);
+  memcpy(dst, src.data(), std::min(src.size(), kNameLen));
+}
+
+// A sanlk_resource with one disk.
+struct OneDiskResource {
+  sanlk_resource res;
+  sanlk_disk disk;
+};
+
+struct LockspaceConf {
+  std::string name;
+  std::string path;
+  uint64_t offset = 0;
+};
+
+enum class JoinState { kJoining, kJoined, kFailed, kError };
+
+const char* JoinStateName(JoinState s) {
+  switch (s) {
+    case JoinState::kJoining: return "joining";
+    case JoinState::kJoined: return "joined";
+    case JoinState::kFailed: return "failed";
+    case JoinState::kError: return "error";
+  }
+  return "?";
+}
+
+struct LocalHolder {
+  Owner owner;
+  LockMode mode;
+  uint64_t token;
+};
+
+// One sanlock lease this instance holds.
+struct Lease {
+  Resource resource;
+  std::string path;
+  uint64_t offset = 0;
+  bool shared = false;
+  uint64_t lver = 0;
+  std::map<std::string, LocalHolder> holders;  // by owner uuid
+};
+
+struct Lockspace {
+  LockspaceConf conf;
+  absl::Mutex mu;  // Guards everything below and serialises the client socket.
+  JoinState state ABSL_GUARDED_BY(mu) = JoinState::kJoining;
+  std::string message ABSL_GUARDED_BY(mu);
+  absl::Time started ABSL_GUARDED_BY(mu);
+  absl::Duration join_took ABSL_GUARDED_BY(mu);
+  int sock ABSL_GUARDED_BY(mu) = -1;  // registered client holding this lockspace's leases
+  std::map<std::string, Lease> leases ABSL_GUARDED_BY(mu);  // by resource name
+  // Highest token granted here per resource, kept after release: the
+  // hand-off check's memory of local grants that did not ballot.
+  std::map<std::string, uint64_t> last_token ABSL_GUARDED_BY(mu);
+  uint64_t generation ABSL_GUARDED_BY(mu) = 0;  // bumped when a local lease goes
+  std::thread joiner;
+};
+
+struct Settings {
+  std::string run_dir;
+  int host_id = 0;
+  int io_timeout = 10;
+  std::vector<LockspaceConf> lockspaces;
+  std::string lease_dir;
+  int num_hosts = 0;
+  std::string notify_dir;
+  absl::Duration poll = absl::Milliseconds(200);
+  absl::Duration join_wait = absl::Seconds(60);
+};
+
+// libsanlock reads SANLOCK_RUN_DIR once per process: one daemon per process.
+absl::Mutex g_run_dir_mu;
+std::string* g_run_dir ABSL_GUARDED_BY(g_run_dir_mu) = nullptr;
+
+absl::Status UseRunDir(const std::string& dir) {
+  absl::MutexLock l(&g_run_dir_mu);
+  const char* env = getenv("SANLOCK_RUN_DIR");
+  const std::string want = dir.empty() ? (env ? env : "/run/sanlock") : dir;
+  if (g_run_dir != nullptr && *g_run_dir != want) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sanlock: this process already talks to the sanlock daemon of ", *g_run_dir,
+        "; libsanlock serves one daemon per process, so run_dir ", want, " cannot be used here"));
+  }
+  if (!dir.empty()) setenv("SANLOCK_RUN_DIR", dir.c_str(), 1);
+  if (g_run_dir == nullptr) g_run_dir = new std::string(want);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> StorageSize(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sanlock: lease storage ", path, ": ", strerror(errno)));
+  }
+  if (S_ISBLK(st.st_mode)) {
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    uint64_t size = 0;
+    if (fd < 0 || ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      if (fd >= 0) close(fd);
+      return absl::InvalidArgumentError(absl::StrCat("sanlock: cannot size ", path));
+    }
+    close(fd);
+    return size;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sanlock: lease storage ", path, " is neither a file nor a block device"));
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
+// Host names as the daemons wrote them into their delta leases (the `-e`
+// name): the resource_name field of the host's leader record.
+std::string ReadHostName(const LockspaceConf& ls, uint64_t host_id) {
+  if (host_id == 0) return "";
+  const int fd = open(ls.path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return "";
+  void* buf = nullptr;
+  std::string name;
+  if (posix_memalign(&buf, 4096, kSector) == 0) {
+    const off_t at = static_cast<off_t>(ls.offset + (host_id - 1) * kSector);
+    if (pread(fd, buf, kSector, at) == kSector) {
+      const char* p = static_cast<const char*>(buf) + 104;  // leader_record.resource_name
+      name.assign(p, strnlen(p, kNameLen));
+    }
+    free(buf);
+  }
+  close(fd);
+  for (char& c : name) {
+    if (!isprint(static_cast<unsigned char>(c))) c = '?';
+  }
+  return name;
+}
+
+class SanlockBackend final : public Backend {
+ public:
+  explicit SanlockBackend(Settings s) : s_(std::move(s)) {}
+
+  ~SanlockBackend() override {
+    stopping_ = true;
+    for (auto& [name, ls] : lockspaces_) {
+      if (ls->joiner.joinable()) ls->joiner.join();
+    }
+    if (notify_fd_ >= 0) {
+      // Wake the reader with a line it ignores.
+      const char stop[] = "\n";
+      (void)!write(notify_fd_, stop, 1);
+    }
+    if (notifier_.joinable()) notifier_.join();
+    // Closing the clients leaves every held lease as an orphan for the next
+    // instance to adopt (they are persistent).
+    for (auto& [name, ls] : lockspaces_) {
+      absl::MutexLock l(&ls->mu);
+      if (ls->sock >= 0) close(ls->sock);
+    }
+    if (notify_fd_ >= 0) close(notify_fd_);
+    if (!fifo_.empty()) {
+      unlink(fifo_.c_str());
+      rmdir(fifo_.substr(0, fifo_.rfind('/')).c_str());
+    }
+  }
+
+  absl::Status Start() {
+    // libsanlock writes to its sockets without MSG_NOSIGNAL.
+    struct sigaction old;
+    if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
+      signal(SIGPIPE, SIG_IGN);
+    }
+    if (absl::Status st = UseRunDir(s_.run_dir); !st.ok()) return st;
+    sanlk_lockspace* lss = nullptr;
+    int count = 0;
+    const int rv = sanlock_get_lockspaces(&lss, &count, 0);
+    free(lss);
+    if (rv < 0) {
+      const char* env = getenv("SANLOCK_RUN_DIR");
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: the sanlock daemon does not answer at ", env ? env : "/run/sanlock",
+          "/sanlock.sock: ", RvText(rv), "; start it (or the lab: lab/sanlock-lab start)"));
+    }
+    if (absl::Status st = StartNotifier(); !st.ok()) return st;
+    for (const LockspaceConf& c : s_.lockspaces) {
+      auto ls = std::make_unique<Lockspace>();
+      ls->conf = c;
+      {
+        absl::MutexLock l(&ls->mu);
+        ls->started = absl::Now();
+      }
+      Lockspace* p = ls.get();
+      lockspaces_[c.name] = std::move(ls);
+      // Already joined (a restart of ours, or the admin joined it): ready
+      // now. Otherwise joining takes seconds: in the background.
+      sanlk_lockspace probe = LockspaceOf(c);
+      if (sanlock_inq_lockspace(&probe, 0) == 0) {
+        Join(p);
+      } else {
+        p->joiner = std::thread([this, p] { Join(p); });
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::string name() const override { return "sanlock"; }
+  Capabilities capabilities() const override {
+    return plugin_export::CapabilitiesFromAbi(kCapabilities);
+  }
+
+  absl::StatusOr<latchkey::Grant> Acquire(const Owner& owner, const Resource& resource, LockMode mode,
+                                const AcquireOptions& options) override {
+    absl::StatusOr<Lockspace*> ls = Ready(resource, options);
+    if (!ls.ok()) return ls.status();
+    absl::StatusOr<std::pair<std::string, uint64_t>> where = Storage(**ls, resource);
+    if (!where.ok()) return where.status();
+    const bool shared = mode != LockMode::kExclusive;
+    const absl::Time deadline = Deadline(options);
+    Lockspace& L = **ls;
+    absl::MutexLock l(&L.mu);
+    while (true) {
+      if (L.state != JoinState::kJoined) return NotJoined(L);
+      auto it = L.leases.find(resource.name);
+      if (it != L.leases.end()) {
+        Lease& lease = it->second;
+        if (lease.holders.count(owner.uuid)) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              owner.Describe(), " already holds ", resource.Describe(), ": use convert"));
+        }
+        if (shared && lease.shared) {
+          if (options.expect_token) {
+            if (absl::Status st = LocalHandOffCheck(L, lease, *options.expect_token, mode);
+                !st.ok()) {
+              return st;
+            }
+          }
+          return GrantLocal(L, lease, owner, mode, /*ballot=*/false);
+        }
+        if (options.expect_token) {
+          // A conflicting local holder was granted after the token: refuse now.
+          for (const auto& [uuid, h] : lease.holders) {
+            if (h.token > *options.expect_token) return MovedSince(resource, *options.expect_token);
+          }
+        }
+        if (!options.wait || absl::Now() >= deadline) {
+          return Busy(resource, absl::StrCat("held ", LocalHolders(lease), " on this host"),
+                      options.wait);
+        }
+        WaitForChange(L, deadline);
+        continue;
+      }
+      // Not held here: ask sanlock.
+      OneDiskResource r = MakeResource(L, resource, where->first, where->second, shared);
+      r.res.flags |= SANLK_RES_PERSISTENT;
+      if (options.expect_token) {
+        const uint64_t lver = *options.expect_token >> kSeqBits;
+        auto last = L.last_token.find(resource.name);
+        // Same lver as our last grant here: every later local grant (a
+        // shared join, which does not ballot) counts, and a token above
+        // our last one was never granted.
+        if (lver == 0 || (last != L.last_token.end() && (last->second >> kSeqBits) == lver &&
+                          last->second != *options.expect_token)) {
+          return MovedSince(resource, *options.expect_token);
+        }
+        r.res.flags |= SANLK_RES_LVER;
+        r.res.lver = lver;
+      }
+      const int rv = sanlock_acquire(L.sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, ResPtr(&r), nullptr);
+      if (rv == 0) {
+        Lease lease;
+        lease.resource = resource;
+        lease.path = where->first;
+        lease.offset = where->second;
+        lease.shared = shared;
+        absl::StatusOr<uint64_t> lver = CurrentLver(L, r, shared);
+        if (!lver.ok()) {
+          sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
+          return lver.status();
+        }
+        lease.lver = *lver;
+        auto [pos, _] = L.leases.emplace(resource.name, std::move(lease));
+        return GrantLocal(L, pos->second, owner, mode, /*ballot=*/true);
+      }
+      if (rv == SANLK_ACQUIRE_LVER) return MovedSince(resource, *options.expect_token);
+      if (!IsBusy(rv)) return Failure(L, resource, rv, where->first, where->second);
+      if (!options.wait || absl::Now() >= deadline) {
+        return Busy(resource, HolderText(L, r, rv), options.wait);
+      }
+      WaitForChange(L, deadline);
+    }
+  }
+
+  absl::StatusOr<latchkey::Grant> Convert(const Owner& owner, const Resource& resource,
+                                          LockMode new_mode,
+                                          const AcquireOptions& options) override {
+    absl::StatusOr<Lockspace*> ls = Known(resource);
+    if (!ls.ok()) return ls.status();
+    Lockspace& L = **ls;
+    const absl::Time deadline = Deadline(options);
+    absl::MutexLock l(&L.mu);
+    while (true) {
+      auto it = L.leases.find(resource.name);
+      if (it == L.leases.end() || !it->second.holders.count(owner.uuid)) {
+        return absl::NotFoundError(
+            absl::StrCat(owner.Describe(), " holds no lock on ", resource.Describe()));
+      }
+      Lease& lease = it->second;
+      LocalHolder& me = lease.holders[owner.uuid];
+      const bool want_shared = new_mode != LockMode::kExclusive;
+      if (options.expect_token) {
+        auto last = L.last_token.find(resource.name);
+        if (last != L.last_token.end() && last->second > *options.expect_token &&
+            !(want_shared && lease.shared)) {
+          return MovedSince(resource, *options.expect_token);
+        }
+      }
+      if (want_shared == lease.shared) {
+        // Shared-read <-> shared-write (folded), or the same mode: a new
+        // local grant under the same lver.
+        me.mode = new_mode;
+        me.token = NextToken(L, lease);
+        return latchkey::Grant{new_mode, me.token, absl::StrCat(lease.lver)};
+      }
+      OneDiskResource r = MakeResource(L, resource, lease.path, lease.offset, want_shared);
+      r.res.flags |= SANLK_RES_PERSISTENT;
+      if (!want_shared) {
+        if (lease.holders.size() > 1) {
+          if (!options.wait || absl::Now() >= deadline) {
+            return Busy(resource, absl::StrCat("shared ", LocalHolders(lease), " on this host"),
+                        options.wait);
+          }
+          WaitForChange(L, deadline);
+          continue;
+        }
+        if (options.expect_token) {
+          // sanlock's convert has no lver check: compare before the ballot.
+          absl::StatusOr<uint64_t> disk = DiskLver(r);
+          if (!disk.ok()) return disk.status();
+          if (*disk != (*options.expect_token >> kSeqBits)) {
+            return MovedSince(resource, *options.expect_token);
+          }
+        }
+      }
+      const int rv = sanlock_convert(L.sock, -1, SANLK_CONVERT_OWNER_NOWAIT, &r.res);
+      if (rv == 0) {
+        lease.shared = want_shared;
+        if (!want_shared) {
+          absl::StatusOr<uint64_t> lver = CurrentLver(L, r, false);
+          if (lver.ok()) lease.lver = *lver;
+        }
+        me.mode = new_mode;
+        me.token = NextToken(L, lease);
+        return latchkey::Grant{new_mode, me.token, absl::StrCat(lease.lver)};
+      }
+      if (!IsBusy(rv)) return Failure(L, resource, rv, lease.path, lease.offset);
+      if (!options.wait || absl::Now() >= deadline) {
+        return Busy(resource, HolderText(L, r, rv), options.wait);
+      }
+      WaitForChange(L, deadline);
+    }
+  }
+
+  absl::Status Release(const Owner& owner, const Resource& resource) override {
+    absl::StatusOr<Lockspace*> ls = Known(resource);
+    if (!ls.ok()) return ls.status();
+    Lockspace& L = **ls;
+    absl::MutexLock l(&L.mu);
+    auto it = L.leases.find(resource.name);
+    if (it == L.leases.end() || !it->second.holders.count(owner.uuid)) {
+      if (it != L.leases.end()) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            owner.Describe(), " does not hold ", resource.Describe(), "; it is held ",
+            LocalHolders(it->second)));
+      }
+      return absl::NotFoundError(
+          absl::StrCat(owner.Describe(), " holds no lock on ", resource.Describe()));
+    }
+    Lease& lease = it->second;
+    if (lease.holders.size() > 1) {
+      lease.holders.erase(owner.uuid);
+      ++L.generation;
+      return absl::OkStatus();
+    }
+    OneDiskResource r = MakeResource(L, resource, lease.path, lease.offset, lease.shared);
+    const int rv = sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
+    if (rv != 0 && rv != -ENOENT && L.state == JoinState::kJoined) {
+      return absl::UnavailableError(absl::StrCat("sanlock: releasing ", resource.Describe(),
+                                                 " failed: ", RvText(rv), "; it is still held"));
+    }
+    L.leases.erase(it);
+    ++L.generation;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<HolderInfo>> Inquire(
+      const std::optional<Resource>& resource) override {
+    std::vector<HolderInfo> out;
+    for (auto& [name, ls] : lockspaces_) {
+      if (resource && resource->lockspace != name) continue;
+      absl::MutexLock l(&ls->mu);
+      for (const auto& [rname, lease] : ls->leases) {
+        if (resource && resource->name != rname) continue;
+        for (const auto& [uuid, h] : lease.holders) {
+          out.push_back(HolderInfo{h.owner, lease.resource, h.mode, h.token});
+        }
+      }
+      if (!resource || ls->leases.count(resource->name)) continue;
+      // Not held here: the holders other hosts have, as far as the disk says.
+      absl::StatusOr<std::pair<std::string, uint64_t>> where =
+          Storage(*ls, *resource, /*create=*/false);
+      if (!where.ok()) continue;
+      OneDiskResource r = MakeResource(*ls, *resource, where->first, where->second, false);
+      sanlk_host* hosts = nullptr;
+      int n = 0;
+      if (sanlock_read_resource_owners(&r.res, 0, &hosts, &n) == 0) {
+        for (int i = 0; i < n; ++i) {
+          HolderInfo h;
+          h.owner.host = HostLabel(*ls, hosts[i].host_id);
+          h.resource = *resource;
+          h.mode = (r.res.flags & SANLK_RES_SHARED) ? LockMode::kSharedWrite : LockMode::kExclusive;
+          h.fencing_token = Token(r.res.lver, 0);
+          out.push_back(h);
+        }
+      }
+      free(hosts);
+    }
+    return out;
+  }
+
+  absl::StatusOr<latchkey::Grant> Adopt(const LockRecord& record) override {
+    AcquireOptions wait_join;
+    wait_join.wait = true;
+    wait_join.timeout = s_.join_wait;
+    absl::StatusOr<Lockspace*> ls = Ready(record.resource, wait_join);
+    if (!ls.ok()) return ls.status();
+    absl::StatusOr<std::pair<std::string, uint64_t>> where =
+        Storage(**ls, record.resource, /*create=*/false);
+    if (!where.ok()) return where.status();
+    Lockspace& L = **ls;
+    const bool shared = record.mode != LockMode::kExclusive;
+    absl::MutexLock l(&L.mu);
+    if (L.state != JoinState::kJoined) return NotJoined(L);
+    auto it = L.leases.find(record.resource.name);
+    if (it == L.leases.end()) {
+      OneDiskResource r = MakeResource(L, record.resource, where->first, where->second, shared);
+      r.res.flags |= SANLK_RES_PERSISTENT;
+      // ORPHAN_ONLY needs LVB too in 3.8.5, or it acquires afresh when no
+      // orphan exists. After a re-exec the old connection may not be gone
+      // yet (-EEXIST): give the daemon a moment.
+      int rv = 0;
+      for (int attempt = 0; attempt < 50; ++attempt) {
+        rv = sanlock_acquire(L.sock, -1, SANLK_ACQUIRE_ORPHAN_ONLY | SANLK_ACQUIRE_LVB, 1,
+                             ResPtr(&r), nullptr);
+        if (rv != -EEXIST) break;
+        L.mu.Unlock();
+        absl::SleepFor(absl::Milliseconds(40));
+        L.mu.Lock();
+      }
+      if (rv == -ENOENT) {
+        return absl::NotFoundError(absl::StrCat(
+            "sanlock: no orphan of ", record.resource.Describe(),
+            " on this host to adopt: it was released, or the daemon or lockspace restarted"));
+      }
+      if (rv == -EUCLEAN) {
+        return absl::AbortedError(absl::StrCat("sanlock: the orphan of ",
+                                               record.resource.Describe(),
+                                               " is held in the other mode"));
+      }
+      if (rv != 0) return Failure(L, record.resource, rv, where->first, where->second);
+      Lease lease;
+      lease.resource = record.resource;
+      lease.path = where->first;
+      lease.offset = where->second;
+      lease.shared = shared;
+      lease.lver = record.fencing_token >> kSeqBits;
+      it = L.leases.emplace(record.resource.name, std::move(lease)).first;
+    } else if (!(shared && it->second.shared) ||
+               (record.fencing_token >> kSeqBits) != it->second.lver) {
+      return absl::AbortedError(absl::StrCat("sanlock: ", record.resource.Describe(),
+                                             " is held here in a way the record does not match"));
+    }
+    Lease& lease = it->second;
+    lease.holders[record.owner.uuid] =
+        LocalHolder{record.owner, record.mode, record.fencing_token};
+    uint64_t& last = L.last_token[record.resource.name];
+    last = std::max(last, record.fencing_token);
+    return latchkey::Grant{record.mode, record.fencing_token, absl::StrCat(lease.lver)};
+  }
+
+  absl::Status Health() override {
+    sanlk_lockspace* lss = nullptr;
+    int count = 0;
+    const int rv = sanlock_get_lockspaces(&lss, &count, 0);
+    free(lss);
+    if (rv < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: the daemon does not answer: ", RvText(rv)));
+    }
+    for (auto& [name, ls] : lockspaces_) {
+      absl::MutexLock l(&ls->mu);
+      if (ls->state == JoinState::kFailed || ls->state == JoinState::kError) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sanlock: lockspace ", name, " ", JoinStateName(ls->state), ": ", ls->message));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Persistent leases outlive the connection: closing it on exec (the
+  // sockets are made close-on-exec here) leaves orphans to adopt.
+  absl::Status PrepareExec() override {
+    for (auto& [name, ls] : lockspaces_) {
+      absl::MutexLock l(&ls->mu);
+      if (ls->sock >= 0) fcntl(ls->sock, F_SETFD, FD_CLOEXEC);
+    }
+    if (notify_fd_ >= 0) fcntl(notify_fd_, F_SETFD, FD_CLOEXEC);
+    return absl::OkStatus();
+  }
+
+  // Orphans nobody adopted (their owners are gone) are released.
+  void FinishAdoption() override {
+    for (auto& [name, ls] : lockspaces_) {
+      absl::MutexLock l(&ls->mu);
+      if (ls->state != JoinState::kJoined || ls->sock < 0) continue;
+      OneDiskResource r{};
+      CopyName(r.res.lockspace_name, name);
+      r.res.num_disks = 1;
+      sanlock_release(ls->sock, -1, SANLK_REL_ORPHAN, 1, ResPtr(&r));
+    }
+  }
+
+  std::string StateJson() override {
+    std::vector<std::string> items;
+    for (auto& [name, ls] : lockspaces_) {
+      JoinState state;
+      std::string message;
+      absl::Duration took, elapsed;
+      size_t leases = 0;
+      {
+        absl::MutexLock l(&ls->mu);
+        state = ls->state;
+        message = ls->message;
+        took = ls->join_took;
+        elapsed = absl::Now() - ls->started;
+        leases = ls->leases.size();
+      }
+      std::string hosts;
+      if (state == JoinState::kJoined) hosts = HostsJson(*ls);
+      items.push_back(absl::StrCat(
+          "{\"name\":\"", name, "\",\"host_id\":", s_.host_id, ",\"path\":\"", Escape(ls->conf.path),
+          "\",\"offset\":", ls->conf.offset, ",\"state\":\"", JoinStateName(state), "\"",
+          state == JoinState::kJoining
+              ? absl::StrCat(",\"joining_for_ms\":", absl::ToInt64Milliseconds(elapsed))
+              : absl::StrCat(",\"join_took_ms\":", absl::ToInt64Milliseconds(took)),
+          message.empty() ? "" : absl::StrCat(",\"message\":\"", Escape(message), "\""),
+          ",\"leases\":", leases, hosts.empty() ? "" : absl::StrCat(",\"hosts\":", hosts), "}"));
+    }
+    return absl::StrCat("{\"io_timeout\":", s_.io_timeout, ",\"lockspaces\":[",
+                        absl::StrJoin(items, ","), "]}");
+  }
+
+  void WatchLockLoss(LockLossHandler handler) override {
+    absl::MutexLock l(&handler_mu_);
+    handler_ = std::move(handler);
+  }
+
+ private:
+  // Sleeps (without the lock) until a local release or the next poll of
+  // sanlock, whichever comes first.
+  void WaitForChange(Lockspace& L, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    struct Changed {
+      Lockspace* l;
+      uint64_t seen;
+      bool operator()() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return l->generation != seen; }
+    } changed{&L, L.generation};
+    L.mu.AwaitWithDeadline(absl::Condition(&changed), std::min(deadline, absl::Now() + s_.poll));
+  }
+
+  static sanlk_resource** ResPtr(OneDiskResource* r) {
+    static thread_local sanlk_resource* p;
+    p = &r->res;
+    return &p;
+  }
+
+  static std::string Escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+      if (c == '"' || c == '\\') out.push_back('\\');
+      if (static_cast<unsigned char>(c) < 0x20) continue;
+      out.push_back(c);
+    }
+    return out;
+  }
+
+  absl::Time Deadline(const AcquireOptions& o) const {
+    if (!o.wait) return absl::Now();
+    if (o.timeout == absl::InfiniteDuration()) return absl::InfiniteFuture();
+    return absl::Now() + o.timeout;
+  }
+
+  absl::StatusOr<Lockspace*> Known(const Resource& resource) {
+    auto it = lockspaces_.find(resource.lockspace);
+    if (it == lockspaces_.end()) {
+      std::vector<std::string> names;
+      for (const auto& [n, _] : lockspaces_) names.push_back(n);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lockspace '", resource.lockspace,
+          "' is not configured (configured: ", names.empty() ? "none" : absl::StrJoin(names, ", "),
+          "; see the 'lockspaces' setting)"));
+    }
+    return it->second.get();
+  }
+
+  // The lockspace of `resource`, joined (waiting for the join as long as
+  // the options allow).
+  absl::StatusOr<Lockspace*> Ready(const Resource& resource, const AcquireOptions& options) {
+    absl::StatusOr<Lockspace*> ls = Known(resource);
+    if (!ls.ok()) return ls;
+    const absl::Time deadline = Deadline(options);
+    absl::MutexLock l(&(*ls)->mu);
+    Lockspace* p = *ls;
+    p->mu.AwaitWithDeadline(
+        absl::Condition(+[](Lockspace* x) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return x->state != JoinState::kJoining;
+        }, p),
+        deadline);
+    if (p->state != JoinState::kJoined) return NotJoined(*p);
+    return p;
+  }
+
+  absl::Status NotJoined(Lockspace& L) ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    if (L.state == JoinState::kJoining) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: lockspace ", L.conf.name, " is still joining (for ",
+          absl::ToInt64Milliseconds(absl::Now() - L.started), " ms; a join takes about ",
+          2 * s_.io_timeout + 1, " s at io_timeout ", s_.io_timeout, "): retry, or wait"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat("sanlock: lockspace ", L.conf.name, " is ",
+                                                      JoinStateName(L.state), ": ", L.message));
+  }
+
+  // Where the lease of `resource` lives: a manual lease's own path and
+  // offset, or an automatic lease file (created on first use).
+  absl::StatusOr<std::pair<std::string, uint64_t>> Storage(Lockspace& L, const Resource& resource,
+                                                           bool create = true) {
+    if (resource.kind == ResourceKind::kLease && !resource.path.empty()) {
+      if (resource.offset % kAlign != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sanlock: ", resource.Describe(), ": offset ", resource.offset,
+            " is not a multiple of the lease alignment (", kAlign, " bytes)"));
+      }
+      absl::StatusOr<uint64_t> size = StorageSize(resource.path);
+      if (!size.ok()) return size.status();
+      if (*size < resource.offset + kAlign) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sanlock: ", resource.Describe(), ": lease file ", resource.path, " is too small (",
+            *size, " bytes; a lease at offset ", resource.offset, " needs ",
+            resource.offset + kAlign, ")"));
+      }
+      return std::make_pair(resource.path, resource.offset);
+    }
+    if (s_.lease_dir.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(),
+          " has no lease path and no lease_dir is configured for automatic leases"));
+    }
+    const std::string dir = absl::StrCat(s_.lease_dir, "/", L.conf.name);
+    const std::string path = absl::StrCat(dir, "/", resource.name);
+    if (access(path.c_str(), F_OK) == 0 || !create) return std::make_pair(path, uint64_t{0});
+    if (mkdir(dir.c_str(), 0770) != 0 && errno != EEXIST) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: cannot create lease directory ", dir, ": ", strerror(errno)));
+    }
+    // Initialise under a private name, then link() into place: link fails
+    // with EEXIST for every creator but one, so a lease is never written
+    // twice, and nobody ever uses a half-written one.
+    char host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    const std::string tmp =
+        absl::StrCat(dir, "/.", resource.name, ".", host, ".", getpid(), ".", next_tmp_++);
+    const int fd = open(tmp.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0660);
+    if (fd < 0 || ftruncate(fd, kAlign) != 0) {
+      if (fd >= 0) close(fd);
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: cannot create lease file ", tmp, ": ", strerror(errno)));
+    }
+    close(fd);
+    OneDiskResource r = MakeResource(L, resource, tmp, 0, false);
+    int rv = sanlock_write_resource(&r.res, 0, s_.num_hosts, 0);
+    if (rv == 0) {
+      const int dfd = open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+      if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+      }
+      if (link(tmp.c_str(), path.c_str()) != 0 && errno != EEXIST) rv = -errno;
+    }
+    unlink(tmp.c_str());
+    if (rv != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: cannot initialise the lease of ", resource.Describe(), " in ", path, ": ",
+          RvText(rv)));
+    }
+    return std::make_pair(path, uint64_t{0});
+  }
+
+  OneDiskResource MakeResource(const Lockspace& L, const Resource& resource,
+                               const std::string& path, uint64_t offset, bool shared) const {
+    OneDiskResource r{};
+    CopyName(r.res.lockspace_name, L.conf.name);
+    CopyName(r.res.name, resource.name);
+    r.res.flags = SANLK_RES_ALIGN1M | SANLK_RES_SECTOR512 | (shared ? SANLK_RES_SHARED : 0);
+    r.res.num_disks = 1;
+    snprintf(r.disk.path, sizeof(r.disk.path), "%s", path.c_str());
+    r.disk.offset = offset;
+    return r;
+  }
+
+  // The lease version of a lease this client now holds: from the daemon's
+  // memory for exclusive (no I/O), from the leader record for shared
+  // (inquire shows ":SH" there).
+  absl::StatusOr<uint64_t> CurrentLver(Lockspace& L, OneDiskResource& r, bool shared)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    if (shared) return DiskLver(r);
+    int count = 0;
+    char* state = nullptr;
+    const int rv = sanlock_inquire(L.sock, -1, 0, &count, &state);
+    if (rv != 0) {
+      free(state);
+      return absl::InternalError(absl::StrCat("sanlock: inquire failed: ", RvText(rv)));
+    }
+    const std::string text = state ? state : "";
+    free(state);
+    const std::string prefix = absl::StrCat(L.conf.name, ":", std::string(r.res.name, strnlen(r.res.name, kNameLen)), ":");
+    // "LS:NAME:PATH:OFFSET:LVER" per lease, space-separated.
+    for (size_t at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
+      if (at != 0 && text[at - 1] != ' ') continue;
+      const size_t end = std::min(text.find(' ', at), text.size());
+      const std::string one = text.substr(at, end - at);
+      uint64_t lver = 0;
+      if (absl::SimpleAtoi(one.substr(one.rfind(':') + 1), &lver)) return lver;
+    }
+    return absl::InternalError(absl::StrCat("sanlock: inquire does not list ", prefix, " in \"", absl::CHexEscape(text), "\""));
+  }
+
+  static absl::StatusOr<uint64_t> DiskLver(OneDiskResource& r) {
+    OneDiskResource copy = r;
+    const int rv = sanlock_read_resource(&copy.res, 0);
+    if (rv != 0) {
+      return absl::InternalError(absl::StrCat("sanlock: reading the lease of ",
+                                              std::string(r.res.name, strnlen(r.res.name, kNameLen)),
+                                              " failed: ", RvText(rv)));
+    }
+    return copy.res.lver;
+  }
+
+  uint64_t NextToken(Lockspace& L, Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    uint64_t& last = L.last_token[lease.resource.name];
+    const uint64_t base = Token(lease.lver, 0);
+    last = last >= base ? last + 1 : base;
+    return last;
+  }
+
+  absl::StatusOr<latchkey::Grant> GrantLocal(Lockspace& L, Lease& lease, const Owner& owner,
+                                        LockMode mode, bool ballot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    uint64_t token;
+    if (ballot) {
+      token = Token(lease.lver, 0);
+      uint64_t& last = L.last_token[lease.resource.name];
+      last = std::max(last, token);
+    } else {
+      token = NextToken(L, lease);
+    }
+    lease.holders[owner.uuid] = LocalHolder{owner, mode, token};
+    return latchkey::Grant{mode, token, absl::StrCat(lease.lver)};
+  }
+
+  // A shared join under a lease held here since before the token.
+  absl::Status LocalHandOffCheck(Lockspace& L, const Lease& lease, uint64_t expect, LockMode mode)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    (void)mode;
+    auto last = L.last_token.find(lease.resource.name);
+    if ((expect >> kSeqBits) != lease.lver ||
+        (last != L.last_token.end() && expect > last->second)) {
+      return MovedSince(lease.resource, expect);
+    }
+    return absl::OkStatus();  // Every grant since is shared: compatible.
+  }
+
+  static absl::Status MovedSince(const Resource& r, uint64_t token) {
+    return absl::AbortedError(absl::StrCat(
+        "sanlock: ", r.Describe(), " was granted to someone else since fencing token ", token,
+        " (lease version ", token >> kSeqBits, "): the fencing token moved"));
+  }
+
+  // A refusal; after a wait, the wait ran out.
+  static absl::Status Busy(const Resource& r, const std::string& who, bool waited = false) {
+    const std::string text = absl::StrCat("sanlock: ", r.Describe(), " is ", who);
+    return waited ? absl::DeadlineExceededError(absl::StrCat(text, " (the wait ran out)"))
+                  : absl::UnavailableError(text);
+  }
+
+  static std::string LocalHolders(const Lease& lease) {
+    std::vector<std::string> parts;
+    for (const auto& [uuid, h] : lease.holders) {
+      parts.push_back(absl::StrCat(LockModeName(h.mode), " by ", h.owner.Describe()));
+    }
+    return absl::StrJoin(parts, ", ");
+  }
+
+  std::string HostLabel(Lockspace& L, uint64_t host_id) {
+    const std::string name = ReadHostName(L.conf, host_id);
+    return name.empty() ? absl::StrCat("host_id ", host_id)
+                        : absl::StrCat(name, " (host_id ", host_id, ")");
+  }
+
+  // Who holds the lease, from its leader and mode blocks on disk.
+  std::string HolderText(Lockspace& L, OneDiskResource& r, int rv) {
+    if (rv == -EEXIST) {
+      return absl::StrCat("held by another process on this host (",
+                          HostLabel(L, static_cast<uint64_t>(s_.host_id)), ")");
+    }
+    if (rv == -EUCLEAN) {
+      return "held as an orphan on this host: a stopped latchd left it; the next latchd adopts "
+             "or releases it";
+    }
+    OneDiskResource copy = r;
+    sanlk_host* hosts = nullptr;
+    int n = 0;
+    std::vector<std::string> who;
+    bool shared = false;
+    if (sanlock_read_resource_owners(&copy.res, 0, &hosts, &n) == 0) {
+      shared = (copy.res.flags & SANLK_RES_SHARED) != 0;
+      for (int i = 0; i < n; ++i) who.push_back(HostLabel(L, hosts[i].host_id));
+    }
+    free(hosts);
+    std::string text = who.empty()
+                           ? std::string("held by another host")
+                           : absl::StrCat("held ", shared ? "shared" : "exclusive", " by ",
+                                          absl::StrJoin(who, ", "));
+    if (rv == SANLK_ACQUIRE_OWNED_RETRY) {
+      absl::StrAppend(&text, "; that host stopped renewing its lease and becomes free once it "
+                             "is dead (8*io_timeout + 60 s) or fenced");
+    }
+    return absl::StrCat(text, " [", RvText(rv), "]");
+  }
+
+  absl::Status Failure(Lockspace& L, const Resource& resource, int rv, const std::string& path,
+                       uint64_t offset) {
+    if (DaemonGone(rv)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: ", resource.Describe(), ": the sanlock daemon is not running (",
+                       RvText(rv), ")"));
+    }
+    if (rv == -ENOSPC) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lockspace ", L.conf.name,
+          " is not joined on the daemon or is failing (", RvText(rv), ")"));
+    }
+    if (rv == SANLK_ACQUIRE_LVER) return MovedSince(resource, 0);
+    if (rv == -EMSGSIZE || rv == -EINVAL || rv == SANLK_LEADER_MAGIC ||
+        rv == SANLK_LEADER_LOCKSPACE || rv == SANLK_LEADER_RESOURCE ||
+        rv == SANLK_LEADER_NUMHOSTS || (rv <= -220 && rv >= -229)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": no usable lease at ", path, ":", offset, ": ",
+          RvText(rv)));
+    }
+    return absl::InternalError(
+        absl::StrCat("sanlock: ", resource.Describe(), ": ", RvText(rv)));
+  }
+
+  std::string HostsJson(Lockspace& L) {
+    sanlk_host* hosts = nullptr;
+    int n = 0;
+    if (sanlock_get_hosts(L.conf.name.c_str(), 0, &hosts, &n, 0) != 0) return "";
+    std::vector<std::string> items;
+    for (int i = 0; i < n; ++i) {
+      const char* state = "unknown";
+      switch (hosts[i].flags & SANLK_HOST_MASK) {
+        case SANLK_HOST_FREE: state = "free"; break;
+        case SANLK_HOST_LIVE: state = "live"; break;
+        case SANLK_HOST_FAIL: state = "failing"; break;
+        case SANLK_HOST_DEAD: state = "dead"; break;
+        default: break;
+      }
+      items.push_back(absl::StrCat("{\"host_id\":", hosts[i].host_id, ",\"name\":\"",
+                                   Escape(ReadHostName(L.conf, hosts[i].host_id)),
+                                   "\",\"generation\":", hosts[i].generation, ",\"state\":\"",
+                                   state, "\"}"));
+    }
+    free(hosts);
+    return absl::StrCat("[", absl::StrJoin(items, ","), "]");
+  }
+
+  sanlk_lockspace LockspaceOf(const LockspaceConf& c) const {
+    sanlk_lockspace ls{};
+    CopyName(ls.name, c.name);
+    ls.host_id = static_cast<uint64_t>(s_.host_id);
+    snprintf(ls.host_id_disk.path, sizeof(ls.host_id_disk.path), "%s", c.path.c_str());
+    ls.host_id_disk.offset = c.offset;
+    return ls;
+  }
+
+  // Joins one lockspace, then registers its client (killpath, restrict).
+  void Join(Lockspace* L) {
+    const absl::Time start = absl::Now();
+    sanlk_lockspace ls = LockspaceOf(L->conf);
+    int rv = sanlock_add_lockspace_timeout(&ls, 0, static_cast<uint32_t>(s_.io_timeout));
+    while (rv == -EINPROGRESS && !stopping_) {  // someone else is adding it
+      absl::SleepFor(absl::Milliseconds(100));
+      rv = sanlock_inq_lockspace(&ls, 0);
+      if (rv == -EINPROGRESS) continue;
+    }
+    if (rv == -EEXIST) rv = 0;
+    std::string message;
+    int sock = -1;
+    if (rv == 0) {
+      // Orphans keep the lockspace in use: it must not go away under them.
+      sanlock_set_config(L->conf.name.c_str(), 0, SANLK_CONFIG_USED_BY_ORPHANS, nullptr);
+      sock = sanlock_register();
+      if (sock < 0) {
+        rv = sock;
+        message = absl::StrCat("cannot register with the daemon: ", RvText(sock));
+      } else {
+        fcntl(sock, F_SETFD, FD_CLOEXEC);
+        rv = sanlock_restrict(sock, SANLK_RESTRICT_SIGKILL);
+        if (rv == 0 && !fifo_.empty()) {
+          // sanlock runs "/bin/sh -c 'echo $0 $1>>FIFO' LOCKSPACE PID"
+          // when this lockspace fails (args split at unescaped spaces).
+          std::string args = absl::StrCat("-c echo\\ $0\\ $1>>", fifo_, " ", L->conf.name);
+          rv = sanlock_killpath(sock, SANLK_KILLPATH_PID, "/bin/sh", args.data());
+        }
+        if (rv != 0) message = absl::StrCat("cannot set up the client: ", RvText(rv));
+      }
+    } else {
+      message = absl::StrCat("add_lockspace ", L->conf.name, ":", s_.host_id, ":", L->conf.path,
+                             ":", L->conf.offset, " failed: ", RvText(rv));
+    }
+    absl::MutexLock l(&L->mu);
+    L->join_took = absl::Now() - start;
+    if (rv == 0) {
+      if (L->sock >= 0) close(L->sock);
+      L->sock = sock;
+      L->state = JoinState::kJoined;
+      L->message.clear();
+    } else {
+      if (sock >= 0) close(sock);
+      L->state = JoinState::kError;
+      L->message = message;
+    }
+  }
+
+  absl::Status StartNotifier() {
+    std::string tmpl = absl::StrCat(s_.notify_dir, "/latchkey-sanlock.XXXXXX");
+    if (mkdtemp(tmpl.data()) == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: cannot create a notification directory in ", s_.notify_dir, ": ",
+          strerror(errno)));
+    }
+    fifo_ = tmpl + "/lost";
+    if (fifo_.size() > 60) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: notify_dir ", s_.notify_dir, " is too long for sanlock's killpath arguments"));
+    }
+    if (mkfifo(fifo_.c_str(), 0600) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: cannot create ", fifo_, ": ", strerror(errno)));
+    }
+    // Read-write: never EOF, and a writer never blocks on open.
+    notify_fd_ = open(fifo_.c_str(), O_RDWR | O_CLOEXEC);
+    if (notify_fd_ < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: cannot open ", fifo_, ": ", strerror(errno)));
+    }
+    notifier_ = std::thread([this] { ReadNotices(); });
+    return absl::OkStatus();
+  }
+
+  void ReadNotices() {
+    std::string pending;
+    char buf[512];
+    while (!stopping_) {
+      const ssize_t n = read(notify_fd_, buf, sizeof(buf));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      pending.append(buf, n);
+      size_t nl;
+      while ((nl = pending.find('\n')) != std::string::npos) {
+        const std::string line = pending.substr(0, nl);
+        pending.erase(0, nl + 1);
+        const std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
+        if (!words.empty() && !stopping_) LockspaceFailed(words[0]);
+      }
+    }
+  }
+
+  // sanlock says the lockspace failed (our delta lease was not renewed in
+  // time): every lease in it is void. Release them all (the daemon frees
+  // them without I/O) so the lockspace can stop, report each owner's loss,
+  // then join again.
+  void LockspaceFailed(const std::string& name) {
+    auto it = lockspaces_.find(name);
+    if (it == lockspaces_.end()) return;
+    Lockspace& L = *it->second;
+    std::vector<LockLoss> losses;
+    {
+      absl::MutexLock l(&L.mu);
+      if (L.state != JoinState::kJoined) return;
+      L.state = JoinState::kFailed;
+      L.message = "sanlock reported the lockspace failed (lease renewal missed): all its leases "
+                  "are lost; rejoining";
+      for (auto& [rname, lease] : L.leases) {
+        OneDiskResource r = MakeResource(L, lease.resource, lease.path, lease.offset, lease.shared);
+        sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
+        for (auto& [uuid, h] : lease.holders) {
+          losses.push_back(LockLoss{h.owner, lease.resource,
+                                    absl::StrCat("sanlock lockspace ", name,
+                                                 " failed: its lease renewal was missed")});
+        }
+      }
+      L.leases.clear();
+      if (L.sock >= 0) close(L.sock);
+      L.sock = -1;
+    }
+    {
+      absl::MutexLock l(&handler_mu_);
+      if (handler_) {
+        for (const LockLoss& loss : losses) handler_(loss);
+      }
+    }
+    // Rejoin once the daemon has dropped the dead lockspace.
+    if (L.joiner.joinable()) L.joiner.join();
+    L.joiner = std::thread([this, &L] {
+      sanlk_lockspace ls = LockspaceOf(L.conf);
+      while (!stopping_) {
+        const int rv = sanlock_inq_lockspace(&ls, 0);
+        if (rv == -ENOENT) break;
+        absl::SleepFor(absl::Milliseconds(200));
+      }
+      if (stopping_) return;
+      {
+        absl::MutexLock l(&L.mu);
+        L.state = JoinState::kJoining;
+        L.started = absl::Now();
+      }
+      Join(&L);
+    });
+  }
+
+  const Settings s_;
+  std::map<std::string, std::unique_ptr<Lockspace>> lockspaces_;  // fixed after Start
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> next_tmp_{0};
+  std::string fifo_;
+  int notify_fd_ = -1;
+  std::thread notifier_;
+  absl::Mutex handler_mu_;
+  LockLossHandler handler_ ABSL_GUARDED_BY(handler_mu_);
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& settings) {
+  if (absl::Status st = settings.CheckKeys({"run_dir", "host_id", "io_timeout", "lockspaces",
+                                            "lease_dir", "num_hosts", "notify_dir", "poll_ms",
+                                            "join_wait_s"});
+      !st.ok()) {
+    return st;
+  }
+  Settings s;
+  absl::StatusOr<std::string> run_dir = settings.GetString("run_dir", "");
+  if (!run_dir.ok()) return run_dir.status();
+  s.run_dir = *run_dir;
+  absl::StatusOr<int64_t> host_id = settings.GetInt("host_id", 0, 0, 2000);
+  if (!host_id.ok()) return host_id.status();
+  s.host_id = static_cast<int>(*host_id);
+  absl::StatusOr<int64_t> io = settings.GetInt("io_timeout", 10, 1, 300);
+  if (!io.ok()) return io.status();
+  s.io_timeout = static_cast<int>(*io);
+  absl::StatusOr<std::string> lease_dir = settings.GetString("lease_dir", "/var/lib/latchkey/sanlock");
+  if (!lease_dir.ok()) return lease_dir.status();
+  s.lease_dir = *lease_dir;
+  absl::StatusOr<int64_t> num_hosts = settings.GetInt("num_hosts", 0, 0, 2000);
+  if (!num_hosts.ok()) return num_hosts.status();
+  s.num_hosts = static_cast<int>(*num_hosts);
+  absl::StatusOr<std::string> notify = settings.GetString("notify_dir", "/run");
+  if (!notify.ok()) return notify.status();
+  s.notify_dir = *notify;
+  absl::StatusOr<int64_t> poll = settings.GetInt("poll_ms", 200, 10, 60000);
+  if (!poll.ok()) return poll.status();
+  s.poll = absl::Milliseconds(*poll);
+  absl::StatusOr<int64_t> join_wait = settings.GetInt("join_wait_s", 60, 0, 3600);
+  if (!join_wait.ok()) return join_wait.status();
+  s.join_wait = absl::Seconds(*join_wait);
+  absl::StatusOr<std::vector<std::string>> lss = settings.GetStringList("lockspaces", {});
+  if (!lss.ok()) return lss.status();
+  const ConfigEntry* e = settings.Find("lockspaces");
+  const std::string where = e ? e->Where() : "<default>";
+  for (const std::string& spec : *lss) {
+    std::vector<std::string> parts = absl::StrSplit(spec, ':');
+    LockspaceConf c;
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[2], &c.offset) || parts[1].empty() ||
+        parts[1][0] != '/') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": lockspace '", spec, "' must be NAME:/ABSOLUTE/PATH:OFFSET"));
+    }
+    c.name = parts[0];
+    c.path = parts[1];
+    if (absl::Status st = ValidateName("sanlock lockspace", c.name, kMaxName); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", st.message()));
+    }
+    if (c.offset % kAlign != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": lockspace ", c.name, " offset ",
+                                                     c.offset, " is not a multiple of ", kAlign));
+    }
+    s.lockspaces.push_back(c);
+  }
+  if (!s.lockspaces.empty() && s.host_id == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": host_id must be set (1..2000) to join lockspaces"));
+  }
+  if (s.lease_dir.empty() || s.lease_dir[0] != '/') {
+    return absl::InvalidArgumentError("sanlock: lease_dir must be an absolute path");
+  }
+  auto backend = std::make_unique<SanlockBackend>(s);
+  if (absl::Status st = backend->Start(); !st.ok()) return st;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace
+}  // namespace sanlockbe
+}  // namespace latchkey
+
+LATCHKEY_EXPORT_BACKEND("sanlock", "sanlock disk-paxos leases on shared storage (libsanlock)",
+                        latchkey::sanlockbe::kCapabilities, latchkey::sanlockbe::NewSanlockBackend);
