@@ -61,6 +61,11 @@ void KillAndReap(pid_t pid, int sig) {
 
 std::string LatchdProcess::BinaryPath() { return Runfile("agent/latchd"); }
 
+std::string LatchdProcess::SanlockPluginDir() {
+  std::string so = Runfile("backends/sanlock/latchkey-sanlock.so");
+  return so.substr(0, so.rfind('/'));
+}
+
 std::string LatchdProcess::PluginDir() {
   std::string so = Runfile("backends/posixfd/latchkey-posixfd.so");
   return so.substr(0, so.rfind('/'));
@@ -73,7 +78,7 @@ LatchdProcess::LatchdProcess(std::string dir, std::string extra_config) : dir_(s
   std::ofstream conf(config());
   conf << "state_dir = \"" << state_dir() << "\"\n"
        << "socket = \"" << socket() << "\"\n"
-       << "plugin_path = [ \"" << PluginDir() << "\" ]\n"
+       << "plugin_path = [ \"" << PluginDir() << "\", \"" << SanlockPluginDir() << "\" ]\n"
        << "posixfd_lock_dir = \"" << lock_dir() << "\"\n"
        << "log_syslog = 0\n"
        << extra_config << "\n";

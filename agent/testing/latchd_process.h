@@ -76,6 +76,8 @@ class LatchdProcess {
   // The directory holding latchkey-posixfd.so, for in-process backends
   // that must see the same plugin as latchd.
   static std::string PluginDir();
+  // The directory holding latchkey-sanlock.so (also on latchd's plugin_path).
+  static std::string SanlockPluginDir();
   static std::string BinaryPath();
 
  private:
