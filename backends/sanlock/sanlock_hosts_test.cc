@@ -138,7 +138,7 @@ class SanlockHostsTest : public ::testing::Test {
   static absl::StatusOr<json> Acquire(int h, const Vm& vm, json resources, json extra = {}) {
     json req = {{"op", "acquire"}, {"uuid", vm.uuid}, {"resources", resources}};
     if (extra.is_object()) req.update(extra);
-    return Call(h, req);
+    return Call(h, req, absl::Seconds(200));
   }
   static absl::StatusOr<json> Release(int h, const Vm& vm, json resources) {
     return Call(h, {{"op", "release"}, {"uuid", vm.uuid}, {"resources", resources}});
@@ -404,6 +404,28 @@ TEST_F(SanlockHostsTest, FrozenDaemonLosesTheLeaseAndTheOwnerIsTerminated) {
   Register(1, b);
   EXPECT_TRUE(Acquire(1, b, {ManualLease(0)}).ok()) << "host2's lease is gone";
   EXPECT_TRUE(Release(1, b, {ManualLease(0)}).ok());
+}
+
+// A real dead host, no fencing: host2's daemon and latchd are killed while
+// it holds a lease. Another host may take the lease only once host2's delta
+// lease has expired: 8 * io_timeout + 60 s after its last renewal (~70 s).
+TEST_F(SanlockHostsTest, YDeadHostLeaseIsTakenOverAfterTheHostDeadTimeout) {
+  Vm a("vm-a"), b("vm-b");
+  Register(2, a);
+  Register(1, b);
+  ASSERT_TRUE(Acquire(2, a, {ManualLease(1)}).ok());
+  latchd_[2]->Kill(SIGKILL);
+  ASSERT_TRUE(lab_->KillDaemon(2).ok());
+  const absl::Time died = absl::Now();
+  absl::StatusOr<json> r = Acquire(1, b, {ManualLease(1)});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  r = Acquire(1, b, {ManualLease(1)}, {{"wait", true}, {"timeout_ms", 150000}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const absl::Duration took = absl::Now() - died;
+  fprintf(stderr, "dead host takeover after %.1f s\n", absl::ToDoubleSeconds(took));
+  EXPECT_GT(took, absl::Seconds(60)) << "taken before host2 could be dead";
+  EXPECT_LT(took, absl::Seconds(100));
+  ASSERT_TRUE(Release(1, b, {ManualLease(1)}).ok());
 }
 
 // Host failure: host3's daemon and latchd are killed while it holds a
