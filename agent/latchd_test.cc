@@ -274,7 +274,13 @@ TEST_F(LatchdTest, PlannedReexecKeepsEveryLockWithNoWindow) {
   // Same process, new program: wait for it to answer again.
   absl::Time deadline = absl::Now() + absl::Seconds(20);
   absl::StatusOr<LatchdClient> c = absl::UnavailableError("not yet");
+  // The old program may still answer a connection made just before its
+  // exec (which then drops it): wait for the new one's first log line.
   while (absl::Now() < deadline) {
+    if (d_->Log().find("starting after a planned re-exec") == std::string::npos) {
+      absl::SleepFor(absl::Milliseconds(5));
+      continue;
+    }
     c = d_->Connect(absl::Seconds(1));
     if (c.ok() && c->Call({{"op", "hello"}}).ok()) break;
     absl::SleepFor(absl::Milliseconds(5));
