@@ -262,7 +262,10 @@ absl::Status SanlockLab::StartDaemon(int host) {
 }
 
 absl::Status SanlockLab::Join(int host) {
-  return Sanlock(host, {"client", "add_lockspace", "-s",
+  // -o: the io_timeout the daemon renews with (and other hosts derive this
+  // host's dead time from); without it the daemon uses 10 s whatever the
+  // lockspace was initialised with.
+  return Sanlock(host, {"client", "add_lockspace", "-o", absl::StrCat(options_.io_timeout), "-s",
                         absl::StrCat(options_.lockspace, ":", host, ":", lease_path_, ":0")})
       .status();
 }
