@@ -32,16 +32,8 @@ using testing::KillAndReap;
 using testing::LatchdProcess;
 using testing::SpawnSleeper;
 using testing::TempDir;
+using testing::Vm;
 
-// One owner process (a sleeping child) with a uuid.
-struct Vm {
-  std::string name;
-  std::string uuid;
-  pid_t pid = -1;
-  explicit Vm(std::string n) : name(std::move(n)), uuid(RandomUuid()), pid(SpawnSleeper()) {}
-  ~Vm() { KillAndReap(pid); }
-  json Owner() const { return {{"uuid", uuid}, {"name", name}, {"pid", pid}}; }
-};
 
 char ProcessState(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "agent/client.h"
+#include "core/owner.h"
 
 namespace latchkey {
 namespace testing {
@@ -36,6 +37,19 @@ pid_t SpawnSleeper();
 
 // Kills `pid` with `sig` and reaps it (when it is our child).
 void KillAndReap(pid_t pid, int sig = SIGKILL);
+
+// One owner process (a sleeping child) with a uuid, killed when it goes.
+struct Vm {
+  std::string name;
+  std::string uuid;
+  pid_t pid = -1;
+  explicit Vm(std::string n) : name(std::move(n)), uuid(RandomUuid()), pid(SpawnSleeper()) {}
+  ~Vm() { KillAndReap(pid); }
+  Vm(const Vm&) = delete;
+  Vm& operator=(const Vm&) = delete;
+  // The "owner" object of latchd's register request.
+  nlohmann::json Owner() const { return {{"uuid", uuid}, {"name", name}, {"pid", pid}}; }
+};
 
 class LatchdProcess {
  public:

@@ -30,17 +30,10 @@ using testing::KillAndReap;
 using testing::LatchdProcess;
 using testing::SpawnSleeper;
 using testing::TempDir;
+using testing::Vm;
 
 constexpr int kHosts = 3;
 
-struct Vm {
-  std::string name;
-  std::string uuid;
-  pid_t pid = -1;
-  explicit Vm(std::string n) : name(std::move(n)), uuid(RandomUuid()), pid(SpawnSleeper()) {}
-  ~Vm() { KillAndReap(pid); }
-  json Owner() const { return {{"uuid", uuid}, {"name", name}, {"pid", pid}}; }
-};
 
 std::string ErrorCode(const absl::Status& s) { return s.ok() ? "ok" : std::string(s.message()); }
 
