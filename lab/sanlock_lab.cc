@@ -134,7 +134,7 @@ absl::StatusOr<std::unique_ptr<SanlockLab>> SanlockLab::Start(const SanlockLabOp
     return absl::InvalidArgumentError(
         absl::StrCat("sanlock lab: io_timeout must be 1..60 s, not ", o.io_timeout));
   }
-  if (o.dir.empty() || o.dir[0] != '/') {
+  if (!o.dir.empty() && o.dir[0] != '/') {
     return absl::InvalidArgumentError("sanlock lab: the lab directory must be an absolute path");
   }
   if (access(kSanlock, X_OK) != 0) {
@@ -146,9 +146,18 @@ absl::StatusOr<std::unique_ptr<SanlockLab>> SanlockLab::Start(const SanlockLabOp
     return absl::InvalidArgumentError("sanlock lab: the lease file is too small for its resources");
   }
   std::unique_ptr<SanlockLab> lab(new SanlockLab(o));
-  if (absl::Status s = MakeDir(o.dir); !s.ok()) return s;
+  if (o.dir.empty()) {
+    char tmpl[] = "/tmp/lk-lab.XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock lab: cannot create a directory in /tmp: ", strerror(errno)));
+    }
+    lab->options_.dir = tmpl;
+    lab->remove_dir_ = true;
+  }
+  if (absl::Status s = MakeDir(lab->options_.dir); !s.ok()) return s;
   if (absl::Status s = MakeDir(lab->LeaseDir()); !s.ok()) return s;
-  const std::string file = o.dir + "/shared.leases";
+  const std::string file = lab->options_.dir + "/shared.leases";
   {
     const int fd = open(file.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0 || ftruncate(fd, static_cast<off_t>(o.size_mib * kMiB)) != 0) {
@@ -343,6 +352,10 @@ absl::Status SanlockLab::Stop() {
     loop_.clear();
   }
   unlink((options_.dir + "/lab.env").c_str());
+  if (remove_dir_ && result.ok()) {
+    absl::StatusOr<std::string> rm = RunCommand({"/bin/rm", "-rf", options_.dir});
+    if (!rm.ok()) result = rm.status();
+  }
   return result;
 }
 

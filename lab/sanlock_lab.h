@@ -33,7 +33,10 @@ namespace latchkey {
 namespace lab {
 
 struct SanlockLabOptions {
-  std::string dir;              // Created if missing; everything lives here.
+  // Created if missing; everything lives here. Empty: a fresh private
+  // /tmp/lk-lab.XXXXXX (short, as the daemons' socket paths must be) that
+  // Stop() removes.
+  std::string dir;
   int hosts = 2;                // 1..64; host K has host_id K and name "hostK".
   std::string lockspace = "lab";
   int io_timeout = 1;           // Seconds, written into every host slot.
@@ -100,6 +103,7 @@ class SanlockLab {
   std::string loop_;
   std::vector<pid_t> pids_;  // Index host-1.
   bool owned_ = true;
+  bool remove_dir_ = false;  // Start() made options_.dir itself
   bool stopped_ = false;
 };
 

@@ -14,11 +14,7 @@ namespace {
 class SanlockLabEnvironment : public ::testing::Environment {
  public:
   void SetUp() override {
-    // Short: the daemon's socket path must fit in sun_path.
-    char dir[] = "/tmp/lk-contract.XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    latchkey::lab::SanlockLabOptions o;
-    o.dir = dir;
+    latchkey::lab::SanlockLabOptions o;  // dir empty: a private one, removed at Stop
     o.hosts = 1;
     o.lockspace = "contract";
     o.join = true;
@@ -26,14 +22,10 @@ class SanlockLabEnvironment : public ::testing::Environment {
     auto lab = latchkey::lab::SanlockLab::Start(o);
     ASSERT_TRUE(lab.ok()) << lab.status();
     lab_ = std::move(*lab);
-    setenv("LATCHKEY_CONTRACT_LAB", dir, 1);
+    setenv("LATCHKEY_CONTRACT_LAB", lab_->options().dir.c_str(), 1);
   }
   void TearDown() override {
-    if (lab_) {
-      EXPECT_TRUE(lab_->Stop().ok());
-      std::string cmd = "rm -rf '" + lab_->options().dir + "'";
-      EXPECT_EQ(system(cmd.c_str()), 0);
-    }
+    if (lab_) EXPECT_TRUE(lab_->Stop().ok());
   }
 
  private:

@@ -352,7 +352,7 @@ class SanlockBackend final : public Backend {
         }
         if (shared && lease.shared) {
           if (options.expect_token) {
-            if (absl::Status st = LocalHandOffCheck(L, lease, *options.expect_token, mode);
+            if (absl::Status st = LocalHandOffCheck(L, lease, *options.expect_token);
                 !st.ok()) {
               return st;
             }
@@ -900,9 +900,8 @@ class SanlockBackend final : public Backend {
   }
 
   // A shared join under a lease held here since before the token.
-  absl::Status LocalHandOffCheck(Lockspace& L, const Lease& lease, uint64_t expect, LockMode mode)
+  absl::Status LocalHandOffCheck(Lockspace& L, const Lease& lease, uint64_t expect)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
-    (void)mode;
     auto last = L.last_token.find(lease.resource.name);
     if ((expect >> kSeqBits) != lease.lver ||
         (last != L.last_token.end() && expect > last->second)) {
