@@ -1,0 +1,1003 @@
+// The DLM backend: Linux kernel DLM locks through libdlm (corosync cluster).
+//
+// How latchkey's model maps onto the DLM:
+//  * A resource's lockspace is a DLM lockspace of the same name, created (or,
+//    with create_lockspaces = 0, only opened) on first use; its completion
+//    thread is libdlm's (dlm_ls_pthread_init).
+//  * One DLM lock per owner and resource: shared-read, shared-write and
+//    exclusive are PR, CW and EX, so the DLM's own compatibility matrix is
+//    latchkey's, between owners on one node as between nodes.
+//  * Every lock is PERSISTENT: when this process dies its locks stay granted
+//    as orphans of this node; the next latchd adopts each one (LKF_ORPHAN,
+//    same name and mode, no window) from its journal record, and
+//    FinishAdoption purges the orphans nobody claimed.
+//  * The lock value block (32 bytes, struct Lvb) carries the resource's
+//    exclusive epoch E and, while someone holds it exclusively and another
+//    request is blocked by it, the holder's node, pid and owner name. The
+//    DLM writes an LVB only when an EX (or PW) holder converts or unlocks,
+//    so: an exclusive grant takes E+1 and writes it back when it lets go; a
+//    blocked request makes the holder publish its identity with an EX->EX
+//    conversion (its blocking AST), which the refused side then reads with
+//    an NL lock.
+//  * Fencing token = E << 16 | n: an exclusive grant is (E+1) << 16; a
+//    shared grant or a convert is E << 16 | n with n counting this node's
+//    grants under E. Tokens never go back on this node (a local table); an
+//    LVB the DLM lost (no lock on the resource for a while, or
+//    VALNOTVALID after its exclusive holder's node died) restarts E from
+//    the clock in 16 us units, which is above any E ever issued as long as
+//    the nodes' clocks agree (each exclusive grant takes far longer than
+//    16 us). Shared grants on two nodes under one E can carry equal tokens.
+//  * Trouble: a monitor thread watches corosync quorum, dlm_controld and the
+//    lockspaces; when this node loses quorum (cut off, expelled) or its
+//    lockspace is gone, every lock there is reported lost (WatchLockLoss):
+//    the other nodes will recover those locks and grant them elsewhere.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern "C" {
+#include <corosync/quorum.h>
+#include <libdlm.h>
+}
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/plugin_export.h"
+
+namespace latchkey {
+namespace dlmbe {
+namespace {
+
+constexpr int kSeqBits = 16;
+constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
+constexpr uint32_t kLvbMagic = 0x31544b4c;  // "LKT1"
+
+constexpr lk_capabilities kCapabilities = {
+    (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_SHARED_WRITE) | (1u << LK_MODE_EXCLUSIVE),
+    LK_CAP_SURVIVES_HOLDER_DEATH | LK_CAP_ORPHAN_ADOPTION | LK_CAP_HOLDER_IDENTITY |
+        LK_CAP_FENCING_TOKENS,
+    DLM_RESNAME_MAXLEN,
+    "",
+};
+
+// The lock value block as latchkey writes it (host byte order: a cluster of
+// one architecture).
+struct Lvb {
+  uint32_t magic;
+  uint32_t holder_node;  // 0: nobody published (released, or not asked)
+  uint64_t epoch;        // exclusive grants so far (or a clock restart)
+  uint32_t holder_pid;
+  char holder_name[12];  // owner name, cut
+};
+static_assert(sizeof(Lvb) == DLM_LVB_LEN, "the DLM's user LVB is 32 bytes");
+
+uint32_t DlmMode(LockMode m) {
+  switch (m) {
+    case LockMode::kSharedRead: return LKM_PRMODE;
+    case LockMode::kSharedWrite: return LKM_CWMODE;
+    case LockMode::kExclusive: return LKM_EXMODE;
+  }
+  return LKM_EXMODE;
+}
+
+uint64_t ClockEpoch() { return static_cast<uint64_t>(absl::ToUnixMicros(absl::Now())) / 16; }
+
+std::string ErrnoText(int e) {
+  switch (e) {
+    case EUNATCH: return "no DLM user daemon (EUNATCH): dlm_controld is not running";
+    case ENOENT: return "no such lockspace or device (ENOENT)";
+    case EAGAIN: return "held in a conflicting mode (EAGAIN)";
+    case EDEADLK: return "conversion deadlock (EDEADLK)";
+    case ENOTCONN: return "the lockspace is not joined (ENOTCONN)";
+    case EINVAL: return "invalid (EINVAL)";
+    case EBUSY: return "busy (EBUSY)";
+    default: break;
+  }
+  return absl::StrCat(strerror(e), " (errno ", e, ")");
+}
+
+std::string ReadFileLine(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+bool ProcessRunning(const std::string& comm) {
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return false;
+  bool found = false;
+  while (dirent* e = readdir(d)) {
+    int pid;
+    if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+    if (ReadFileLine(absl::StrCat("/proc/", pid, "/comm")) == comm) {
+      found = true;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// This node's DLM node id, from dlm_controld's configfs entries.
+uint32_t LocalNodeId() {
+  const std::string base = "/sys/kernel/config/dlm/cluster/comms";
+  DIR* d = opendir(base.c_str());
+  if (d == nullptr) return 0;
+  uint32_t id = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string dir = absl::StrCat(base, "/", e->d_name);
+    if (ReadFileLine(dir + "/local") == "1") {
+      (void)absl::SimpleAtoi(ReadFileLine(dir + "/nodeid"), &id);
+      break;
+    }
+  }
+  closedir(d);
+  return id;
+}
+
+// Why the DLM cannot be used on this node, or "" when it can.
+std::string WhyNoDlm() {
+  if (access("/dev/misc/dlm-control", F_OK) != 0 && access("/dev/dlm-control", F_OK) != 0) {
+    return "the DLM control device (/dev/misc/dlm-control) is missing: is the dlm kernel "
+           "module loaded?";
+  }
+  if (!ProcessRunning("corosync")) return "corosync is not running on this node";
+  if (!ProcessRunning("dlm_controld")) return "dlm_controld is not running on this node";
+  return "";
+}
+
+struct Lockspace;
+
+// One DLM lock: one owner's lock on one resource. Lives until its last AST.
+struct Lock {
+  Lockspace* ls = nullptr;
+  Owner owner;
+  Resource resource;
+  std::string dlm_name;
+  LockMode mode = LockMode::kExclusive;
+  uint64_t token = 0;
+  uint64_t epoch = 0;  // E under which this lock was granted
+  dlm_lksb lksb{};
+  Lvb lvb{};
+
+  absl::Mutex mu;  // Guards the fields below; held across a request.
+  bool done ABSL_GUARDED_BY(mu) = true;
+  int status ABSL_GUARDED_BY(mu) = 0;
+  bool published ABSL_GUARDED_BY(mu) = false;  // identity in the resource's LVB
+  // A convert, release or identity publication works on this lock outside
+  // the backend's mutex (guarded by it); the others wait.
+  bool busy = false;
+};
+
+void CompletionAst(void* arg) {
+  Lock* lk = static_cast<Lock*>(arg);
+  absl::MutexLock l(&lk->mu);
+  lk->status = lk->lksb.sb_status;
+  lk->done = true;
+}
+
+class DlmBackend;
+
+struct Lockspace {
+  DlmBackend* backend = nullptr;
+  std::string name;
+  dlm_lshandle_t handle = nullptr;
+  // Locks granted here, by resource name then owner uuid (guarded by the
+  // backend's mu_).
+  std::map<std::string, std::map<std::string, std::unique_ptr<Lock>>> locks;
+  // Highest token granted here per DLM resource name, kept after release.
+  std::map<std::string, uint64_t> last_token;
+  bool lost = false;
+  std::string lost_reason;
+};
+
+struct Settings {
+  std::vector<std::string> lockspaces;
+  bool create = true;
+  absl::Duration poll = absl::Milliseconds(250);
+  absl::Duration identity_wait = absl::Milliseconds(100);
+  bool watch_quorum = true;
+};
+
+class DlmBackend final : public Backend {
+ public:
+  explicit DlmBackend(Settings s) : s_(std::move(s)) {}
+
+  ~DlmBackend() override {
+    {
+      absl::MutexLock l(&mu_);
+      stopping_ = true;
+    }
+    {
+      absl::MutexLock l(&publish_mu_);
+      publish_stop_ = true;
+    }
+    if (monitor_.joinable()) monitor_.join();
+    if (publisher_.joinable()) publisher_.join();
+    if (quorum_ != 0) quorum_finalize(quorum_);
+    // Closing a lockspace leaves every (persistent) lock held as an orphan
+    // for the next instance to adopt. The Lock objects stay allocated: a
+    // late AST could still name them until the handle is closed.
+    absl::MutexLock l(&mu_);
+    for (auto& [name, ls] : lockspaces_) {
+      if (ls->handle != nullptr) dlm_close_lockspace(ls->handle);
+      ls->handle = nullptr;
+    }
+  }
+
+  absl::Status Start() {
+    node_id_ = LocalNodeId();
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    host_ = host;
+    if (const std::string why = WhyNoDlm(); !why.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("dlm: ", why));
+    }
+    if (s_.watch_quorum) {
+      uint32_t type = 0;
+      if (quorum_initialize(&quorum_, nullptr, &type) != CS_OK) {
+        quorum_ = 0;
+        return absl::FailedPreconditionError(
+            "dlm: cannot reach corosync's quorum service (quorum_initialize failed): is "
+            "corosync running and this process root?");
+      }
+    }
+    for (const std::string& name : s_.lockspaces) {
+      absl::MutexLock l(&mu_);
+      absl::StatusOr<Lockspace*> ls = OpenLocked(name);
+      if (!ls.ok()) return ls.status();
+    }
+    monitor_ = std::thread([this] { Monitor(); });
+    publisher_ = std::thread([this] { Publisher(); });
+    return absl::OkStatus();
+  }
+
+  std::string name() const override { return "dlm"; }
+  Capabilities capabilities() const override {
+    return plugin_export::CapabilitiesFromAbi(kCapabilities);
+  }
+
+  absl::StatusOr<latchkey::Grant> Acquire(const Owner& owner, const Resource& resource,
+                                          LockMode mode, const AcquireOptions& options) override {
+    auto lk = std::make_unique<Lock>();
+    lk->owner = owner;
+    lk->resource = resource;
+    lk->dlm_name = resource.name;
+    lk->mode = mode;
+    {
+      absl::MutexLock l(&mu_);
+      absl::StatusOr<Lockspace*> ls = OpenLocked(resource.lockspace);
+      if (!ls.ok()) return ls.status();
+      if (absl::Status st = Usable(**ls); !st.ok()) return st;
+      lk->ls = *ls;
+      auto& holders = (*ls)->locks[resource.name];
+      if (holders.count(owner.uuid)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            owner.Describe(), " already holds ", resource.Describe(), ": use convert"));
+      }
+      if (options.expect_token) {
+        if (absl::Status st = LocalHandOffCheck(**ls, resource, mode, *options.expect_token);
+            !st.ok()) {
+          return st;
+        }
+      }
+      holders[owner.uuid] = nullptr;  // reserved while the request runs
+    }
+    Lockspace* ls = lk->ls;
+    uint32_t flags = LKF_PERSISTENT | LKF_VALBLK;
+    if (!options.wait) flags |= LKF_NOQUEUE | LKF_NOQUEUEBAST;
+    lk->lksb.sb_lvbptr = reinterpret_cast<char*>(&lk->lvb);
+    const int st = Request(*lk, DlmMode(mode), flags, options);
+    if (st != 0) {
+      Unreserve(*ls, resource.name, owner.uuid);
+      return Refusal(*lk, st, options.wait);
+    }
+    // Granted: the token, and the hand-off check against the LVB we read.
+    absl::MutexLock l(&mu_);
+    absl::StatusOr<uint64_t> token = TokenForGrant(*ls, *lk, /*convert_from=*/nullptr, options);
+    if (!token.ok()) {
+      ls->locks[resource.name].erase(owner.uuid);
+      if (ls->locks[resource.name].empty()) ls->locks.erase(resource.name);
+      Unlock(*lk);  // writes back the LVB exactly as read
+      return token.status();
+    }
+    latchkey::Grant g{mode, *token, absl::StrCat(lk->lksb.sb_lkid)};
+    ls->locks[resource.name][owner.uuid] = std::move(lk);
+    return g;
+  }
+
+  absl::StatusOr<latchkey::Grant> Convert(const Owner& owner, const Resource& resource,
+                                          LockMode new_mode,
+                                          const AcquireOptions& options) override {
+    Lock* lk = nullptr;
+    {
+      absl::MutexLock l(&mu_);
+      absl::StatusOr<Lock*> found = FindIdle(owner, resource);
+      if (!found.ok()) return found.status();
+      lk = *found;
+      if (absl::Status st = Usable(*lk->ls); !st.ok()) return st;
+      if (options.expect_token) {
+        if (absl::Status st =
+                LocalHandOffCheck(*lk->ls, resource, new_mode, *options.expect_token, lk);
+            !st.ok()) {
+          return st;
+        }
+      }
+      lk->busy = true;
+    }
+    // Down from exclusive: the conversion writes our epoch into the LVB.
+    if (lk->mode == LockMode::kExclusive) FillLvb(*lk, /*publish=*/false);
+    uint32_t flags = LKF_CONVERT | LKF_PERSISTENT | LKF_VALBLK;
+    if (!options.wait) flags |= LKF_NOQUEUE | LKF_NOQUEUEBAST;
+    const LockMode old_mode = lk->mode;
+    const int st = Request(*lk, DlmMode(new_mode), flags, options);
+    if (st != 0) {
+      {
+        absl::MutexLock l(&mu_);
+        lk->busy = false;
+      }
+      return Refusal(*lk, st, options.wait);
+    }
+    absl::MutexLock l(&mu_);
+    lk->busy = false;
+    lk->mode = new_mode;
+    absl::StatusOr<uint64_t> token = TokenForGrant(*lk->ls, *lk, &old_mode, options);
+    if (!token.ok()) {
+      // The conversion happened but the token moved: give the lock back
+      // in its old mode is not possible without a window either way;
+      // release it (the caller's hand-off failed).
+      lk->ls->locks[resource.name].erase(owner.uuid);
+      Unlock(*lk);
+      return token.status();
+    }
+    return latchkey::Grant{new_mode, *token, absl::StrCat(lk->lksb.sb_lkid)};
+  }
+
+  absl::Status Release(const Owner& owner, const Resource& resource) override {
+    std::unique_ptr<Lock> lk;
+    {
+      absl::MutexLock l(&mu_);
+      absl::StatusOr<Lock*> found = FindIdle(owner, resource);
+      if (!found.ok()) return found.status();
+      auto& holders = (*found)->ls->locks[resource.name];
+      lk = std::move(holders[owner.uuid]);
+      holders.erase(owner.uuid);
+      if (holders.empty()) (*found)->ls->locks.erase(resource.name);
+    }
+    if (lk->mode == LockMode::kExclusive) FillLvb(*lk, /*publish=*/false);
+    const int st = Unlock(*lk);
+    if (st != 0) {
+      // The lock may still be held by the DLM: keep it in the table so the
+      // caller sees it and can retry.
+      absl::MutexLock l(&mu_);
+      Lock* raw = lk.get();
+      raw->ls->locks[resource.name][owner.uuid] = std::move(lk);
+      return absl::UnavailableError(absl::StrCat("dlm: releasing ", resource.Describe(),
+                                                 " failed: ", ErrnoText(st)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<HolderInfo>> Inquire(
+      const std::optional<Resource>& resource) override {
+    absl::MutexLock l(&mu_);
+    std::vector<HolderInfo> out;
+    for (auto& [lsname, ls] : lockspaces_) {
+      if (resource && resource->lockspace != lsname) continue;
+      for (auto& [rname, holders] : ls->locks) {
+        if (resource && resource->name != rname) continue;
+        for (auto& [uuid, lk] : holders) {
+          if (lk == nullptr) continue;
+          out.push_back(HolderInfo{lk->owner, lk->resource, lk->mode, lk->token});
+        }
+      }
+    }
+    return out;
+  }
+
+  absl::StatusOr<latchkey::Grant> Adopt(const LockRecord& record) override {
+    auto lk = std::make_unique<Lock>();
+    lk->owner = record.owner;
+    lk->resource = record.resource;
+    lk->dlm_name = record.resource.name;
+    lk->mode = record.mode;
+    lk->token = record.fencing_token;
+    lk->epoch = record.fencing_token >> kSeqBits;
+    lk->lksb.sb_lvbptr = reinterpret_cast<char*>(&lk->lvb);
+    {
+      absl::MutexLock l(&mu_);
+      absl::StatusOr<Lockspace*> ls = OpenLocked(record.resource.lockspace);
+      if (!ls.ok()) return ls.status();
+      lk->ls = *ls;
+      auto& holders = (*ls)->locks[record.resource.name];
+      if (holders.count(record.owner.uuid)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            record.owner.Describe(), " already holds ", record.resource.Describe()));
+      }
+      holders[record.owner.uuid] = nullptr;
+    }
+    Lockspace* ls = lk->ls;
+    // An orphan is handed over by the kernel at once: no completion AST.
+    const int rv = dlm_ls_lock(ls->handle, DlmMode(record.mode), &lk->lksb,
+                               LKF_PERSISTENT | LKF_ORPHAN | LKF_VALBLK, lk->dlm_name.data(),
+                               lk->dlm_name.size(), 0, CompletionAst, lk.get(), BlockingAst,
+                               nullptr);
+    if (rv != 0) {
+      const int e = errno;
+      Unreserve(*ls, record.resource.name, record.owner.uuid);
+      if (e == ENOENT) {
+        return absl::NotFoundError(absl::StrCat(
+            "dlm: no orphan ", ModeName(record.mode), " lock on ", record.resource.Describe(),
+            " is left on this node to adopt (the lock was lost, or released)"));
+      }
+      if (e == EAGAIN) {
+        return absl::NotFoundError(absl::StrCat(
+            "dlm: the orphan lock on ", record.resource.Describe(),
+            " is held in another mode than the journal's ", ModeName(record.mode)));
+      }
+      return absl::UnavailableError(absl::StrCat("dlm: adopting ", record.resource.Describe(),
+                                                 ": ", ErrnoText(e)));
+    }
+    absl::MutexLock l(&mu_);
+    uint64_t& last = ls->last_token[lk->dlm_name];
+    last = std::max(last, lk->token);
+    latchkey::Grant g{record.mode, lk->token, absl::StrCat(lk->lksb.sb_lkid)};
+    ls->locks[record.resource.name][record.owner.uuid] = std::move(lk);
+    return g;
+  }
+
+  absl::Status Health() override {
+    if (const std::string why = WhyNoDlm(); !why.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("dlm: ", why));
+    }
+    if (quorum_ != 0) {
+      int quorate = 0;
+      if (quorum_getquorate(quorum_, &quorate) != CS_OK) {
+        return absl::FailedPreconditionError("dlm: corosync's quorum service does not answer");
+      }
+      if (!quorate) return absl::FailedPreconditionError("dlm: this node has no quorum");
+    }
+    absl::MutexLock l(&mu_);
+    for (auto& [name, ls] : lockspaces_) {
+      if (ls->lost) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("dlm: lockspace ", name, " lost: ", ls->lost_reason));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status PrepareExec() override {
+    // The new program adopts the orphans our closed lockspace fds leave.
+    absl::MutexLock l(&mu_);
+    for (auto& [name, ls] : lockspaces_) {
+      const int fd = dlm_ls_get_fd(ls->handle);
+      if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+        return absl::InternalError(absl::StrCat("dlm: close-on-exec for lockspace ", name,
+                                                ": ", strerror(errno)));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void FinishAdoption() override {
+    // Orphans of this node nobody adopted belong to no owner any more.
+    absl::MutexLock l(&mu_);
+    for (auto& [name, ls] : lockspaces_) {
+      if (ls->handle != nullptr) dlm_ls_purge(ls->handle, static_cast<int>(node_id_), 0);
+    }
+    adoption_done_ = true;
+  }
+
+  std::string StateJson() override {
+    int quorate = -1;
+    if (quorum_ != 0 && quorum_getquorate(quorum_, &quorate) != CS_OK) quorate = -1;
+    absl::MutexLock l(&mu_);
+    std::vector<std::string> lss;
+    for (auto& [name, ls] : lockspaces_) {
+      size_t n = 0;
+      for (auto& [r, h] : ls->locks) n += h.size();
+      lss.push_back(absl::StrCat("{\"name\":\"", name, "\",\"locks\":", n, ",\"state\":\"",
+                                 ls->lost ? "lost" : "joined", "\"",
+                                 ls->lost ? absl::StrCat(",\"reason\":\"", ls->lost_reason, "\"")
+                                          : "",
+                                 "}"));
+    }
+    return absl::StrCat("{\"node_id\":", node_id_, ",\"node\":\"", host_, "\",\"quorate\":",
+                        quorate < 0 ? "null" : (quorate ? "true" : "false"),
+                        ",\"lockspaces\":[", absl::StrJoin(lss, ","), "]}");
+  }
+
+  void WatchLockLoss(LockLossHandler handler) override {
+    absl::MutexLock l(&handler_mu_);
+    handler_ = std::move(handler);
+  }
+
+  // Called from libdlm's completion thread when a request is blocked by
+  // `lk`. Must not take mu_: a thread holding it may wait for an AST.
+  void Blocked(Lock* lk) {
+    absl::MutexLock l(&publish_mu_);
+    to_publish_.insert(lk);
+  }
+
+  static void BlockingAst(void* arg) {
+    Lock* lk = static_cast<Lock*>(arg);
+    if (lk->ls != nullptr && lk->ls->backend != nullptr) lk->ls->backend->Blocked(lk);
+  }
+
+ private:
+  static const char* ModeName(LockMode m) { return LockModeName(m); }
+
+  absl::StatusOr<Lockspace*> OpenLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = lockspaces_.find(name);
+    if (it != lockspaces_.end()) return it->second.get();
+    if (name.size() > DLM_LOCKSPACE_LEN) {
+      return absl::InvalidArgumentError(absl::StrCat("dlm: lockspace name '", name, "' is ",
+                                                     name.size(), " bytes; the DLM allows ",
+                                                     DLM_LOCKSPACE_LEN));
+    }
+    errno = 0;
+    dlm_lshandle_t h = s_.create ? dlm_create_lockspace(name.c_str(), 0600)
+                                 : dlm_open_lockspace(name.c_str());
+    if (h == nullptr) {
+      const int e = errno;
+      if (!s_.create && e == ENOENT) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "dlm: lockspace ", name, " does not exist on this node and create_lockspaces = 0: "
+            "create it first (e.g. dlm_tool join ", name, ") or allow latchkey to create it"));
+      }
+      std::string why = WhyNoDlm();
+      return absl::FailedPreconditionError(absl::StrCat(
+          "dlm: cannot ", s_.create ? "create" : "open", " lockspace ", name, ": ",
+          why.empty() ? ErrnoText(e) : why));
+    }
+    if (dlm_ls_pthread_init(h) != 0) {
+      const int e = errno;
+      dlm_close_lockspace(h);
+      return absl::InternalError(absl::StrCat("dlm: completion thread for lockspace ", name,
+                                              ": ", ErrnoText(e)));
+    }
+    auto ls = std::make_unique<Lockspace>();
+    ls->backend = this;
+    ls->name = name;
+    ls->handle = h;
+    Lockspace* p = ls.get();
+    lockspaces_[name] = std::move(ls);
+    return p;
+  }
+
+  absl::Status Usable(const Lockspace& ls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ls.lost) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "dlm: lockspace ", ls.name, " cannot be used on this node: ", ls.lost_reason));
+    }
+    return absl::OkStatus();
+  }
+
+  void Unreserve(Lockspace& ls, const std::string& rname, const std::string& uuid) {
+    absl::MutexLock l(&mu_);
+    auto it = ls.locks.find(rname);
+    if (it == ls.locks.end()) return;
+    auto h = it->second.find(uuid);
+    if (h != it->second.end() && h->second == nullptr) it->second.erase(h);
+    if (it->second.empty()) ls.locks.erase(it);
+  }
+
+  absl::StatusOr<Lock*> Find(const Owner& owner, const Resource& resource)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto ls = lockspaces_.find(resource.lockspace);
+    if (ls != lockspaces_.end()) {
+      auto r = ls->second->locks.find(resource.name);
+      if (r != ls->second->locks.end()) {
+        auto h = r->second.find(owner.uuid);
+        if (h != r->second.end() && h->second != nullptr) return h->second.get();
+        for (auto& [uuid, other] : r->second) {
+          if (other == nullptr) continue;
+          return absl::PermissionDeniedError(absl::StrCat(
+              owner.Describe(), " does not hold ", resource.Describe(), "; it is held ",
+              LockModeName(other->mode), " by ", other->owner.Describe()));
+        }
+      }
+    }
+    return absl::NotFoundError(
+        absl::StrCat(owner.Describe(), " holds no lock on ", resource.Describe()));
+  }
+
+  // Find, once no convert or publication is working on the lock.
+  absl::StatusOr<Lock*> FindIdle(const Owner& owner, const Resource& resource)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto idle = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      absl::StatusOr<Lock*> f = Find(owner, resource);
+      return !f.ok() || !(*f)->busy;
+    };
+    mu_.Await(absl::Condition(&idle));
+    return Find(owner, resource);
+  }
+
+  // Issues one lock or convert request and waits for its completion AST,
+  // cancelling it when the caller's time runs out. Returns 0 when granted,
+  // else a positive errno (EAGAIN refused, ETIMEDOUT cancelled, ...).
+  int Request(Lock& lk, uint32_t mode, uint32_t flags, const AcquireOptions& options) {
+    absl::MutexLock l(&lk.mu);
+    lk.done = false;
+    lk.status = 0;
+    int rv;
+    {
+      // libdlm may call the AST before dlm_ls_lock returns (from its
+      // thread): it takes lk.mu, so drop it meanwhile.
+      lk.mu.Unlock();
+      rv = dlm_ls_lock(lk.ls->handle, mode, &lk.lksb, flags, lk.dlm_name.data(),
+                       lk.dlm_name.size(), 0, CompletionAst, &lk, BlockingAst, nullptr);
+      const int e = errno;
+      lk.mu.Lock();
+      if (rv != 0) {
+        lk.done = true;
+        return e != 0 ? e : EIO;
+      }
+    }
+    const absl::Time deadline = !options.wait                   ? absl::InfiniteFuture()
+                                : options.timeout == absl::InfiniteDuration()
+                                    ? absl::InfiniteFuture()
+                                    : absl::Now() + options.timeout;
+    if (!lk.mu.AwaitWithDeadline(absl::Condition(&lk.done), deadline)) {
+      // Out of time: cancel; the AST then says which won.
+      lk.mu.Unlock();
+      dlm_ls_unlock(lk.ls->handle, lk.lksb.sb_lkid, LKF_CANCEL, &lk.lksb, &lk);
+      lk.mu.Lock();
+      lk.mu.Await(absl::Condition(&lk.done));
+      if (lk.status == 0) return 0;  // granted just before the cancel
+      return ETIMEDOUT;
+    }
+    if (lk.status == 0) return 0;
+    return -lk.status;
+  }
+
+  // Unlocks `lk` (writing its LVB when exclusive) and waits for the AST.
+  // Returns 0 or an errno.
+  int Unlock(Lock& lk) {
+    absl::MutexLock l(&lk.mu);
+    lk.done = false;
+    lk.mu.Unlock();
+    const uint32_t flags = lk.mode == LockMode::kExclusive ? LKF_VALBLK : 0;
+    const int rv = dlm_ls_unlock(lk.ls->handle, lk.lksb.sb_lkid, flags, &lk.lksb, &lk);
+    const int e = errno;
+    lk.mu.Lock();
+    if (rv != 0) {
+      lk.done = true;
+      return e != 0 ? e : EIO;
+    }
+    lk.mu.Await(absl::Condition(&lk.done));
+    return lk.status == -EUNLOCK || lk.status == 0 ? 0 : -lk.status;
+  }
+
+  void FillLvb(Lock& lk, bool publish) {
+    Lvb v{};
+    v.magic = kLvbMagic;
+    v.epoch = lk.epoch;
+    if (publish) {
+      v.holder_node = node_id_ == 0 ? 1 : node_id_;
+      v.holder_pid = static_cast<uint32_t>(lk.owner.pid);
+      strncpy(v.holder_name, lk.owner.name.c_str(), sizeof(v.holder_name));
+    }
+    lk.lvb = v;
+  }
+
+  // The grant's token from the LVB it read (and the local table), plus the
+  // hand-off check. Sets lk.token and lk.epoch.
+  absl::StatusOr<uint64_t> TokenForGrant(Lockspace& ls, Lock& lk, const LockMode* convert_from,
+                                         const AcquireOptions& options)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const bool lvb_ok = lk.lvb.magic == kLvbMagic && !(lk.lksb.sb_flags & DLM_SBF_VALNOTVALID);
+    uint64_t& last = ls.last_token[lk.dlm_name];
+    uint64_t epoch;
+    // What the DLM read into our LVB: after a PR->CW convert nothing is read,
+    // and our own epoch still stands.
+    const bool read_lvb = convert_from == nullptr || lk.mode == LockMode::kExclusive ||
+                          *convert_from == LockMode::kExclusive;
+    if (!read_lvb) {
+      epoch = lk.epoch;
+    } else if (lvb_ok) {
+      epoch = lk.lvb.epoch;
+    } else {
+      epoch = 0;  // lost: restart from the clock below
+    }
+    if (options.expect_token) {
+      const uint64_t t = *options.expect_token;
+      if (read_lvb && !lvb_ok) {
+        return absl::AbortedError(absl::StrCat(
+            "dlm: ", lk.resource.Describe(), ": fencing token moved since ", t,
+            ": the DLM lost the lock value block (its holder's node failed, or nobody held it "
+            "for a while), so nobody can prove the resource was not taken meanwhile"));
+      }
+      if ((t >> kSeqBits) != epoch) return MovedSince(lk.resource, t);
+    }
+    uint64_t token;
+    if (lk.mode == LockMode::kExclusive && (convert_from == nullptr ||
+                                            *convert_from != LockMode::kExclusive)) {
+      uint64_t e = lvb_ok || !read_lvb ? epoch + 1 : ClockEpoch();
+      e = std::max(e, (last >> kSeqBits) + 1);
+      token = e << kSeqBits;
+    } else {
+      if (read_lvb && !lvb_ok) epoch = ClockEpoch();
+      epoch = std::max(epoch, last >> kSeqBits);
+      uint64_t n = (last >> kSeqBits) == epoch ? (last & kSeqMask) + 1 : 1;
+      if (n > kSeqMask) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "dlm: ", lk.resource.Describe(), ": 65535 grants under one exclusive epoch"));
+      }
+      token = (epoch << kSeqBits) | n;
+    }
+    lk.token = token;
+    lk.epoch = token >> kSeqBits;
+    last = std::max(last, token);
+    FillLvb(lk, false);
+    return token;
+  }
+
+  // Local grants made since `token` that conflict with `mode` (the part of
+  // the hand-off check the LVB cannot see: grants that did not write it).
+  absl::Status LocalHandOffCheck(Lockspace& ls, const Resource& resource, LockMode mode,
+                                 uint64_t token, const Lock* self = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto last = ls.last_token.find(resource.name);
+    if (last != ls.last_token.end()) {
+      if ((last->second >> kSeqBits) == (token >> kSeqBits) && token > last->second) {
+        return MovedSince(resource, token);  // never issued here
+      }
+      if (mode == LockMode::kExclusive && last->second > token) {
+        // Someone here was granted after the token (or the token is older).
+        bool only_self = self != nullptr && self->token == last->second;
+        if (!only_self) return MovedSince(resource, token);
+      }
+    }
+    auto r = ls.locks.find(resource.name);
+    if (r != ls.locks.end()) {
+      for (auto& [uuid, h] : r->second) {
+        if (h == nullptr || h.get() == self) continue;
+        if (h->token > token && !Compatible(h->mode, mode)) return MovedSince(resource, token);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MovedSince(const Resource& resource, uint64_t token) {
+    return absl::AbortedError(absl::StrCat("dlm: ", resource.Describe(),
+                                           ": fencing token moved since ", token,
+                                           ": someone was granted it in a conflicting mode"));
+  }
+
+  absl::Status Refusal(Lock& lk, int err, bool waited) {
+    if (err == EAGAIN || err == ETIMEDOUT || err == EDEADLK) {
+      std::string holder = HolderText(lk);
+      if (err == ETIMEDOUT) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("dlm: timed out waiting for ", lk.resource.Describe(), " (",
+                         LockModeName(lk.mode), "): ", holder));
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "dlm: ", lk.resource.Describe(), " is not available ", LockModeName(lk.mode), ": ",
+          err == EDEADLK ? "conversion deadlock with another holder converting; " : "", holder,
+          waited ? "" : " (no wait)"));
+    }
+    std::string why = WhyNoDlm();
+    return absl::FailedPreconditionError(
+        absl::StrCat("dlm: request for ", lk.resource.Describe(), " in lockspace ",
+                     lk.ls->name, " failed: ", why.empty() ? ErrnoText(err) : why));
+  }
+
+  // Who holds lk.resource in a mode conflicting with lk.mode: a local owner
+  // from the table, else the holder that published itself into the LVB.
+  std::string HolderText(Lock& lk) {
+    {
+      absl::MutexLock l(&mu_);
+      auto r = lk.ls->locks.find(lk.dlm_name);
+      if (r != lk.ls->locks.end()) {
+        std::vector<std::string> names;
+        for (auto& [uuid, h] : r->second) {
+          if (h == nullptr || h.get() == &lk || Compatible(h->mode, lk.mode)) continue;
+          names.push_back(absl::StrCat(LockModeName(h->mode), " by ", h->owner.Describe(),
+                                       " on this node (", host_, ", node ", node_id_, ")"));
+        }
+        if (!names.empty()) return absl::StrCat("held ", absl::StrJoin(names, ", "));
+      }
+    }
+    const absl::Time until = absl::Now() + s_.identity_wait;
+    do {
+      Lock probe;
+      probe.ls = lk.ls;
+      probe.dlm_name = lk.dlm_name;
+      probe.lksb.sb_lvbptr = reinterpret_cast<char*>(&probe.lvb);
+      AcquireOptions o;
+      if (Request(probe, LKM_NLMODE, LKF_VALBLK | LKF_EXPEDITE, o) != 0) break;
+      const Lvb v = probe.lvb;
+      probe.mode = LockMode::kSharedRead;  // an NL unlock writes nothing
+      Unlock(probe);
+      if (v.magic == kLvbMagic && v.holder_node != 0) {
+        std::string name(v.holder_name, strnlen(v.holder_name, sizeof(v.holder_name)));
+        return absl::StrCat("held exclusive by owner ", name, " (pid ", v.holder_pid,
+                            ") on node ", v.holder_node, " (fencing epoch ", v.epoch, ")");
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    } while (absl::Now() < until);
+    return "held in a conflicting mode by another node (its holder did not publish itself: "
+           "a shared holder, or one that does not answer)";
+  }
+
+  static bool Compatible(LockMode a, LockMode b) {
+    if (a == LockMode::kExclusive || b == LockMode::kExclusive) return false;
+    return a == b;
+  }
+
+  // Writes the identity of exclusive holders that block someone (EX->EX
+  // conversion: the DLM then stores our LVB in the resource).
+  void Publisher() {
+    while (true) {
+      std::set<Lock*> asked;
+      {
+        absl::MutexLock l(&publish_mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(publish_mu_) {
+          return publish_stop_ || !to_publish_.empty();
+        };
+        publish_mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
+        if (publish_stop_) return;
+        asked.swap(to_publish_);
+      }
+      for (Lock* lk : asked) {
+        {
+          absl::MutexLock l(&mu_);
+          if (!StillHeld(lk) || lk->busy || lk->mode != LockMode::kExclusive) continue;
+          absl::MutexLock ll(&lk->mu);
+          if (lk->published || !lk->done) continue;
+          lk->published = true;
+          lk->busy = true;
+        }
+        FillLvb(*lk, /*publish=*/true);
+        AcquireOptions o;
+        Request(*lk, LKM_EXMODE, LKF_CONVERT | LKF_PERSISTENT | LKF_VALBLK, o);
+        FillLvb(*lk, /*publish=*/false);  // release then clears the identity
+        absl::MutexLock l(&mu_);
+        lk->busy = false;
+      }
+    }
+  }
+
+  bool StillHeld(Lock* lk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto& [name, ls] : lockspaces_) {
+      for (auto& [r, holders] : ls->locks) {
+        for (auto& [uuid, h] : holders) {
+          if (h.get() == lk) return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  // Watches quorum, dlm_controld and the lockspaces; reports the locks of a
+  // lockspace this node can no longer vouch for.
+  void Monitor() {
+    while (true) {
+      {
+        absl::MutexLock l(&mu_);
+        auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+        mu_.AwaitWithTimeout(absl::Condition(&stop), s_.poll);
+        if (stopping_) return;
+      }
+      std::string why;
+      if (quorum_ != 0) {
+        int quorate = 0;
+        if (quorum_getquorate(quorum_, &quorate) != CS_OK) {
+          why = "corosync stopped answering (its quorum service is gone)";
+        } else if (!quorate) {
+          why = "this node lost quorum (cut off from the cluster, or expelled): the other "
+                "nodes recover its locks";
+        }
+      }
+      if (why.empty() && !ProcessRunning("dlm_controld")) why = "dlm_controld stopped";
+      std::vector<LockLoss> losses;
+      {
+        absl::MutexLock l(&mu_);
+        for (auto& [name, ls] : lockspaces_) {
+          std::string ls_why = why;
+          if (ls_why.empty() && access(absl::StrCat("/sys/kernel/dlm/", name).c_str(), F_OK) != 0) {
+            ls_why = "the lockspace left the kernel";
+          }
+          if (ls_why.empty() || ls->lost) continue;
+          ls->lost = true;
+          ls->lost_reason = ls_why;
+          for (auto& [r, holders] : ls->locks) {
+            for (auto& [uuid, h] : holders) {
+              if (h == nullptr) continue;
+              losses.push_back(LockLoss{h->owner, h->resource,
+                                        absl::StrCat("dlm lockspace ", name, ": ", ls_why)});
+              lost_locks_.push_back(std::move(h));  // its ASTs may still come
+            }
+          }
+          ls->locks.clear();
+        }
+      }
+      if (!losses.empty()) {
+        absl::MutexLock l(&handler_mu_);
+        for (const LockLoss& loss : losses) {
+          if (handler_) handler_(loss);
+        }
+      }
+    }
+  }
+
+  const Settings s_;
+  uint32_t node_id_ = 0;
+  std::string host_;
+  quorum_handle_t quorum_ = 0;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool adoption_done_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, std::unique_ptr<Lockspace>> lockspaces_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex publish_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  bool publish_stop_ ABSL_GUARDED_BY(publish_mu_) = false;
+  std::set<Lock*> to_publish_ ABSL_GUARDED_BY(publish_mu_);
+  std::vector<std::unique_ptr<Lock>> lost_locks_ ABSL_GUARDED_BY(mu_);
+  std::thread monitor_;
+  std::thread publisher_;
+  absl::Mutex handler_mu_;
+  LockLossHandler handler_ ABSL_GUARDED_BY(handler_mu_);
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> NewDlmBackend(const Config& settings) {
+  if (absl::Status st = settings.CheckKeys(
+          {"lockspaces", "create_lockspaces", "poll_ms", "identity_wait_ms", "watch_quorum"});
+      !st.ok()) {
+    return st;
+  }
+  Settings s;
+  absl::StatusOr<std::vector<std::string>> lss = settings.GetStringList("lockspaces", {});
+  if (!lss.ok()) return lss.status();
+  s.lockspaces = *lss;
+  for (const std::string& name : s.lockspaces) {
+    if (absl::Status st = ValidateName("dlm lockspace", name, DLM_LOCKSPACE_LEN); !st.ok()) {
+      const ConfigEntry* e = settings.Find("lockspaces");
+      return absl::InvalidArgumentError(
+          absl::StrCat(e ? e->Where() : "lockspaces", ": ", st.message()));
+    }
+  }
+  absl::StatusOr<bool> create = settings.GetBool("create_lockspaces", true);
+  if (!create.ok()) return create.status();
+  s.create = *create;
+  absl::StatusOr<int64_t> poll = settings.GetInt("poll_ms", 250, 10, 60000);
+  if (!poll.ok()) return poll.status();
+  s.poll = absl::Milliseconds(*poll);
+  absl::StatusOr<int64_t> idw = settings.GetInt("identity_wait_ms", 100, 0, 10000);
+  if (!idw.ok()) return idw.status();
+  s.identity_wait = absl::Milliseconds(*idw);
+  absl::StatusOr<bool> wq = settings.GetBool("watch_quorum", true);
+  if (!wq.ok()) return wq.status();
+  s.watch_quorum = *wq;
+  auto backend = std::make_unique<DlmBackend>(s);
+  if (absl::Status st = backend->Start(); !st.ok()) return st;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace
+}  // namespace dlmbe
+}  // namespace latchkey
+
+LATCHKEY_EXPORT_BACKEND("dlm", "Linux kernel DLM locks with corosync (libdlm)",
+                        latchkey::dlmbe::kCapabilities, latchkey::dlmbe::NewDlmBackend);

@@ -1,0 +1,211 @@
+// dlm_bench_node: the part of the DLM benchmark that runs on a lab node.
+//
+//   dlm_bench_node cycles PLUGIN_DIR LOCKSPACE NAME N ROUNDS
+//       N exclusive acquire+release cycles through latchkey's dlm backend
+//       (resource NAME-lk) and through raw libdlm (NAME-raw), alternating in
+//       ROUNDS blocks; prints "raw|latchkey median p90 mean" in microseconds.
+//   dlm_bench_node hold-nl LOCKSPACE NAME...
+//       holds an NL lock on each name (so this node masters the resources)
+//       until stdin closes or it is killed.
+//   dlm_bench_node handoff PLUGIN_DIR LOCKSPACE NAME N HOLD_MS OUT
+//       N times: wait for an exclusive lock on NAME, hold it HOLD_MS, release;
+//       writes "grant|release UNIX_NS" lines to OUT.
+//   dlm_bench_node hold PLUGIN_DIR LOCKSPACE NAME OUT
+//       takes NAME exclusively (waiting), writes "grant UNIX_NS" to OUT,
+//       holds it until killed.
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include <libdlm.h>
+}
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/plugin_loader.h"
+
+using namespace latchkey;
+
+namespace {
+
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+int64_t MonoNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+int Die(const std::string& what) {
+  fprintf(stderr, "dlm_bench_node: %s\n", what.c_str());
+  return 1;
+}
+
+std::unique_ptr<Backend> Open(const std::string& plugin_dir, const std::string& ls, bool* ok) {
+  absl::StatusOr<Config> c = Config::ParseText(
+      absl::StrCat("lockspaces = [ \"", ls, "\" ]\nwatch_quorum = 1\n"), "<bench>");
+  absl::StatusOr<std::unique_ptr<Backend>> b =
+      c.ok() ? LoadBackend({plugin_dir}, "dlm", *c)
+             : absl::StatusOr<std::unique_ptr<Backend>>(c.status());
+  if (!b.ok()) {
+    fprintf(stderr, "dlm_bench_node: %s\n", b.status().ToString().c_str());
+    *ok = false;
+    return nullptr;
+  }
+  *ok = true;
+  return std::move(*b);
+}
+
+Owner BenchOwner() {
+  Owner o;
+  o.uuid = RandomUuid();
+  o.name = "bench";
+  o.pid = getpid();
+  return o;
+}
+
+void Report(const char* what, std::vector<double> us) {
+  std::sort(us.begin(), us.end());
+  double sum = 0;
+  for (double v : us) sum += v;
+  printf("%s %.1f %.1f %.1f\n", what, us[us.size() / 2], us[us.size() * 9 / 10],
+         sum / us.size());
+}
+
+int Cycles(int argc, char** argv) {
+  if (argc != 7) return Die("cycles PLUGIN_DIR LOCKSPACE NAME N ROUNDS");
+  const std::string ls_name = argv[3], name = argv[4];
+  int n = 0, rounds = 0;
+  if (!absl::SimpleAtoi(argv[5], &n) || !absl::SimpleAtoi(argv[6], &rounds) || n < 1 ||
+      rounds < 1) {
+    return Die("N and ROUNDS must be positive numbers");
+  }
+  bool ok;
+  std::unique_ptr<Backend> b = Open(argv[2], ls_name, &ok);
+  if (!ok) return 1;
+  dlm_lshandle_t ls = dlm_create_lockspace(ls_name.c_str(), 0600);
+  if (ls == nullptr || dlm_ls_pthread_init(ls) != 0) {
+    return Die(absl::StrCat("lockspace ", ls_name, ": ", strerror(errno)));
+  }
+  const std::string raw_name = name + "-raw";
+  const Owner owner = BenchOwner();
+  absl::StatusOr<Resource> res = Resource::Lease(ls_name, name + "-lk");
+  if (!res.ok()) return Die(res.status().ToString());
+  std::vector<double> raw, lk;
+  for (int r = 0; r < rounds; ++r) {
+    for (int i = 0; i < n; ++i) {
+      dlm_lksb lksb{};
+      const int64_t t0 = MonoNs();
+      if (dlm_ls_lock_wait(ls, LKM_EXMODE, &lksb, 0, raw_name.data(), raw_name.size(), 0, nullptr,
+                           nullptr, nullptr) != 0 ||
+          lksb.sb_status != 0) {
+        return Die(absl::StrCat("raw lock: ", strerror(errno), " status ", lksb.sb_status));
+      }
+      if (dlm_ls_unlock_wait(ls, lksb.sb_lkid, 0, &lksb) != 0) return Die("raw unlock failed");
+      raw.push_back((MonoNs() - t0) / 1000.0);
+    }
+    for (int i = 0; i < n; ++i) {
+      const int64_t t0 = MonoNs();
+      absl::StatusOr<Grant> g = b->Acquire(owner, *res, LockMode::kExclusive, {});
+      if (!g.ok()) return Die(g.status().ToString());
+      if (absl::Status st = b->Release(owner, *res); !st.ok()) return Die(st.ToString());
+      lk.push_back((MonoNs() - t0) / 1000.0);
+    }
+  }
+  Report("raw", raw);
+  Report("latchkey", lk);
+  dlm_close_lockspace(ls);
+  return 0;
+}
+
+int HoldNl(int argc, char** argv) {
+  if (argc < 4) return Die("hold-nl LOCKSPACE NAME...");
+  dlm_lshandle_t ls = dlm_create_lockspace(argv[2], 0600);
+  if (ls == nullptr || dlm_ls_pthread_init(ls) != 0) return Die("lockspace");
+  std::vector<dlm_lksb> lksbs(argc - 3);
+  for (int i = 3; i < argc; ++i) {
+    if (dlm_ls_lock_wait(ls, LKM_NLMODE, &lksbs[i - 3], 0, argv[i], strlen(argv[i]), 0, nullptr,
+                         nullptr, nullptr) != 0) {
+      return Die(absl::StrCat("NL on ", argv[i], ": ", strerror(errno)));
+    }
+  }
+  printf("holding\n");
+  fflush(stdout);
+  char c;
+  while (read(0, &c, 1) > 0) {
+  }
+  return 0;
+}
+
+int Handoff(int argc, char** argv) {
+  if (argc != 8) return Die("handoff PLUGIN_DIR LOCKSPACE NAME N HOLD_MS OUT");
+  int n = 0, hold_ms = 0;
+  if (!absl::SimpleAtoi(argv[5], &n) || !absl::SimpleAtoi(argv[6], &hold_ms)) {
+    return Die("N and HOLD_MS must be numbers");
+  }
+  bool ok;
+  std::unique_ptr<Backend> b = Open(argv[2], argv[3], &ok);
+  if (!ok) return 1;
+  absl::StatusOr<Resource> res = Resource::Lease(argv[3], argv[4]);
+  if (!res.ok()) return Die(res.status().ToString());
+  FILE* out = fopen(argv[7], "w");
+  if (out == nullptr) return Die(absl::StrCat(argv[7], ": ", strerror(errno)));
+  const Owner owner = BenchOwner();
+  AcquireOptions wait;
+  wait.wait = true;
+  wait.timeout = absl::InfiniteDuration();
+  for (int i = 0; i < n; ++i) {
+    absl::StatusOr<Grant> g = b->Acquire(owner, *res, LockMode::kExclusive, wait);
+    if (!g.ok()) return Die(g.status().ToString());
+    fprintf(out, "grant %lld\n", static_cast<long long>(NowNs()));
+    usleep(hold_ms * 1000);
+    const int64_t rel = NowNs();
+    if (absl::Status st = b->Release(owner, *res); !st.ok()) return Die(st.ToString());
+    fprintf(out, "release %lld\n", static_cast<long long>(rel));
+    usleep(1000);  // let the other node's waiter in
+  }
+  fclose(out);
+  return 0;
+}
+
+int Hold(int argc, char** argv) {
+  if (argc != 6) return Die("hold PLUGIN_DIR LOCKSPACE NAME OUT");
+  bool ok;
+  std::unique_ptr<Backend> b = Open(argv[2], argv[3], &ok);
+  if (!ok) return 1;
+  absl::StatusOr<Resource> res = Resource::Lease(argv[3], argv[4]);
+  if (!res.ok()) return Die(res.status().ToString());
+  AcquireOptions wait;
+  wait.wait = true;
+  wait.timeout = absl::InfiniteDuration();
+  absl::StatusOr<Grant> g = b->Acquire(BenchOwner(), *res, LockMode::kExclusive, wait);
+  if (!g.ok()) return Die(g.status().ToString());
+  FILE* out = fopen(argv[5], "w");
+  if (out == nullptr) return Die(argv[5]);
+  fprintf(out, "grant %lld\n", static_cast<long long>(NowNs()));
+  fclose(out);
+  while (true) pause();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "cycles") return Cycles(argc, argv);
+  if (cmd == "hold-nl") return HoldNl(argc, argv);
+  if (cmd == "handoff") return Handoff(argc, argv);
+  if (cmd == "hold") return Hold(argc, argv);
+  return Die("usage: dlm_bench_node cycles|hold-nl|handoff|hold ...");
+}
