@@ -37,6 +37,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <fstream>
@@ -67,6 +68,7 @@ namespace {
 constexpr int kSeqBits = 16;
 constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
 constexpr uint32_t kLvbMagic = 0x31544b4c;  // "LKT1"
+constexpr size_t kMaxAnchors = 4096;  // NL anchors kept per lockspace
 
 constexpr lk_capabilities kCapabilities = {
     (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_SHARED_WRITE) | (1u << LK_MODE_EXCLUSIVE),
@@ -86,6 +88,38 @@ struct Lvb {
   char holder_name[12];  // owner name, cut
 };
 static_assert(sizeof(Lvb) == DLM_LVB_LEN, "the DLM's user LVB is 32 bytes");
+
+// The lockspace device's write request, as linux/dlm_device.h (device
+// version 6.0.2) lays it out; that header cannot be included next to
+// libdlm.h (both define struct dlm_lksb).
+struct DeviceLockParams {
+  uint8_t mode;
+  uint8_t namelen;
+  uint16_t unused;
+  uint32_t flags;
+  uint32_t lkid;
+  uint32_t parent;
+  uint64_t xid;
+  uint64_t timeout;
+  void* castparam;
+  void* castaddr;
+  void* bastparam;
+  void* bastaddr;
+  dlm_lksb* lksb;
+  char lvb[DLM_LVB_LEN];
+};
+struct DeviceRequest {
+  uint32_t version[3];
+  uint8_t cmd;
+  uint8_t is64bit;
+  uint8_t unused[2];
+  DeviceLockParams lock;
+};
+constexpr uint32_t kDeviceVersion[3] = {6, 0, 2};
+constexpr uint8_t kDeviceUnlock = 2;  // DLM_USER_UNLOCK
+static_assert(sizeof(DeviceRequest) == 120, "dlm_write_request on 64-bit");
+
+size_t ModeIndex(LockMode m) { return static_cast<size_t>(m) - 1; }
 
 uint32_t DlmMode(LockMode m) {
   switch (m) {
@@ -187,6 +221,9 @@ struct Lock {
   bool busy = false;
 };
 
+// libdlm's completion thread: sb_status is positive here (0 granted,
+// EAGAIN refused, ECANCEL cancelled, EUNLOCK unlocked), libdlm flips the
+// kernel's sign.
 void CompletionAst(void* arg) {
   Lock* lk = static_cast<Lock*>(arg);
   absl::MutexLock l(&lk->mu);
@@ -203,8 +240,17 @@ struct Lockspace {
   // Locks granted here, by resource name then owner uuid (guarded by the
   // backend's mu_).
   std::map<std::string, std::map<std::string, std::unique_ptr<Lock>>> locks;
-  // Highest token granted here per DLM resource name, kept after release.
+  // Highest token granted here per DLM resource name, kept after release,
+  // overall and per mode (index: LockMode - 1).
   std::map<std::string, uint64_t> last_token;
+  std::map<std::string, std::array<uint64_t, 3>> last_by_mode;
+  // An NL lock per resource used here: the DLM drops a resource's LVB (our
+  // epoch) the moment its last lock goes; an NL holder keeps it.
+  std::map<std::string, std::unique_ptr<Lock>> anchors;
+  std::vector<std::string> anchor_order;  // oldest first
+  // The epoch standing for "no exclusive grant since our anchor was taken"
+  // while the resource's LVB was never written (erased with the anchor).
+  std::map<std::string, uint64_t> empty_epoch;
   bool lost = false;
   std::string lost_reason;
 };
@@ -302,6 +348,7 @@ class DlmBackend final : public Backend {
       holders[owner.uuid] = nullptr;  // reserved while the request runs
     }
     Lockspace* ls = lk->ls;
+    Anchor(*ls, resource.name);
     uint32_t flags = LKF_PERSISTENT | LKF_VALBLK;
     if (!options.wait) flags |= LKF_NOQUEUE | LKF_NOQUEUEBAST;
     lk->lksb.sb_lvbptr = reinterpret_cast<char*>(&lk->lvb);
@@ -456,6 +503,7 @@ class DlmBackend final : public Backend {
       return absl::UnavailableError(absl::StrCat("dlm: adopting ", record.resource.Describe(),
                                                  ": ", ErrnoText(e)));
     }
+    Anchor(*ls, record.resource.name);
     absl::MutexLock l(&mu_);
     uint64_t& last = ls->last_token[lk->dlm_name];
     last = std::max(last, lk->token);
@@ -635,7 +683,8 @@ class DlmBackend final : public Backend {
 
   // Issues one lock or convert request and waits for its completion AST,
   // cancelling it when the caller's time runs out. Returns 0 when granted,
-  // else a positive errno (EAGAIN refused, ETIMEDOUT cancelled, ...).
+  // else a positive code (EAGAIN refused, ETIMEDOUT cancelled, EDEADLK, an
+  // errno of the request itself).
   int Request(Lock& lk, uint32_t mode, uint32_t flags, const AcquireOptions& options) {
     absl::MutexLock l(&lk.mu);
     lk.done = false;
@@ -667,26 +716,78 @@ class DlmBackend final : public Backend {
       if (lk.status == 0) return 0;  // granted just before the cancel
       return ETIMEDOUT;
     }
-    if (lk.status == 0) return 0;
-    return -lk.status;
+    return lk.status;
   }
 
   // Unlocks `lk` (writing its LVB when exclusive) and waits for the AST.
-  // Returns 0 or an errno.
+  // Returns 0 or an errno. The request is written to the lockspace device
+  // here, not through dlm_ls_unlock: libdlm 4.2 sends uninitialised bytes as
+  // the LVB of an unlock, which the kernel stores for an EX holder.
   int Unlock(Lock& lk) {
     absl::MutexLock l(&lk.mu);
     lk.done = false;
+    DeviceRequest req;
+    memset(&req, 0, sizeof(req));
+    memcpy(req.version, kDeviceVersion, sizeof(req.version));
+    req.cmd = kDeviceUnlock;
+    req.is64bit = sizeof(void*) == 8;
+    req.lock.lkid = lk.lksb.sb_lkid;
+    req.lock.lksb = &lk.lksb;
+    req.lock.castparam = &lk;  // the lock's completion AST stays
+    if (lk.mode == LockMode::kExclusive) {
+      req.lock.flags = LKF_VALBLK;
+      memcpy(req.lock.lvb, &lk.lvb, DLM_LVB_LEN);
+    }
+    lk.lksb.sb_status = EINPROG;
     lk.mu.Unlock();
-    const uint32_t flags = lk.mode == LockMode::kExclusive ? LKF_VALBLK : 0;
-    const int rv = dlm_ls_unlock(lk.ls->handle, lk.lksb.sb_lkid, flags, &lk.lksb, &lk);
+    const ssize_t rv = write(dlm_ls_get_fd(lk.ls->handle), &req, sizeof(req));
     const int e = errno;
     lk.mu.Lock();
-    if (rv != 0) {
+    if (rv < 0) {
       lk.done = true;
       return e != 0 ? e : EIO;
     }
     lk.mu.Await(absl::Condition(&lk.done));
-    return lk.status == -EUNLOCK || lk.status == 0 ? 0 : -lk.status;
+    return lk.status == EUNLOCK || lk.status == 0 ? 0 : lk.status;
+  }
+
+  // Takes the resource's NL anchor once (see Lockspace::anchors).
+  void Anchor(Lockspace& ls, const std::string& name) {
+    {
+      absl::MutexLock l(&mu_);
+      if (ls.anchors.count(name)) return;
+      ls.anchors[name] = nullptr;  // being taken
+    }
+    auto a = std::make_unique<Lock>();
+    a->ls = &ls;
+    a->dlm_name = name;
+    a->mode = LockMode::kSharedRead;  // for Unlock: writes no LVB
+    AcquireOptions o;
+    const int st = Request(*a, LKM_NLMODE, 0, o);
+    std::vector<std::unique_ptr<Lock>> evicted;
+    {
+      absl::MutexLock l(&mu_);
+      if (st != 0) {
+        ls.anchors.erase(name);
+        return;
+      }
+      ls.anchors[name] = std::move(a);
+      ls.anchor_order.push_back(name);
+      // Bounded: drop the oldest anchors of resources nobody here holds.
+      for (size_t i = 0; ls.anchor_order.size() > kMaxAnchors && i < ls.anchor_order.size();) {
+        const std::string& old = ls.anchor_order[i];
+        auto it = ls.anchors.find(old);
+        if (it != ls.anchors.end() && it->second != nullptr && !ls.locks.count(old)) {
+          evicted.push_back(std::move(it->second));
+          ls.anchors.erase(it);
+          ls.empty_epoch.erase(old);
+          ls.anchor_order.erase(ls.anchor_order.begin() + i);
+        } else {
+          ++i;
+        }
+      }
+    }
+    for (auto& old : evicted) Unlock(*old);
   }
 
   void FillLvb(Lock& lk, bool publish) {
@@ -706,38 +807,48 @@ class DlmBackend final : public Backend {
   absl::StatusOr<uint64_t> TokenForGrant(Lockspace& ls, Lock& lk, const LockMode* convert_from,
                                          const AcquireOptions& options)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const bool lvb_ok = lk.lvb.magic == kLvbMagic && !(lk.lksb.sb_flags & DLM_SBF_VALNOTVALID);
     uint64_t& last = ls.last_token[lk.dlm_name];
-    uint64_t epoch;
     // What the DLM read into our LVB: after a PR->CW convert nothing is read,
     // and our own epoch still stands.
     const bool read_lvb = convert_from == nullptr || lk.mode == LockMode::kExclusive ||
                           *convert_from == LockMode::kExclusive;
+    const bool not_valid = lk.lksb.sb_flags & DLM_SBF_VALNOTVALID;
+    uint64_t epoch = 0;
+    bool lost = false;  // the LVB cannot say what happened before
     if (!read_lvb) {
       epoch = lk.epoch;
-    } else if (lvb_ok) {
+    } else if (lk.lvb.magic == kLvbMagic && !not_valid) {
       epoch = lk.lvb.epoch;
+    } else if (lk.lvb.magic == 0 && !not_valid && ls.anchors[lk.dlm_name] != nullptr) {
+      // Never written while our NL anchor held the resource: no exclusive
+      // grant since the anchor was taken. One clock epoch stands for that.
+      uint64_t& empty = ls.empty_epoch[lk.dlm_name];
+      if (empty == 0) empty = std::max(ClockEpoch(), (last >> kSeqBits) + 1);
+      epoch = empty;
     } else {
-      epoch = 0;  // lost: restart from the clock below
+      lost = true;
+      ls.empty_epoch.erase(lk.dlm_name);
     }
     if (options.expect_token) {
       const uint64_t t = *options.expect_token;
-      if (read_lvb && !lvb_ok) {
+      if (lost) {
         return absl::AbortedError(absl::StrCat(
             "dlm: ", lk.resource.Describe(), ": fencing token moved since ", t,
-            ": the DLM lost the lock value block (its holder's node failed, or nobody held it "
-            "for a while), so nobody can prove the resource was not taken meanwhile"));
+            ": the DLM lost the lock value block (its exclusive holder's node failed, or "
+            "nobody held the resource for a while), so nobody can prove it was not taken "
+            "meanwhile"));
       }
       if ((t >> kSeqBits) != epoch) return MovedSince(lk.resource, t);
     }
+    const bool lvb_ok = !lost;
     uint64_t token;
     if (lk.mode == LockMode::kExclusive && (convert_from == nullptr ||
                                             *convert_from != LockMode::kExclusive)) {
-      uint64_t e = lvb_ok || !read_lvb ? epoch + 1 : ClockEpoch();
+      uint64_t e = lvb_ok ? epoch + 1 : ClockEpoch();
       e = std::max(e, (last >> kSeqBits) + 1);
       token = e << kSeqBits;
     } else {
-      if (read_lvb && !lvb_ok) epoch = ClockEpoch();
+      if (!lvb_ok) epoch = ClockEpoch();
       epoch = std::max(epoch, last >> kSeqBits);
       uint64_t n = (last >> kSeqBits) == epoch ? (last & kSeqMask) + 1 : 1;
       if (n > kSeqMask) {
@@ -749,6 +860,8 @@ class DlmBackend final : public Backend {
     lk.token = token;
     lk.epoch = token >> kSeqBits;
     last = std::max(last, token);
+    uint64_t& by_mode = ls.last_by_mode[lk.dlm_name][ModeIndex(lk.mode)];
+    by_mode = std::max(by_mode, token);
     FillLvb(lk, false);
     return token;
   }
@@ -759,14 +872,17 @@ class DlmBackend final : public Backend {
                                  uint64_t token, const Lock* self = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto last = ls.last_token.find(resource.name);
-    if (last != ls.last_token.end()) {
-      if ((last->second >> kSeqBits) == (token >> kSeqBits) && token > last->second) {
-        return MovedSince(resource, token);  // never issued here
-      }
-      if (mode == LockMode::kExclusive && last->second > token) {
-        // Someone here was granted after the token (or the token is older).
-        bool only_self = self != nullptr && self->token == last->second;
-        if (!only_self) return MovedSince(resource, token);
+    if (last != ls.last_token.end() && (last->second >> kSeqBits) == (token >> kSeqBits) &&
+        token > last->second) {
+      return MovedSince(resource, token);  // never issued here
+    }
+    auto by_mode = ls.last_by_mode.find(resource.name);
+    if (by_mode != ls.last_by_mode.end()) {
+      for (LockMode m : {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive}) {
+        const uint64_t t = by_mode->second[ModeIndex(m)];
+        if (t > token && !Compatible(m, mode) && !(self != nullptr && self->token == t)) {
+          return MovedSince(resource, token);
+        }
       }
     }
     auto r = ls.locks.find(resource.name);
