@@ -193,9 +193,15 @@ std::string WhyNoDlm() {
     return "the DLM control device (/dev/misc/dlm-control) is missing: is the dlm kernel "
            "module loaded?";
   }
-  if (!ProcessRunning("corosync")) return "corosync is not running on this node";
-  if (!ProcessRunning("dlm_controld")) return "dlm_controld is not running on this node";
-  return "";
+  // Both are named when both are gone: the other nodes' dlm_controld kill a
+  // node's corosync as soon as its dlm_controld dies.
+  std::vector<std::string> missing;
+  for (const char* daemon : {"corosync", "dlm_controld"}) {
+    if (!ProcessRunning(daemon)) missing.push_back(daemon);
+  }
+  if (missing.empty()) return "";
+  return absl::StrCat(absl::StrJoin(missing, " and "), missing.size() > 1 ? " are" : " is",
+                      " not running on this node");
 }
 
 struct Lockspace;
@@ -278,7 +284,10 @@ class DlmBackend final : public Backend {
     }
     if (monitor_.joinable()) monitor_.join();
     if (publisher_.joinable()) publisher_.join();
-    if (quorum_ != 0) quorum_finalize(quorum_);
+    {
+      absl::MutexLock l(&quorum_mu_);
+      if (quorum_ != 0) quorum_finalize(quorum_);
+    }
     // Closing a lockspace leaves every (persistent) lock held as an orphan
     // for the next instance to adopt. The Lock objects stay allocated: a
     // late AST could still name them until the handle is closed.
@@ -298,6 +307,7 @@ class DlmBackend final : public Backend {
       return absl::FailedPreconditionError(absl::StrCat("dlm: ", why));
     }
     if (s_.watch_quorum) {
+      absl::MutexLock l(&quorum_mu_);
       uint32_t type = 0;
       if (quorum_initialize(&quorum_, nullptr, &type) != CS_OK) {
         quorum_ = 0;
@@ -516,13 +526,11 @@ class DlmBackend final : public Backend {
     if (const std::string why = WhyNoDlm(); !why.empty()) {
       return absl::FailedPreconditionError(absl::StrCat("dlm: ", why));
     }
-    if (quorum_ != 0) {
-      int quorate = 0;
-      if (quorum_getquorate(quorum_, &quorate) != CS_OK) {
-        return absl::FailedPreconditionError("dlm: corosync's quorum service does not answer");
-      }
-      if (!quorate) return absl::FailedPreconditionError("dlm: this node has no quorum");
+    const int q = Quorate();
+    if (q == kQuorumGone || (q == kQuorumUnwatched && s_.watch_quorum)) {
+      return absl::FailedPreconditionError("dlm: corosync's quorum service does not answer");
     }
+    if (q == 0) return absl::FailedPreconditionError("dlm: this node has no quorum");
     absl::MutexLock l(&mu_);
     for (auto& [name, ls] : lockspaces_) {
       if (ls->lost) {
@@ -556,8 +564,7 @@ class DlmBackend final : public Backend {
   }
 
   std::string StateJson() override {
-    int quorate = -1;
-    if (quorum_ != 0 && quorum_getquorate(quorum_, &quorate) != CS_OK) quorate = -1;
+    const int quorate = Quorate();
     absl::MutexLock l(&mu_);
     std::vector<std::string> lss;
     for (auto& [name, ls] : lockspaces_) {
@@ -570,7 +577,7 @@ class DlmBackend final : public Backend {
                                  "}"));
     }
     return absl::StrCat("{\"node_id\":", node_id_, ",\"node\":\"", host_, "\",\"quorate\":",
-                        quorate < 0 ? "null" : (quorate ? "true" : "false"),
+                        quorate == 1 ? "true" : (quorate == 0 ? "false" : "null"),
                         ",\"lockspaces\":[", absl::StrJoin(lss, ","), "]}");
   }
 
@@ -1007,6 +1014,31 @@ class DlmBackend final : public Backend {
     return false;
   }
 
+  static constexpr int kQuorumBusy = -2;  // corosync busy (membership change)
+  static constexpr int kQuorumGone = -1;  // corosync does not answer
+  static constexpr int kQuorumUnwatched = 2;
+
+  // 1 quorate, 0 not, or kQuorumBusy / kQuorumGone / kQuorumUnwatched.
+  // Reconnects once when the IPC connection broke.
+  int Quorate() {
+    absl::MutexLock l(&quorum_mu_);
+    if (quorum_ == 0) return kQuorumUnwatched;
+    int quorate = 0;
+    cs_error_t rc = quorum_getquorate(quorum_, &quorate);
+    if (rc != CS_OK && rc != CS_ERR_TRY_AGAIN) {
+      quorum_finalize(quorum_);
+      uint32_t type = 0;
+      if (quorum_initialize(&quorum_, nullptr, &type) != CS_OK) {
+        quorum_ = 0;
+        return kQuorumGone;
+      }
+      rc = quorum_getquorate(quorum_, &quorate);
+    }
+    if (rc == CS_ERR_TRY_AGAIN) return kQuorumBusy;
+    if (rc != CS_OK) return kQuorumGone;
+    return quorate ? 1 : 0;
+  }
+
   // Watches quorum, dlm_controld and the lockspaces; reports the locks of a
   // lockspace this node can no longer vouch for.
   void Monitor() {
@@ -1018,14 +1050,14 @@ class DlmBackend final : public Backend {
         if (stopping_) return;
       }
       std::string why;
-      if (quorum_ != 0) {
-        int quorate = 0;
-        if (quorum_getquorate(quorum_, &quorate) != CS_OK) {
-          why = "corosync stopped answering (its quorum service is gone)";
-        } else if (!quorate) {
-          why = "this node lost quorum (cut off from the cluster, or expelled): the other "
-                "nodes recover its locks";
-        }
+      const int q = Quorate();
+      if (q == kQuorumBusy) continue;
+      if (q == kQuorumGone) {
+        why = ProcessRunning("corosync") ? "corosync stopped answering (its quorum service fails)"
+                                         : "corosync stopped on this node";
+      } else if (q == 0) {
+        why = "this node lost quorum (cut off from the cluster, or expelled): the other "
+              "nodes recover its locks";
       }
       if (why.empty() && !ProcessRunning("dlm_controld")) why = "dlm_controld stopped";
       std::vector<LockLoss> losses;
@@ -1062,7 +1094,8 @@ class DlmBackend final : public Backend {
   const Settings s_;
   uint32_t node_id_ = 0;
   std::string host_;
-  quorum_handle_t quorum_ = 0;
+  absl::Mutex quorum_mu_;
+  quorum_handle_t quorum_ ABSL_GUARDED_BY(quorum_mu_) = 0;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool adoption_done_ ABSL_GUARDED_BY(mu_) = false;

@@ -13,12 +13,19 @@
 //   dlm_bench_node hold PLUGIN_DIR LOCKSPACE NAME OUT
 //       takes NAME exclusively (waiting), writes "grant UNIX_NS" to OUT,
 //       holds it until killed.
+//   dlm_bench_node serve PLUGIN_DIR LOCKSPACE FIFO OUT
+//       one backend serving requests read from FIFO, one per line:
+//       "SEQ acquire|convert OWNER NAME MODE [WAIT_MS]" or "SEQ release OWNER
+//       NAME"; appends "SEQ ok TOKEN" or "SEQ error CODE MESSAGE" to OUT.
+//       OWNER is any word (one owner per word). For tests across nodes.
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +80,9 @@ Owner BenchOwner() {
   o.uuid = RandomUuid();
   o.name = "bench";
   o.pid = getpid();
+  char host[65] = {0};
+  gethostname(host, sizeof(host) - 1);
+  o.host = host;
   return o;
 }
 
@@ -199,6 +209,59 @@ int Hold(int argc, char** argv) {
   while (true) pause();
 }
 
+int Serve(int argc, char** argv) {
+  if (argc != 6) return Die("serve PLUGIN_DIR LOCKSPACE FIFO OUT");
+  bool ok;
+  std::unique_ptr<Backend> b = Open(argv[2], argv[3], &ok);
+  if (!ok) return 1;
+  FILE* in = fopen(argv[4], "r+");  // r+: no EOF when a writer goes
+  if (in == nullptr) return Die(absl::StrCat(argv[4], ": ", strerror(errno)));
+  std::map<std::string, Owner> owners;
+  char line[1024];
+  while (fgets(line, sizeof(line), in) != nullptr) {
+    char seq[32] = {0}, op[32] = {0}, who[64] = {0}, name[128] = {0}, mode[32] = {0};
+    long wait_ms = -1;
+    const int n = sscanf(line, "%31s %31s %63s %127s %31s %ld", seq, op, who, name, mode, &wait_ms);
+    std::string result;
+    absl::StatusOr<Resource> res = Resource::Lease(argv[3], name);
+    if (n < 4 || !res.ok()) {
+      result = absl::StrCat("error 3 bad request: ", line);
+    } else {
+      if (!owners.count(who)) {
+        Owner o = BenchOwner();
+        o.name = who;
+        owners[who] = o;
+      }
+      const Owner& o = owners[who];
+      absl::StatusOr<LockMode> m = ParseLockMode(mode);
+      AcquireOptions opts;
+      if (wait_ms >= 0) {
+        opts.wait = true;
+        opts.timeout = absl::Milliseconds(wait_ms);
+      }
+      absl::Status st;
+      uint64_t token = 0;
+      if (std::string(op) == "release") {
+        st = b->Release(o, *res);
+      } else if (!m.ok()) {
+        st = m.status();
+      } else {
+        absl::StatusOr<Grant> g = std::string(op) == "convert" ? b->Convert(o, *res, *m, opts)
+                                                               : b->Acquire(o, *res, *m, opts);
+        st = g.status();
+        if (g.ok()) token = g->fencing_token;
+      }
+      result = st.ok() ? absl::StrCat("ok ", token)
+                       : absl::StrCat("error ", static_cast<int>(st.code()), " ", st.message());
+    }
+    FILE* out = fopen(argv[5], "a");
+    if (out == nullptr) return Die(argv[5]);
+    fprintf(out, "%s %s\n", seq, result.c_str());
+    fclose(out);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -207,5 +270,6 @@ int main(int argc, char** argv) {
   if (cmd == "hold-nl") return HoldNl(argc, argv);
   if (cmd == "handoff") return Handoff(argc, argv);
   if (cmd == "hold") return Hold(argc, argv);
+  if (cmd == "serve") return Serve(argc, argv);
   return Die("usage: dlm_bench_node cycles|hold-nl|handoff|hold ...");
 }
