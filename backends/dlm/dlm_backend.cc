@@ -804,7 +804,8 @@ class DlmBackend final : public Backend {
     if (publish) {
       v.holder_node = node_id_ == 0 ? 1 : node_id_;
       v.holder_pid = static_cast<uint32_t>(lk.owner.pid);
-      strncpy(v.holder_name, lk.owner.name.c_str(), sizeof(v.holder_name));
+      memcpy(v.holder_name, lk.owner.name.data(),
+             std::min(lk.owner.name.size(), sizeof(v.holder_name)));
     }
     lk.lvb = v;
   }

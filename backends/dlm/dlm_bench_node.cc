@@ -2,8 +2,9 @@
 //
 //   dlm_bench_node cycles PLUGIN_DIR LOCKSPACE NAME N ROUNDS
 //       N exclusive acquire+release cycles through latchkey's dlm backend
-//       (resource NAME-lk) and through raw libdlm (NAME-raw), alternating in
-//       ROUNDS blocks; prints "raw|latchkey median p90 mean" in microseconds.
+//       (resource NAME-lk) and through raw libdlm (NAME-raw: asynchronous
+//       calls, and dlm_ls_lock_wait), alternating in ROUNDS blocks; prints
+//       "raw|raw_wait|latchkey median p90 mean" in microseconds.
 //   dlm_bench_node hold-nl LOCKSPACE NAME...
 //       holds an NL lock on each name (so this node masters the resources)
 //       until stdin closes or it is killed.
@@ -23,7 +24,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <map>
 #include <optional>
 #include <string>
@@ -94,6 +97,40 @@ void Report(const char* what, std::vector<double> us) {
          sum / us.size());
 }
 
+// One raw libdlm lock driven with the asynchronous calls.
+struct RawLock {
+  dlm_lksb lksb{};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  int status = 0;
+
+  static void Ast(void* arg) {
+    RawLock* r = static_cast<RawLock*>(arg);
+    std::lock_guard<std::mutex> l(r->mu);
+    r->status = r->lksb.sb_status;
+    r->done = true;
+    r->cv.notify_one();
+  }
+  bool Wait() {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [this] { return done; });
+    done = false;
+    return true;
+  }
+  bool Lock(dlm_lshandle_t ls, const std::string& name) {
+    if (dlm_ls_lock(ls, LKM_EXMODE, &lksb, 0, name.data(), name.size(), 0, Ast, this, nullptr,
+                    nullptr) != 0) {
+      return false;
+    }
+    return Wait() && status == 0;
+  }
+  bool Unlock(dlm_lshandle_t ls) {
+    if (dlm_ls_unlock(ls, lksb.sb_lkid, 0, &lksb, this) < 0) return false;
+    return Wait() && status == EUNLOCK;
+  }
+};
+
 int Cycles(int argc, char** argv) {
   if (argc != 7) return Die("cycles PLUGIN_DIR LOCKSPACE NAME N ROUNDS");
   const std::string ls_name = argv[3], name = argv[4];
@@ -113,8 +150,18 @@ int Cycles(int argc, char** argv) {
   const Owner owner = BenchOwner();
   absl::StatusOr<Resource> res = Resource::Lease(ls_name, name + "-lk");
   if (!res.ok()) return Die(res.status().ToString());
-  std::vector<double> raw, lk;
+  std::vector<double> raw, raw_wait, lk;
+  // Raw libdlm, twice: the asynchronous calls with a condition variable
+  // (what latchkey does underneath: the fair baseline), and libdlm's own
+  // synchronous dlm_ls_lock_wait / dlm_ls_unlock_wait.
+  RawLock rl;
   for (int r = 0; r < rounds; ++r) {
+    for (int i = 0; i < n; ++i) {
+      const int64_t t0 = MonoNs();
+      if (!rl.Lock(ls, raw_name)) return Die(absl::StrCat("raw lock: status ", rl.status));
+      if (!rl.Unlock(ls)) return Die(absl::StrCat("raw unlock: status ", rl.status));
+      raw.push_back((MonoNs() - t0) / 1000.0);
+    }
     for (int i = 0; i < n; ++i) {
       dlm_lksb lksb{};
       const int64_t t0 = MonoNs();
@@ -124,7 +171,7 @@ int Cycles(int argc, char** argv) {
         return Die(absl::StrCat("raw lock: ", strerror(errno), " status ", lksb.sb_status));
       }
       if (dlm_ls_unlock_wait(ls, lksb.sb_lkid, 0, &lksb) != 0) return Die("raw unlock failed");
-      raw.push_back((MonoNs() - t0) / 1000.0);
+      raw_wait.push_back((MonoNs() - t0) / 1000.0);
     }
     for (int i = 0; i < n; ++i) {
       const int64_t t0 = MonoNs();
@@ -135,6 +182,7 @@ int Cycles(int argc, char** argv) {
     }
   }
   Report("raw", raw);
+  Report("raw_wait", raw_wait);
   Report("latchkey", lk);
   dlm_close_lockspace(ls);
   return 0;
