@@ -38,7 +38,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -502,13 +501,13 @@ class DlmBackend final : public Backend {
       Unreserve(*ls, record.resource.name, record.owner.uuid);
       if (e == ENOENT) {
         return absl::NotFoundError(absl::StrCat(
-            "dlm: no orphan ", ModeName(record.mode), " lock on ", record.resource.Describe(),
+            "dlm: no orphan ", LockModeName(record.mode), " lock on ", record.resource.Describe(),
             " is left on this node to adopt (the lock was lost, or released)"));
       }
       if (e == EAGAIN) {
         return absl::NotFoundError(absl::StrCat(
             "dlm: the orphan lock on ", record.resource.Describe(),
-            " is held in another mode than the journal's ", ModeName(record.mode)));
+            " is held in another mode than the journal's ", LockModeName(record.mode)));
       }
       return absl::UnavailableError(absl::StrCat("dlm: adopting ", record.resource.Describe(),
                                                  ": ", ErrnoText(e)));
@@ -560,7 +559,6 @@ class DlmBackend final : public Backend {
     for (auto& [name, ls] : lockspaces_) {
       if (ls->handle != nullptr) dlm_ls_purge(ls->handle, static_cast<int>(node_id_), 0);
     }
-    adoption_done_ = true;
   }
 
   std::string StateJson() override {
@@ -599,8 +597,6 @@ class DlmBackend final : public Backend {
   }
 
  private:
-  static const char* ModeName(LockMode m) { return LockModeName(m); }
-
   absl::StatusOr<Lockspace*> OpenLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = lockspaces_.find(name);
@@ -1099,7 +1095,6 @@ class DlmBackend final : public Backend {
   quorum_handle_t quorum_ ABSL_GUARDED_BY(quorum_mu_) = 0;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool adoption_done_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, std::unique_ptr<Lockspace>> lockspaces_ ABSL_GUARDED_BY(mu_);
   absl::Mutex publish_mu_ ABSL_ACQUIRED_AFTER(mu_);
   bool publish_stop_ ABSL_GUARDED_BY(publish_mu_) = false;
