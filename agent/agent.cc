@@ -891,6 +891,19 @@ absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
                    Views(e)};
 }
 
+absl::StatusOr<std::vector<HoldersView>> Agent::Holders(const std::vector<ResourceSpec>& specs) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  std::vector<HoldersView> out;
+  for (const ResourceSpec& spec : specs) {
+    absl::StatusOr<Planned> p = Plan(spec);
+    if (!p.ok()) return p.status();
+    absl::StatusOr<std::vector<HolderInfo>> h = p->backend->backend->Inquire(p->resource);
+    if (!h.ok()) return h.status();
+    out.push_back(HoldersView{p->backend->name, p->resource, *std::move(h)});
+  }
+  return out;
+}
+
 std::vector<std::string> Agent::BackendNames() const {
   std::vector<std::string> names;
   for (const LoadedBackend& b : backends_) names.push_back(b.name);

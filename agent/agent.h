@@ -85,6 +85,14 @@ struct BackendView {
   std::string state_json;  // Backend::StateJson()
 };
 
+// Who holds a resource, as its backend sees it (Backend::Inquire): local
+// owners in full, other hosts' holders as far as the backend can tell.
+struct HoldersView {
+  std::string backend;
+  Resource resource;
+  std::vector<HolderInfo> holders;
+};
+
 struct ReleaseResult {
   std::vector<LockView> released;
   std::string state;  // hand-off state string of the released locks
@@ -123,6 +131,8 @@ class Agent {
   absl::StatusOr<ReleaseResult> Release(const std::string& uuid,
                                         const std::optional<std::vector<ResourceSpec>>& specs);
   absl::StatusOr<OwnerView> Inquire(const std::string& uuid);
+  // The holders of each resource; takes and changes nothing.
+  absl::StatusOr<std::vector<HoldersView>> Holders(const std::vector<ResourceSpec>& specs);
   absl::StatusOr<ReleaseResult> Unregister(const std::string& uuid);
   AgentStatus Status();
   // The loaded backends' names, the first being the default. Cheap.

@@ -266,6 +266,28 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
                 {"grace_ms", absl::ToInt64Milliseconds(v->grace)},
                 {"locks", LocksJson(v->locks)}};
   }
+  if (op == "holders") {
+    std::vector<ResourceSpec> specs;
+    absl::Status s = ParseSpecs(f.Object("resources"), &specs);
+    if (s.ok()) s = f.CheckUnknown();
+    if (!s.ok()) return s;
+    absl::StatusOr<std::vector<HoldersView>> views = agent->Holders(specs);
+    if (!views.ok()) return views.status();
+    json out = json::array();
+    for (const HoldersView& v : *views) {
+      json holders = json::array();
+      for (const HolderInfo& h : v.holders) {
+        holders.push_back(json{{"owner", OwnerJson(h.owner)},
+                               {"mode", LockModeName(h.mode)},
+                               {"fencing_token", h.fencing_token}});
+      }
+      json r = LockJson(LockView{v.backend, v.resource, LockMode::kExclusive, 0});
+      r.erase("mode");
+      r.erase("fencing_token");
+      out.push_back(json{{"resource", r}, {"holders", holders}});
+    }
+    return json{{"resources", out}};
+  }
   std::string uuid;
   if (op == "reexec") {
     if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
@@ -278,7 +300,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown op '", op,
         "' (expected hello, register, set_policy, acquire, release, inquire, unregister, "
-        "status or reexec)"));
+        "holders, status or reexec)"));
   }
   if (absl::Status s = f.String("uuid", &uuid, true); !s.ok()) return s;
   if (op == "set_policy") {
