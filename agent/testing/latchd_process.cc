@@ -71,7 +71,8 @@ std::string LatchdProcess::PluginDir() {
   return so.substr(0, so.rfind('/'));
 }
 
-LatchdProcess::LatchdProcess(std::string dir, std::string extra_config) : dir_(std::move(dir)) {
+LatchdProcess::LatchdProcess(std::string dir, std::string extra_config, std::string lock_dir)
+    : dir_(std::move(dir)), lock_dir_(lock_dir.empty() ? dir_ + "/locks" : std::move(lock_dir)) {
   std::string sock = "/tmp/latchd-sock.XXXXXX";
   if (mkdtemp(sock.data()) == nullptr) abort();
   socket_dir_ = sock;
@@ -79,7 +80,7 @@ LatchdProcess::LatchdProcess(std::string dir, std::string extra_config) : dir_(s
   conf << "state_dir = \"" << state_dir() << "\"\n"
        << "socket = \"" << socket() << "\"\n"
        << "plugin_path = [ \"" << PluginDir() << "\", \"" << SanlockPluginDir() << "\" ]\n"
-       << "posixfd_lock_dir = \"" << lock_dir() << "\"\n"
+       << "posixfd_lock_dir = \"" << lock_dir_ << "\"\n"
        << "log_syslog = 0\n"
        << extra_config << "\n";
 }

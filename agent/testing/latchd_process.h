@@ -55,7 +55,10 @@ class LatchdProcess {
  public:
   // `dir` must exist. `extra_config` is appended to the generated
   // latchd.conf (state_dir, socket, posixfd lock dir, log settings).
-  explicit LatchdProcess(std::string dir, std::string extra_config = "");
+  // `lock_dir` replaces the posixfd lock directory (DIR/locks), e.g. one
+  // shared by several latchds playing hosts.
+  explicit LatchdProcess(std::string dir, std::string extra_config = "",
+                         std::string lock_dir = "");
   ~LatchdProcess();  // SIGKILLs a running latchd
   LatchdProcess(const LatchdProcess&) = delete;
   LatchdProcess& operator=(const LatchdProcess&) = delete;
@@ -82,7 +85,7 @@ class LatchdProcess {
   const std::string& socket_dir() const { return socket_dir_; }
   std::string state_dir() const { return dir_ + "/state"; }
   std::string journal() const { return dir_ + "/state/journal.db"; }
-  std::string lock_dir() const { return dir_ + "/locks"; }
+  const std::string& lock_dir() const { return lock_dir_; }
   std::string config() const { return dir_ + "/latchd.conf"; }
   std::string log_path() const { return dir_ + "/latchd.log"; }
   std::string Log() const;  // the whole log so far
@@ -97,6 +100,7 @@ class LatchdProcess {
  private:
   std::string dir_;
   std::string socket_dir_;
+  std::string lock_dir_;
   pid_t pid_ = -1;
 };
 
