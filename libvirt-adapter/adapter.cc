@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <map>
 
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -223,6 +225,36 @@ absl::StatusOr<std::optional<json>> InquireOn(Session& s, const Domain& d) {
 
 }  // namespace
 
+namespace {
+
+// libvirt releases a pausing domain twice and keeps the second answer as the
+// domain's lock state; the second finds nothing held. So the state of each
+// domain's last release is remembered here (in libvirtd) until the domain
+// acquires again, and a release that finds nothing returns it.
+absl::Mutex g_released_mu;
+std::map<std::string, std::string>& ReleasedStates() {
+  static auto* m = new std::map<std::string, std::string>;
+  return *m;
+}
+
+std::optional<std::string> LastReleased(const std::string& uuid) {
+  absl::MutexLock l(&g_released_mu);
+  auto it = ReleasedStates().find(uuid);
+  if (it == ReleasedStates().end()) return std::nullopt;
+  return it->second;
+}
+
+void RememberReleased(const std::string& uuid, std::optional<std::string> state) {
+  absl::MutexLock l(&g_released_mu);
+  if (state) {
+    ReleasedStates()[uuid] = *std::move(state);
+  } else {
+    ReleasedStates().erase(uuid);
+  }
+}
+
+}  // namespace
+
 absl::Status Adapter::Register(const Domain& d, int on_failure) const {
   if (config_.require_lease_for_disks) {
     bool has_lease = false, has_rw_disk = false;
@@ -311,6 +343,7 @@ absl::Status Adapter::Acquire(const Domain& d, const std::string& state, int on_
     return Prefixed(r.status(), absl::StrCat(DomainLabel(d), " cannot lock ",
                                              absl::StrJoin(what, ", "), ": "));
   }
+  RememberReleased(d.uuid, std::nullopt);
   return absl::OkStatus();
 }
 
@@ -319,7 +352,7 @@ absl::StatusOr<std::optional<std::string>> Adapter::Release(const Domain& d) con
   if (!s.ok()) return s.status();
   absl::StatusOr<std::optional<json>> held = InquireOn(*s, d);
   if (!held.ok()) return held.status();
-  if (!held->has_value()) return std::optional<std::string>();
+  if (!held->has_value()) return LastReleased(d.uuid);
 
   // Release exactly the domain's resources this owner holds, named as latchd
   // recorded them.
@@ -340,12 +373,14 @@ absl::StatusOr<std::optional<std::string>> Adapter::Release(const Domain& d) con
     }
     specs.push_back(std::move(spec));
   }
-  if (specs.empty()) return std::optional<std::string>();
+  if (specs.empty()) return LastReleased(d.uuid);
   absl::StatusOr<json> r = s->Call({{"op", "release"}, {"uuid", d.uuid}, {"resources", specs}});
   if (!r.ok()) {
     return Prefixed(r.status(), absl::StrCat("cannot release the locks of ", DomainLabel(d), ": "));
   }
-  return std::optional<std::string>(r->value("state", ""));
+  std::optional<std::string> state = r->value("state", "");
+  RememberReleased(d.uuid, state);
+  return state;
 }
 
 absl::StatusOr<std::optional<std::string>> Adapter::Inquire(const Domain& d) const {
