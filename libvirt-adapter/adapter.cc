@@ -158,12 +158,11 @@ absl::StatusOr<std::string> PolicyFor(const AdapterConfig& c, int on_failure) {
   }
 }
 
-absl::Status RegisterOn(Session& s, const AdapterConfig& c, const Domain& d, int on_failure) {
-  absl::StatusOr<std::string> policy = PolicyFor(c, on_failure);
-  if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
+absl::Status RegisterOn(Session& s, const AdapterConfig& c, const Domain& d,
+                        const std::string& policy) {
   json req = {{"op", "register"},
               {"owner", {{"uuid", d.uuid}, {"name", d.name}, {"pid", d.pid}}},
-              {"policy", *policy},
+              {"policy", policy},
               {"grace_ms", c.terminate_grace_ms}};
   absl::StatusOr<json> r = s.Call(req);
   if (!r.ok()) return Prefixed(r.status(), absl::StrCat("cannot register ", DomainLabel(d), ": "));
@@ -268,9 +267,11 @@ absl::Status Adapter::Register(const Domain& d, int on_failure) const {
           config_.file));
     }
   }
+  absl::StatusOr<std::string> policy = PolicyFor(config_, on_failure);
+  if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
   absl::StatusOr<Session> s = Session::Open(config_);
   if (!s.ok()) return s.status();
-  if (absl::Status st = RegisterOn(*s, config_, d, on_failure); !st.ok()) return st;
+  if (absl::Status st = RegisterOn(*s, config_, d, *policy); !st.ok()) return st;
   return CheckFree(*s, d);
 }
 
@@ -315,9 +316,11 @@ absl::Status Adapter::CheckFree(Session& s, const Domain& d) const {
 }
 
 absl::Status Adapter::Acquire(const Domain& d, const std::string& state, int on_failure) const {
+  absl::StatusOr<std::string> policy = PolicyFor(config_, on_failure);
+  if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
   absl::StatusOr<Session> s = Session::Open(config_);
   if (!s.ok()) return s.status();
-  if (absl::Status st = RegisterOn(*s, config_, d, on_failure); !st.ok()) return st;
+  if (absl::Status st = RegisterOn(*s, config_, d, *policy); !st.ok()) return st;
   absl::StatusOr<std::optional<json>> held = InquireOn(*s, d);
   if (!held.ok()) return held.status();
 
