@@ -79,7 +79,9 @@ class Adapter {
   // not yet held, all or nothing; `state` (may be empty) is checked by latchd.
   absl::Status Acquire(const Domain& d, const std::string& state, int on_failure) const;
   // Releases the resources of `d` this owner holds; returns the state string
-  // for them (nullopt when nothing was held).
+  // for them. When none is held, the state of this domain's last release in
+  // this process (libvirt releases a pausing domain twice and keeps the
+  // second answer), or nullopt.
   absl::StatusOr<std::optional<std::string>> Release(const Domain& d) const;
   // The state string for everything the owner holds (nullopt: not known to
   // latchd).

@@ -2,10 +2,11 @@
 // on top of the Adapter. The only exported symbol is virLockDriverImpl
 // (exports.lds).
 //
-// Errors: in libvirtd, through libvirt's own error reporting (looked up at
-// run time), so `virsh` shows our message; in the forked QEMU child, which
-// libvirt quotes from its stderr, on stderr. No C++ exception ever leaves a
-// call into libvirt.
+// Errors go through libvirt's own error reporting, looked up at run time, so
+// `virsh` shows our message; in the forked QEMU child libvirt prints that
+// error to the child's stderr and quotes it ("Process exited prior to
+// exec: ..."). Without libvirt's symbol, the message goes to stderr. No C++
+// exception ever leaves a call into libvirt.
 #include <dlfcn.h>
 
 #include <cstdio>
