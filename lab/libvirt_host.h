@@ -67,7 +67,6 @@ class LibvirtHost {
   std::string HostName() const;
   // QEMU's pid for a running domain (from libvirt's pid file), or -1.
   pid_t QemuPid(const std::string& domain) const;
-  pid_t daemon_pid() const { return pid_; }
   std::string LogTail(size_t bytes = 4000) const;
 
  private:
