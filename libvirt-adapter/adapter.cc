@@ -104,8 +104,6 @@ absl::StatusOr<AdapterConfig> AdapterConfig::FromConfig(const Config& conf,
 
 namespace {
 
-}  // namespace
-
 // A connection to latchd whose failures read well in libvirt's messages.
 class Session {
  public:
@@ -135,8 +133,6 @@ class Session {
   explicit Session(LatchdClient c) : client_(std::move(c)) {}
   LatchdClient client_;
 };
-
-namespace {
 
 absl::StatusOr<std::string> PolicyFor(const AdapterConfig& c, int on_failure) {
   switch (on_failure) {
@@ -222,6 +218,56 @@ absl::StatusOr<std::optional<json>> InquireOn(Session& s, const Domain& d) {
   return std::optional<json>(*std::move(r));
 }
 
+// Refuses early, before QEMU opens anything, when another domain known by
+// identity holds one of the resources in a conflicting mode. A holder whose
+// identity the backend cannot tell (another host's sanlock lease) may be
+// this domain's own migration source, so the daemon-side acquire decides.
+absl::Status CheckFree(Session& s, const AdapterConfig& c, const Domain& d) {
+  json specs = json::array();
+  std::vector<LockMode> modes;
+  for (const DomainResource& r : d.resources) {
+    std::optional<json> spec = SpecFor(c, r);
+    if (!spec) continue;
+    modes.push_back(*ParseLockMode((*spec)["mode"].get<std::string>()));
+    specs.push_back(*std::move(spec));
+  }
+  if (specs.empty()) return absl::OkStatus();
+  absl::StatusOr<json> r = s.Call({{"op", "holders"}, {"resources", specs}});
+  if (!r.ok()) {
+    return Prefixed(r.status(), absl::StrCat("cannot check the resources of ", DomainLabel(d), ": "));
+  }
+  const json& views = (*r)["resources"];
+  for (size_t i = 0; i < views.size() && i < modes.size(); ++i) {
+    for (const json& h : views[i]["holders"]) {
+      const json& o = h["owner"];
+      const std::string uuid = o.value("uuid", "");
+      if (uuid.empty() || uuid == d.uuid) continue;
+      absl::StatusOr<LockMode> held = ParseLockMode(h.value("mode", ""));
+      if (held.ok() && ModesCompatible(*held, modes[i])) continue;
+      const json& res = views[i]["resource"];
+      const std::string what = res.value("kind", "") == "disk"
+                                   ? absl::StrCat("disk ", res.value("path", ""))
+                                   : absl::StrCat("lease ", res.value("lockspace", ""), "/",
+                                                  res.value("name", ""));
+      return absl::UnavailableError(absl::StrCat(
+          DomainLabel(d), " cannot lock ", what, " ", LockModeName(modes[i]), ": it is held ",
+          h.value("mode", "?"), " by domain '", o.value("name", "?"), "' (uuid ", uuid, ", pid ",
+          o.value("pid", 0), ") on host ", o.value("host", "?")));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Checks the lock-failure policy, connects and registers the domain.
+absl::StatusOr<Session> OpenRegistered(const AdapterConfig& c, const Domain& d, int on_failure) {
+  absl::StatusOr<std::string> policy = PolicyFor(c, on_failure);
+  if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
+  absl::StatusOr<Session> s = Session::Open(c);
+  if (!s.ok()) return s.status();
+  if (absl::Status st = RegisterOn(*s, c, d, *policy); !st.ok()) return st;
+  return s;
+}
+
 }  // namespace
 
 namespace {
@@ -267,60 +313,14 @@ absl::Status Adapter::Register(const Domain& d, int on_failure) const {
           config_.file));
     }
   }
-  absl::StatusOr<std::string> policy = PolicyFor(config_, on_failure);
-  if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
-  absl::StatusOr<Session> s = Session::Open(config_);
+  absl::StatusOr<Session> s = OpenRegistered(config_, d, on_failure);
   if (!s.ok()) return s.status();
-  if (absl::Status st = RegisterOn(*s, config_, d, *policy); !st.ok()) return st;
-  return CheckFree(*s, d);
-}
-
-// Refuses early, before QEMU opens anything, when another domain known by
-// identity holds one of the resources in a conflicting mode. A holder whose
-// identity the backend cannot tell (another host's sanlock lease) may be
-// this domain's own migration source, so the daemon-side acquire decides.
-absl::Status Adapter::CheckFree(Session& s, const Domain& d) const {
-  json specs = json::array();
-  std::vector<LockMode> modes;
-  for (const DomainResource& r : d.resources) {
-    std::optional<json> spec = SpecFor(config_, r);
-    if (!spec) continue;
-    modes.push_back(*ParseLockMode((*spec)["mode"].get<std::string>()));
-    specs.push_back(*std::move(spec));
-  }
-  if (specs.empty()) return absl::OkStatus();
-  absl::StatusOr<json> r = s.Call({{"op", "holders"}, {"resources", specs}});
-  if (!r.ok()) {
-    return Prefixed(r.status(), absl::StrCat("cannot check the resources of ", DomainLabel(d), ": "));
-  }
-  const json& views = (*r)["resources"];
-  for (size_t i = 0; i < views.size() && i < modes.size(); ++i) {
-    for (const json& h : views[i]["holders"]) {
-      const json& o = h["owner"];
-      const std::string uuid = o.value("uuid", "");
-      if (uuid.empty() || uuid == d.uuid) continue;
-      absl::StatusOr<LockMode> held = ParseLockMode(h.value("mode", ""));
-      if (held.ok() && ModesCompatible(*held, modes[i])) continue;
-      const json& res = views[i]["resource"];
-      const std::string what = res.value("kind", "") == "disk"
-                                   ? absl::StrCat("disk ", res.value("path", ""))
-                                   : absl::StrCat("lease ", res.value("lockspace", ""), "/",
-                                                  res.value("name", ""));
-      return absl::UnavailableError(absl::StrCat(
-          DomainLabel(d), " cannot lock ", what, " ", LockModeName(modes[i]), ": it is held ",
-          h.value("mode", "?"), " by domain '", o.value("name", "?"), "' (uuid ", uuid, ", pid ",
-          o.value("pid", 0), ") on host ", o.value("host", "?")));
-    }
-  }
-  return absl::OkStatus();
+  return CheckFree(*s, config_, d);
 }
 
 absl::Status Adapter::Acquire(const Domain& d, const std::string& state, int on_failure) const {
-  absl::StatusOr<std::string> policy = PolicyFor(config_, on_failure);
-  if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
-  absl::StatusOr<Session> s = Session::Open(config_);
+  absl::StatusOr<Session> s = OpenRegistered(config_, d, on_failure);
   if (!s.ok()) return s.status();
-  if (absl::Status st = RegisterOn(*s, config_, d, *policy); !st.ok()) return st;
   absl::StatusOr<std::optional<json>> held = InquireOn(*s, d);
   if (!held.ok()) return held.status();
 

@@ -64,8 +64,6 @@ struct Domain {
 // The libvirt calls. Errors carry a message fit for the user; their code
 // says which libvirt error to raise (Unavailable / Aborted: the resource is
 // busy or the hand-off failed; InvalidArgument: configuration).
-class Session;
-
 class Adapter {
  public:
   explicit Adapter(const AdapterConfig& config) : config_(config) {}
@@ -90,8 +88,6 @@ class Adapter {
   const AdapterConfig& config() const { return config_; }
 
  private:
-  absl::Status CheckFree(Session& s, const Domain& d) const;
-
   const AdapterConfig& config_;
 };
 

@@ -45,12 +45,6 @@ int g_index_base = 1;  // libvirt host indexes (ports) differ between the two te
 
 constexpr int kDisks = 8;
 
-std::string Runfile(const std::string& path) {
-  const char* dir = getenv("TEST_SRCDIR");
-  const char* ws = getenv("TEST_WORKSPACE");
-  return absl::StrCat(dir ? dir : ".", "/", ws ? ws : "latchkey", "/", path);
-}
-
 struct DiskSpec {
   std::string path;
   bool readonly = false;
@@ -105,7 +99,7 @@ class LibvirtE2eTest : public ::testing::Test {
       lab::LibvirtHostOptions o;
       o.dir = absl::StrCat(root_, "/h", h, "/lv");
       o.index = g_index_base + h - 1;
-      o.plugin_dir = Runfile("libvirt-adapter");
+      o.plugin_dir = testing::Runfile("libvirt-adapter");
       o.cache_dir = root_ + "/cache";
       // Host 1 leaves readonly disks unlocked (libvirt's drivers' way), host
       // 2 takes them shared-read.

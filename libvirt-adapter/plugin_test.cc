@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "agent/testing/latchd_process.h"
 #include "libvirt-adapter/adapter.h"
 #include "libvirt-adapter/lock_driver_abi.h"
 
@@ -40,8 +41,7 @@ using ::testing::HasSubstr;
 class PluginTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string so = absl::StrCat(getenv("TEST_SRCDIR"), "/", getenv("TEST_WORKSPACE"),
-                                        "/libvirt-adapter/latchkey.so");
+    const std::string so = testing::Runfile("libvirt-adapter/latchkey.so");
     handle_ = dlopen(so.c_str(), RTLD_NOW | RTLD_LOCAL);
     ASSERT_NE(handle_, nullptr) << dlerror();
     driver_ = static_cast<LkDriver*>(dlsym(handle_, "virLockDriverImpl"));

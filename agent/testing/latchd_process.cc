@@ -19,8 +19,6 @@
 
 namespace latchkey {
 namespace testing {
-namespace {
-
 std::string Runfile(const std::string& path) {
   static std::unique_ptr<bazel::tools::cpp::runfiles::Runfiles> rf = [] {
     std::string err;
@@ -31,8 +29,6 @@ std::string Runfile(const std::string& path) {
   }();
   return rf == nullptr ? std::string() : rf->Rlocation("latchkey/" + path);
 }
-
-}  // namespace
 
 std::string TempDir(const std::string& tag) {
   const char* base = getenv("TEST_TMPDIR");

@@ -29,6 +29,9 @@
 namespace latchkey {
 namespace testing {
 
+// The path of `path` (relative to the workspace) among the runfiles.
+std::string Runfile(const std::string& path);
+
 // A fresh directory under $TEST_TMPDIR (or /tmp) named after `tag`.
 std::string TempDir(const std::string& tag);
 
