@@ -11,6 +11,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "agent/handoff.h"
 #include "core/fault.h"
@@ -54,6 +56,7 @@ struct Agent::OwnerEntry {
   FailurePolicy policy = FailurePolicy::kTerminate;
   absl::Duration grace;
   uint64_t generation = 0;
+  uid_t registrar = 0;  // the uid that registered it (see Caller)
   bool dead = false;  // its process exited (or it was unregistered)
   std::map<std::string, Held> locks;  // by HandoffKey
 };
@@ -85,23 +88,34 @@ JournalLock Row(const Owner& owner, const std::string& backend, const Resource& 
   return row;
 }
 
-JournalOwner OwnerRow(const Owner& owner, FailurePolicy policy, absl::Duration grace) {
-  // The grace period rides in the policy text ("terminate/5000") so the
-  // journal schema stays backend- and policy-agnostic.
+JournalOwner OwnerRow(const Owner& owner, FailurePolicy policy, absl::Duration grace,
+                      uid_t registrar) {
+  // The grace period and the registering uid ride in the policy text
+  // ("terminate/5000/uid=1000") so the journal schema stays backend- and
+  // policy-agnostic, and a journal of an older latchd still opens.
   return JournalOwner{owner, absl::StrCat(FailurePolicyName(policy), "/",
-                                          absl::ToInt64Milliseconds(grace))};
+                                          absl::ToInt64Milliseconds(grace), "/uid=", registrar)};
 }
 
+// Reads OwnerRow's text. Rows written before the uid was recorded
+// ("terminate/5000") count as registered by root: only privileged callers
+// may act on them.
 void ParseOwnerPolicy(const std::string& text, absl::Duration default_grace,
-                      FailurePolicy* policy, absl::Duration* grace) {
+                      FailurePolicy* policy, absl::Duration* grace, uid_t* registrar) {
   *policy = FailurePolicy::kTerminate;
   *grace = default_grace;
-  const size_t slash = text.find('/');
-  absl::StatusOr<FailurePolicy> p = ParseFailurePolicy(text.substr(0, slash));
+  *registrar = 0;
+  std::vector<std::string> parts = absl::StrSplit(text, '/');
+  absl::StatusOr<FailurePolicy> p = ParseFailurePolicy(parts[0]);
   if (p.ok()) *policy = *p;
   int64_t ms;
-  if (slash != std::string::npos && absl::SimpleAtoi(text.substr(slash + 1), &ms) && ms >= 0) {
+  if (parts.size() > 1 && absl::SimpleAtoi(parts[1], &ms) && ms >= 0 && ms <= kMaxGraceMs) {
     *grace = absl::Milliseconds(ms);
+  }
+  uint32_t uid;
+  if (parts.size() > 2 && absl::StartsWith(parts[2], "uid=") &&
+      absl::SimpleAtoi(parts[2].substr(4), &uid)) {
+    *registrar = uid;
   }
 }
 
@@ -110,10 +124,13 @@ void ParseOwnerPolicy(const std::string& text, absl::Duration default_grace,
 Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
 
 Agent::~Agent() {
-  // Stop owner notices before the backends go away. Locks are not released:
-  // a stopping latchd leaves them to the journal and the next start.
+  // Stop every thread that calls into the agent before anything it uses
+  // goes: backends' loss reports first, then the owner watch, whose exit
+  // callbacks use the watch itself, the journal and the backends. Members
+  // are destroyed only after both have stopped. Locks are not released: a
+  // stopping latchd leaves them to the journal and the next start.
   for (LoadedBackend& b : backends_) b.backend->WatchLockLoss(nullptr);
-  watch_.reset();
+  if (watch_ != nullptr) watch_->Stop();
 }
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentOptions options) {
@@ -201,11 +218,42 @@ absl::StatusOr<Agent::Planned> Agent::Plan(const ResourceSpec& spec) {
   return p;
 }
 
-absl::Status Agent::Journal(const JournalChange& change) const {
+absl::Status Agent::Journal(const JournalChange& change) {
   if (change.empty()) return absl::OkStatus();
+  // Rows owed from an earlier failure go first: nothing new is written
+  // beside a row that no longer describes a lock.
+  if (!journal_debt_.empty()) {
+    if (absl::Status s = journal_->Apply(journal_debt_); !s.ok()) {
+      spdlog::error("journal write failed (still owing {} lock and {} owner removals): {}",
+                    journal_debt_.remove_locks.size(), journal_debt_.remove_owners.size(),
+                    s.ToString());
+      return absl::Status(s.code(), absl::StrCat("journal ", options_.journal_path,
+                                                 " cannot be written: ", s.message()));
+    }
+    spdlog::info("journal: wrote {} lock and {} owner removals owed since an earlier failure",
+                 journal_debt_.remove_locks.size(), journal_debt_.remove_owners.size());
+    journal_debt_ = JournalChange();
+  }
   absl::Status s = journal_->Apply(change);
-  if (!s.ok()) spdlog::error("journal write failed: {}", s.ToString());
+  if (!s.ok()) {
+    spdlog::error("journal write failed: {}", s.ToString());
+    return absl::Status(s.code(), absl::StrCat("journal ", options_.journal_path,
+                                               " cannot be written: ", s.message()));
+  }
   return s;
+}
+
+void Agent::Owe(const JournalChange& removals) {
+  for (const JournalLock& l : removals.remove_locks) journal_debt_.remove_locks.push_back(l);
+  for (const JournalLock& l : removals.put_locks) journal_debt_.remove_locks.push_back(l);
+  for (const std::string& u : removals.remove_owners) journal_debt_.remove_owners.push_back(u);
+}
+
+absl::Status Agent::MayAct(const OwnerEntry& e, const Caller& caller, const char* what) {
+  if (caller.privileged || caller.uid == e.registrar) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      e.owner.Describe(), " was registered by uid ", e.registrar, "; uid ", caller.uid,
+      " may not ", what, " it"));
 }
 
 ReleaseResult Agent::Released(const std::vector<Held>& held) {
@@ -267,7 +315,7 @@ absl::Status Agent::Recover() {
   for (const JournalOwner& row : contents->owners) {
     auto e = std::make_shared<OwnerEntry>();
     e->owner = row.owner;
-    ParseOwnerPolicy(row.policy, options_.default_grace, &e->policy, &e->grace);
+    ParseOwnerPolicy(row.policy, options_.default_grace, &e->policy, &e->grace, &e->registrar);
     absl::StatusOr<int> pidfd = OpenPidfd(static_cast<pid_t>(row.owner.pid),
                                           row.owner.start_time);
     if (!pidfd.ok()) {
@@ -350,7 +398,15 @@ absl::Status Agent::Recover() {
     ++adopted;
   }
   for (LoadedBackend& b : backends_) b.backend->FinishAdoption();
-  if (absl::Status s = Journal(fix); !s.ok()) return s;
+  absl::Status fixed;
+  {
+    absl::MutexLock l(&mu_);
+    fixed = Journal(fix);
+  }
+  if (!fixed.ok()) {
+    for (auto& [e, pidfd] : watches) close(pidfd);
+    return fixed;
+  }
 
   {
     absl::MutexLock l(&mu_);
@@ -398,9 +454,10 @@ absl::Status Agent::RebuildFromBackends() {
                      g.status().ToString());
         continue;
       }
-      absl::StatusOr<OwnerView> reg = Register(h.owner, std::nullopt, std::nullopt);
+      absl::StatusOr<OwnerView> reg =
+          Register(h.owner, std::nullopt, std::nullopt, Caller::Internal());
       if (!reg.ok()) {
-        Release(h.owner.uuid, std::nullopt).IgnoreError();
+        Release(h.owner.uuid, std::nullopt, Caller::Internal()).IgnoreError();
         continue;
       }
       absl::MutexLock l(&mu_);
@@ -423,24 +480,59 @@ absl::Status Agent::RebuildFromBackends() {
 // ---------------------------------------------------------------------------
 // Owners
 
-absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePolicy> policy,
-                                          std::optional<absl::Duration> grace) {
-  std::shared_lock<std::shared_timed_mutex> gate(gate_);
-  owner.host = LocalHostName();
-  if (owner.pid <= 0) return absl::InvalidArgumentError("owner pid must be positive");
-  absl::StatusOr<uint64_t> started = ProcessStartTime(static_cast<pid_t>(owner.pid));
-  if (!started.ok()) {
-    return absl::NotFoundError(absl::StrCat("owner ", owner.name, ": no process ", owner.pid));
+absl::Status CheckOwnerProcess(const Owner& owner, const Caller& caller,
+                               const ProcessInfo& info) {
+  const pid_t pid = static_cast<pid_t>(owner.pid);
+  if (info.tgid != pid) {
+    return absl::InvalidArgumentError(absl::StrCat("owner ", owner.name, ": pid ", pid,
+                                                   " is a thread of process ", info.tgid,
+                                                   "; register the process"));
   }
-  if (owner.start_time != 0 && owner.start_time != *started) {
+  if (info.exited()) {
+    return absl::NotFoundError(absl::StrCat("owner ", owner.name, ": process ", pid,
+                                            " has exited (a zombie not yet reaped)"));
+  }
+  if (owner.start_time != 0 && owner.start_time != info.start_time) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "owner ", owner.name, ": process ", owner.pid, " started at ", *started, ", not at ",
+        "owner ", owner.name, ": process ", pid, " started at ", info.start_time, ", not at ",
         owner.start_time, " (the pid was reused)"));
   }
-  owner.start_time = *started;
+  // latchd signals an owner whose lock is lost: a peer may only name
+  // processes it could signal itself, and nobody may name init or latchd.
+  if (pid == 1 || pid == getpid()) {
+    return absl::PermissionDeniedError(absl::StrCat("owner ", owner.name, ": process ", pid,
+                                                    pid == 1 ? " is init" : " is latchd itself",
+                                                    " and cannot be an owner"));
+  }
+  if (!caller.privileged && (info.real_uid != caller.uid || info.effective_uid != caller.uid ||
+                             info.saved_uid != caller.uid)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "owner ", owner.name, ": process ", pid, " runs as uid ", info.real_uid, "/",
+        info.effective_uid, "/", info.saved_uid, " (real/effective/saved); uid ", caller.uid,
+        " may register only its own processes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePolicy> policy,
+                                          std::optional<absl::Duration> grace,
+                                          const Caller& caller) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  owner.host = LocalHostName();
+  if (owner.pid <= 0 || owner.pid > kMaxPid) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("owner pid ", owner.pid, " is not a process id (1..", kMaxPid, ")"));
+  }
+  absl::StatusOr<ProcessInfo> info = ReadProcessInfo(static_cast<pid_t>(owner.pid));
+  if (!info.ok()) {
+    return absl::NotFoundError(absl::StrCat("owner ", owner.name, ": no process ", owner.pid));
+  }
+  if (absl::Status s = CheckOwnerProcess(owner, caller, *info); !s.ok()) return s;
+  owner.start_time = info->start_time;
   if (absl::Status s = owner.Validate(); !s.ok()) return s;
-  if (grace && *grace < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("grace_ms must not be negative");
+  if (grace && (*grace < absl::ZeroDuration() || *grace > absl::Milliseconds(kMaxGraceMs))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grace_ms must be from 0 to ", kMaxGraceMs));
   }
 
   for (int attempt = 0;; ++attempt) {
@@ -452,12 +544,16 @@ absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePoli
       auto it = owners_.find(owner.uuid);
       if (it != owners_.end() && !it->second->dead) {
         OwnerEntry& e = *it->second;
+        if (absl::Status s = MayAct(e, caller, "register again"); !s.ok()) {
+          close(*pidfd);
+          return s;
+        }
         if (e.owner.pid == owner.pid && e.owner.start_time == owner.start_time) {
           close(*pidfd);  // Already watched.
           FailurePolicy new_policy = policy.value_or(e.policy);
           absl::Duration new_grace = grace.value_or(e.grace);
           JournalChange c;
-          c.put_owners.push_back(OwnerRow(owner, new_policy, new_grace));
+          c.put_owners.push_back(OwnerRow(owner, new_policy, new_grace, e.registrar));
           if (absl::Status s = Journal(c); !s.ok()) return s;
           e.owner = owner;
           e.policy = new_policy;
@@ -478,16 +574,20 @@ absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePoli
         e->policy = policy.value_or(FailurePolicy::kTerminate);
         e->grace = grace.value_or(options_.default_grace);
         e->generation = next_generation_++;
+        e->registrar = caller.uid;
         JournalChange c;
-        c.put_owners.push_back(OwnerRow(owner, e->policy, e->grace));
+        c.put_owners.push_back(OwnerRow(owner, e->policy, e->grace, e->registrar));
         if (absl::Status s = Journal(c); !s.ok()) {
           close(*pidfd);
           return s;
         }
-        owners_[owner.uuid] = e;
         if (absl::Status s = watch_->Watch(owner.uuid, e->generation, *pidfd); !s.ok()) {
+          JournalChange undo;
+          undo.remove_owners.push_back(owner.uuid);
+          if (!Journal(undo).ok()) Owe(undo);
           return s;
         }
+        owners_[owner.uuid] = e;
         spdlog::info("registered {} (policy {})", owner.Describe(), FailurePolicyName(e->policy));
         return OwnerView{e->owner, e->policy, e->grace, true, {}};
       }
@@ -502,10 +602,10 @@ absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePoli
 }
 
 absl::Status Agent::SetPolicy(const std::string& uuid, FailurePolicy policy,
-                              std::optional<absl::Duration> grace) {
+                              std::optional<absl::Duration> grace, const Caller& caller) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
-  if (grace && *grace < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("grace_ms must not be negative");
+  if (grace && (*grace < absl::ZeroDuration() || *grace > absl::Milliseconds(kMaxGraceMs))) {
+    return absl::InvalidArgumentError(absl::StrCat("grace_ms must be from 0 to ", kMaxGraceMs));
   }
   absl::MutexLock l(&mu_);
   auto it = owners_.find(uuid);
@@ -513,8 +613,9 @@ absl::Status Agent::SetPolicy(const std::string& uuid, FailurePolicy policy,
     return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
   }
   OwnerEntry& e = *it->second;
+  if (absl::Status s = MayAct(e, caller, "change the policy of"); !s.ok()) return s;
   JournalChange c;
-  c.put_owners.push_back(OwnerRow(e.owner, policy, grace.value_or(e.grace)));
+  c.put_owners.push_back(OwnerRow(e.owner, policy, grace.value_or(e.grace), e.registrar));
   if (absl::Status s = Journal(c); !s.ok()) return s;
   e.policy = policy;
   e.grace = grace.value_or(e.grace);
@@ -543,15 +644,15 @@ void Agent::OnOwnerExit(const std::string& uuid, uint64_t generation) {
     owners_.erase(it);
   }
   watch_->Unwatch(uuid);
-  ReleaseHeld(owner, held, /*forget=*/true);
+  ReleaseHeld(owner, held, /*forget=*/true, /*must_release=*/true).IgnoreError();
   spdlog::info("owner {} exited: released {} locks in {} us", owner.Describe(), held.size(),
                absl::ToInt64Microseconds(absl::Now() - start));
 }
 
-absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid) {
+absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const Caller& caller) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   std::vector<Held> held;
-  Owner owner;
+  std::shared_ptr<OwnerEntry> entry;
   {
     absl::MutexLock l(&mu_);
     auto it = owners_.find(uuid);
@@ -559,20 +660,42 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid) {
       return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
     }
     OwnerEntry& e = *it->second;
+    if (absl::Status s = MayAct(e, caller, "unregister"); !s.ok()) return s;
     for (const auto& [key, h] : e.locks) {
       if (h.state != Held::State::kHeld) {
         return absl::FailedPreconditionError(absl::StrCat(
             e.owner.Describe(), " has a request in flight on ", h.resource.Describe()));
       }
     }
-    e.dead = true;
-    owner = e.owner;
-    for (auto& [key, h] : e.locks) held.push_back(h);
-    owners_.erase(it);
+    // Marked in flight, not yet forgotten: if the journal cannot record
+    // the release, the owner and its locks stay exactly as they were.
+    for (auto& [key, h] : e.locks) {
+      h.state = Held::State::kReleasing;
+      held.push_back(h);
+    }
+    entry = it->second;
   }
-  watch_->Unwatch(uuid);
-  ReleaseHeld(owner, held, /*forget=*/true);
-  spdlog::info("unregistered {}: released {} locks", owner.Describe(), held.size());
+  if (absl::Status s = ReleaseHeld(entry->owner, held, /*forget=*/true, /*must_release=*/false);
+      !s.ok()) {
+    absl::MutexLock l(&mu_);
+    for (auto& [key, h] : entry->locks) h.state = Held::State::kHeld;
+    return s;
+  }
+  bool erased = false;
+  {
+    absl::MutexLock l(&mu_);
+    entry->dead = true;
+    entry->locks.clear();
+    auto it = owners_.find(uuid);
+    // Its process may have exited meanwhile (and the uuid been registered
+    // again): touch only the entry this call released.
+    if (it != owners_.end() && it->second == entry) {
+      owners_.erase(it);
+      erased = true;
+    }
+  }
+  if (erased) watch_->Unwatch(uuid);
+  spdlog::info("unregistered {}: released {} locks", entry->owner.Describe(), held.size());
   return Released(held);
 }
 
@@ -582,7 +705,8 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid) {
 absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
                                                      const std::vector<ResourceSpec>& specs,
                                                      const AcquireOptions& options,
-                                                     const std::optional<std::string>& state) {
+                                                     const std::optional<std::string>& state,
+                                                     const Caller& caller) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   if (specs.empty()) return absl::InvalidArgumentError("acquire names no resource");
   std::vector<Planned> plan;
@@ -623,6 +747,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
       return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
     }
     entry = it->second;
+    if (absl::Status s = MayAct(*entry, caller, "acquire locks for"); !s.ok()) return s;
     owner = entry->owner;
     for (const Planned& p : plan) {
       auto held = entry->locks.find(p.key);
@@ -661,6 +786,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
   for (const Planned& p : plan) {
     AcquireOptions o;
     o.wait = options.wait;
+    o.cancel_fd = options.cancel_fd;
     o.timeout = options.wait ? std::max(absl::ZeroDuration(), deadline - absl::Now())
                              : absl::ZeroDuration();
     if (deadline == absl::InfiniteFuture()) o.timeout = absl::InfiniteDuration();
@@ -721,7 +847,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
   }
   // Undo in reverse order what was granted, then forget the reservations.
   std::reverse(rollback.begin(), rollback.end());
-  ReleaseHeld(owner, rollback, /*forget=*/false);
+  ReleaseHeld(owner, rollback, /*forget=*/false, /*must_release=*/true).IgnoreError();
   {
     absl::MutexLock l(&mu_);
     JournalChange c;
@@ -735,7 +861,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
         entry->locks.erase(it);
       }
     }
-    Journal(c).IgnoreError();
+    if (!Journal(c).ok()) Owe(c);
   }
   if (failure.code() == absl::StatusCode::kAborted && state) {
     return absl::AbortedError(absl::StrCat("hand-off refused: ", failure.message()));
@@ -743,7 +869,8 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
   return failure;
 }
 
-void Agent::ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget) {
+absl::Status Agent::ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget,
+                                bool must_release) {
   // Journal first, so the journal never misses a lock a backend still
   // holds: posixfd rows go at once (a crash releases those locks anyway);
   // rows of backends whose locks outlive latchd become "releasing" intents
@@ -764,7 +891,12 @@ void Agent::ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool
   if (forget) (any_survives ? second : first).remove_owners.push_back(owner.uuid);
   {
     absl::MutexLock l(&mu_);
-    Journal(first).IgnoreError();  // Logged; releasing is still right.
+    if (absl::Status s = Journal(first); !s.ok()) {
+      if (!must_release) {
+        return absl::Status(s.code(), absl::StrCat(s.message(), "; nothing was released"));
+      }
+      Owe(first);
+    }
   }
   FaultPoint("agent.release.after-journal");
   for (const Held& h : locks) {
@@ -777,13 +909,17 @@ void Agent::ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool
     }
   }
   if (!second.empty()) {
+    // The locks are gone; a "releasing" row left behind is dropped by
+    // recovery, and owed until a later write succeeds.
     absl::MutexLock l(&mu_);
-    Journal(second).IgnoreError();
+    if (!Journal(second).ok()) Owe(second);
   }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ReleaseResult> Agent::Release(
-    const std::string& uuid, const std::optional<std::vector<ResourceSpec>>& specs) {
+    const std::string& uuid, const std::optional<std::vector<ResourceSpec>>& specs,
+    const Caller& caller) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   std::vector<std::string> keys;
   std::vector<Resource> described;
@@ -822,6 +958,7 @@ absl::StatusOr<ReleaseResult> Agent::Release(
       return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
     }
     entry = it->second;
+    if (absl::Status s = MayAct(*entry, caller, "release locks of"); !s.ok()) return s;
     if (!specs) {
       for (const auto& [key, h] : entry->locks) {
         if (h.state == Held::State::kHeld) keys.push_back(key);
@@ -853,7 +990,12 @@ absl::StatusOr<ReleaseResult> Agent::Release(
       held.push_back(h);
     }
   }
-  ReleaseHeld(entry->owner, held, /*forget=*/false);
+  if (absl::Status s = ReleaseHeld(entry->owner, held, /*forget=*/false, /*must_release=*/false);
+      !s.ok()) {
+    absl::MutexLock l(&mu_);
+    for (const std::string& k : keys) entry->locks[k].state = Held::State::kHeld;
+    return s;
+  }
   {
     absl::MutexLock l(&mu_);
     for (const std::string& k : keys) entry->locks.erase(k);
@@ -945,7 +1087,7 @@ void Agent::LockLost(const std::string& uuid, const std::string& backend,
     JournalChange c;
     c.remove_locks.push_back(Row(entry->owner, backend, resource, h->second.mode, 0, "",
                                  JournalLockState::kHeld));
-    Journal(c).IgnoreError();
+    if (!Journal(c).ok()) Owe(c);
     entry->locks.erase(h);
   }
   spdlog::error("LOCK FAILURE: {} lost {}: {}", entry->owner.Describe(), resource.Describe(),

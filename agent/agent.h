@@ -19,6 +19,8 @@
 #ifndef LATCHKEY_AGENT_AGENT_H_
 #define LATCHKEY_AGENT_AGENT_H_
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -39,10 +41,27 @@
 
 namespace latchkey {
 
+// The longest grace between SIGTERM and SIGKILL (policy terminate).
+inline constexpr int64_t kMaxGraceMs = 3600 * 1000;
+
 // What to do to an owner whose lock was lost (libvirt's on_lockfailure).
 enum class FailurePolicy { kTerminate, kPause, kIgnore };
 const char* FailurePolicyName(FailurePolicy p);
 absl::StatusOr<FailurePolicy> ParseFailurePolicy(absl::string_view text);
+
+// Who sent a request: the peer's credentials (SO_PEERCRED). A privileged
+// caller (root, or latchd's own uid) may act on every owner. Any other
+// caller may register only processes whose real, effective and saved uids
+// are its own, and may acquire, release, unregister or change the policy
+// only of owners its uid registered. Reading (inquire, holders, status) is
+// open to every allowed peer. docs/protocol.md ("Who may do what").
+struct Caller {
+  uid_t uid = 0;
+  pid_t pid = 0;
+  bool privileged = true;
+  // latchd itself (recovery, rebuilding from backends).
+  static Caller Internal() { return Caller{}; }
+};
 
 struct AgentOptions {
   std::vector<std::string> plugin_path;
@@ -119,21 +138,34 @@ class Agent {
 
   // Registers (or re-registers) an owner. `owner.start_time` 0 means "read
   // it from /proc"; `owner.host` is ignored (always this host).
+  //
+  // Every call that changes something either happens wholly (backends and
+  // journal agree) or fails having changed nothing; a journal write that
+  // fails is the caller's error (Internal, naming the journal's reason).
+  // `caller` is checked as Caller describes (PermissionDenied).
+  //
+  // The process must be a live process (not a zombie, not a thread of
+  // another process), not pid 1 and not latchd itself.
   absl::StatusOr<OwnerView> Register(Owner owner, std::optional<FailurePolicy> policy,
-                                     std::optional<absl::Duration> grace);
+                                     std::optional<absl::Duration> grace, const Caller& caller);
   absl::Status SetPolicy(const std::string& uuid, FailurePolicy policy,
-                         std::optional<absl::Duration> grace);
+                         std::optional<absl::Duration> grace, const Caller& caller);
+  // A waiting acquire ends with Cancelled, having taken nothing, when
+  // options.cancel_fd reports that the caller gave up (its connection
+  // closed).
   absl::StatusOr<std::vector<LockView>> Acquire(const std::string& uuid,
                                                 const std::vector<ResourceSpec>& specs,
                                                 const AcquireOptions& options,
-                                                const std::optional<std::string>& state);
+                                                const std::optional<std::string>& state,
+                                                const Caller& caller);
   // `specs` nullopt: every lock of the owner.
   absl::StatusOr<ReleaseResult> Release(const std::string& uuid,
-                                        const std::optional<std::vector<ResourceSpec>>& specs);
+                                        const std::optional<std::vector<ResourceSpec>>& specs,
+                                        const Caller& caller);
   absl::StatusOr<OwnerView> Inquire(const std::string& uuid);
   // The holders of each resource; takes and changes nothing.
   absl::StatusOr<std::vector<HoldersView>> Holders(const std::vector<ResourceSpec>& specs);
-  absl::StatusOr<ReleaseResult> Unregister(const std::string& uuid);
+  absl::StatusOr<ReleaseResult> Unregister(const std::string& uuid, const Caller& caller);
   AgentStatus Status();
   // The loaded backends' names, the first being the default. Cheap.
   std::vector<std::string> BackendNames() const;
@@ -167,14 +199,26 @@ class Agent {
   absl::Status Recover();
   absl::Status RebuildFromBackends();
   void OnOwnerExit(const std::string& uuid, uint64_t generation);
+  // PermissionDenied unless `caller` may act on owner `e`.
+  static absl::Status MayAct(const OwnerEntry& e, const Caller& caller, const char* what);
+  // Remembers rows that must leave the journal but could not (a full
+  // disk); Journal writes them before any later change.
+  void Owe(const JournalChange& removals) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyPolicy(const OwnerEntry& entry, const std::string& what);
 
   absl::StatusOr<LoadedBackend*> FindBackend(const std::string& name);
   absl::StatusOr<Planned> Plan(const ResourceSpec& spec);
-  absl::Status Journal(const JournalChange& change) const;
+  // Applies `change` after the rows owed (Owe); errors name the journal.
+  absl::Status Journal(const JournalChange& change) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Releases `locks` of `owner` in the backends and the journal; with
-  // `forget`, removes the owner row in the same transaction.
-  void ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget);
+  // `forget`, removes the owner row in the same transaction. The journal
+  // goes first: when it cannot be written, nothing is released and the
+  // error is returned, unless `must_release` (the owner's process exited,
+  // or an acquire is rolling back: the locks go whatever the journal says;
+  // the rows it keeps are owed, see Owe, and describe a dead owner or an
+  // unfinished acquire, both of which recovery drops).
+  absl::Status ReleaseHeld(const Owner& owner, const std::vector<Held>& locks, bool forget,
+                           bool must_release);
   std::vector<LockView> Views(const OwnerEntry& e) const;
   static ReleaseResult Released(const std::vector<Held>& held);
   bool Survives(const std::string& backend) const;
@@ -195,6 +239,8 @@ class Agent {
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<OwnerEntry>> owners_ ABSL_GUARDED_BY(mu_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+  // Rows that must leave the journal but could not (see ReleaseHeld).
+  JournalChange journal_debt_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace latchkey

@@ -19,6 +19,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "agent/agent.h"
 #include "agent/server.h"
@@ -56,7 +57,12 @@ Settings (default):
   socket = "STATE_DIR/latchd.sock"  the Unix socket (0600)
   allowed_uids = [ 0 ]              peers allowed to connect (latchd's own uid always is)
   terminate_grace_ms = 5000         policy terminate: SIGKILL this long after SIGTERM
-  max_clients = 1024                concurrent connections
+  max_clients = 1024                concurrent connections (root and latchd's uid get
+                                    8 more when every connection is busy)
+  max_clients_per_uid = 256         concurrent connections of one peer uid; at a limit
+                                    the longest-idle connection is closed to make room
+  idle_timeout_ms = 60000           close a connection with nothing in flight after this
+  request_timeout_ms = 10000        a request line must arrive whole within this
   log_level = "info"                trace, debug, info, warn, error
   log_syslog = 1                    also log to syslog (daemon facility)
   NAME_KEY = ...                    setting KEY of backend NAME, e.g.
@@ -83,7 +89,8 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   for (const std::string& b : *backends) prefixes.push_back(b + "_");
   if (absl::Status st = c.CheckKeys({"backends", "plugin_path", "lockspace", "state_dir",
                                      "socket", "allowed_uids", "terminate_grace_ms",
-                                     "max_clients", "log_level", "log_syslog"},
+                                     "max_clients", "max_clients_per_uid", "idle_timeout_ms",
+                                     "request_timeout_ms", "log_level", "log_syslog"},
                                     prefixes);
       !st.ok()) {
     return st;
@@ -122,17 +129,26 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
     }
   }
   s.server.allowed_uids.push_back(geteuid());
-  absl::StatusOr<int64_t> grace = c.GetInt("terminate_grace_ms", 5000, 0, 3600 * 1000);
+  absl::StatusOr<int64_t> grace = c.GetInt("terminate_grace_ms", 5000, 0, kMaxGraceMs);
   absl::StatusOr<int64_t> clients = c.GetInt("max_clients", 1024, 1, 1 << 20);
+  absl::StatusOr<int64_t> per_uid = c.GetInt("max_clients_per_uid", 256, 1, 1 << 20);
+  absl::StatusOr<int64_t> idle = c.GetInt("idle_timeout_ms", 60000, 100, 86400 * 1000);
+  absl::StatusOr<int64_t> partial = c.GetInt("request_timeout_ms", 10000, 100, 3600 * 1000);
   absl::StatusOr<std::string> level =
       c.GetChoice("log_level", "info", {"trace", "debug", "info", "warn", "error"});
   absl::StatusOr<bool> syslog = c.GetBool("log_syslog", true);
   if (!grace.ok()) return grace.status();
   if (!clients.ok()) return clients.status();
+  if (!per_uid.ok()) return per_uid.status();
+  if (!idle.ok()) return idle.status();
+  if (!partial.ok()) return partial.status();
   if (!level.ok()) return level.status();
   if (!syslog.ok()) return syslog.status();
   s.agent.default_grace = absl::Milliseconds(*grace);
   s.server.max_clients = static_cast<size_t>(*clients);
+  s.server.max_clients_per_uid = static_cast<size_t>(*per_uid);
+  s.server.idle_timeout = absl::Milliseconds(*idle);
+  s.server.request_timeout = absl::Milliseconds(*partial);
   s.log_level = *level;
   s.log_syslog = *syslog;
   s.agent.backend_config = c;
@@ -165,25 +181,85 @@ int InheritedFd(const char* env) {
   return fd;
 }
 
-// One latchd per state directory: an flock held for the process's life
-// (and across re-exec, through the inherited descriptor).
+bool SameFile(int fd, const std::string& path) {
+  struct stat a, b;
+  return fstat(fd, &a) == 0 && stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
+}
+
+absl::Status Busy(const std::string& dir) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("another latchd is running with state directory ", dir));
+}
+
+// One latchd per state directory: an flock on the directory itself, held
+// for the process's life and across re-exec. Unlike a lock file, a
+// directory that holds the journal cannot be deleted behind latchd's back
+// (a tmpfiles age rule), so a second latchd can never run recovery on a
+// live journal. An inherited descriptor (kLockFdEnv) is believed only when
+// it is that very directory and the lock can be taken through it: a forged
+// variable naming some other descriptor is refused, and one naming a fresh
+// open of the directory fails while the real holder lives.
 absl::StatusOr<int> LockStateDir(const std::string& dir) {
-  int fd = InheritedFd(kLockFdEnv);
-  if (fd >= 0) return fd;
+  const int inherited = InheritedFd(kLockFdEnv);
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory ", dir, ": ", strerror(errno)));
   }
-  const std::string path = dir + "/latchd.lock";
-  fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat("state directory ", dir,
+                                                      " is not a directory"));
+  }
+  if ((st.st_mode & 0022) != 0 || st.st_uid != geteuid()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "state directory %s is owned by uid %d with mode %04o: it must belong to latchd's "
+        "uid %d and be writable by nobody else",
+        dir, st.st_uid, st.st_mode & 07777, geteuid()));
+  }
+  if (inherited >= 0 && !SameFile(inherited, dir)) {
+    // A latchd before this one locked DIR/latchd.lock and passes that
+    // across an upgrade: keep it (older binaries still look at it) as long
+    // as it is that file and its lock is ours; the directory lock below is
+    // what counts.
+    if (!SameFile(inherited, dir + "/latchd.lock") || flock(inherited, LOCK_EX | LOCK_NB) != 0) {
+      close(inherited);
+      return absl::FailedPreconditionError(absl::StrCat(
+          kLockFdEnv, " does not name a lock on state directory ", dir, " held by this process"));
+    }
+  }
+  const int fd = inherited >= 0 && SameFile(inherited, dir)
+                     ? inherited
+                     : open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot open ", path, ": ", strerror(errno)));
+        absl::StrCat("cannot open state directory ", dir, ": ", strerror(errno)));
   }
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat("another latchd is running with state directory ", dir));
+    return Busy(dir);
+  }
+  return fd;
+}
+
+// The listening socket passed across a re-exec, if kListenFdEnv names a
+// listening Unix stream socket bound to `path`; -1 otherwise (latchd binds
+// afresh, and Server refuses when someone else answers there).
+int InheritedListenFd(const std::string& path) {
+  const int fd = InheritedFd(kListenFdEnv);
+  if (fd < 0) return -1;
+  int listening = 0, type = 0;
+  socklen_t len = sizeof(int);
+  sockaddr_un addr = {};
+  socklen_t alen = sizeof(addr);
+  const bool ok =
+      getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening != 0 &&
+      (len = sizeof(int), getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) &&
+      type == SOCK_STREAM && getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) == 0 &&
+      addr.sun_family == AF_UNIX && strncmp(addr.sun_path, path.c_str(), sizeof(addr.sun_path)) == 0;
+  if (!ok) {
+    spdlog::warn("{} does not name a socket listening at {}; binding afresh", kListenFdEnv, path);
+    return -1;
   }
   return fd;
 }
@@ -295,7 +371,7 @@ int Main(int argc, char** argv) {
     spdlog::critical("{}", std::string(lock_fd.status().message()));
     return 1;
   }
-  const int listen_fd = InheritedFd(kListenFdEnv);
+  const int listen_fd = InheritedListenFd(settings->server.socket_path);
   if (FaultArmed()) spdlog::warn("fault injection armed: {}", getenv("LATCHKEY_FAULT"));
   spdlog::info("starting{} (pid {}, state {}, socket {})",
                listen_fd >= 0 ? " after a planned re-exec" : "", getpid(), settings->state_dir,

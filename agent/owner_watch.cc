@@ -57,13 +57,17 @@ absl::StatusOr<std::unique_ptr<OwnerWatch>> OwnerWatch::Start(ExitFn on_exit) {
 OwnerWatch::OwnerWatch(ExitFn on_exit, int epoll_fd, int wake_fd)
     : on_exit_(std::move(on_exit)), epoll_fd_(epoll_fd), wake_fd_(wake_fd) {}
 
-OwnerWatch::~OwnerWatch() {
+void OwnerWatch::Stop() {
   {
     std::lock_guard<std::mutex> l(mu_);
     stopping_ = true;
   }
   Wake();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
+}
+
+OwnerWatch::~OwnerWatch() {
+  Stop();
   for (auto& [uuid, e] : entries_) close(e.pidfd);
   close(wake_fd_);
   close(epoll_fd_);

@@ -36,7 +36,14 @@ class OwnerWatch {
   using ExitFn = std::function<void(const std::string& uuid, uint64_t generation)>;
 
   static absl::StatusOr<std::unique_ptr<OwnerWatch>> Start(ExitFn on_exit);
-  ~OwnerWatch();  // Stops the thread and closes every pidfd.
+  ~OwnerWatch();  // Stop(), then closes every pidfd.
+
+  // Stops the watch thread and waits for it, including an on_exit call in
+  // progress; no callback runs after it returns. Idempotent. The watch
+  // stays usable (Unwatch, Signal) until destroyed, so a callback that
+  // calls back into it while Stop waits is safe. Must not be called from
+  // a callback.
+  void Stop();
 
   // Watches the process behind `pidfd` (ownership passes to the watch) for
   // owner `uuid`; replaces an earlier watch of `uuid`. `generation` is

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "agent/request_check.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -21,6 +22,9 @@ namespace latchkey {
 namespace {
 
 using nlohmann::json;
+
+// A waiting acquire may name at most 30 days.
+constexpr int64_t kMaxTimeoutMs = int64_t{30} * 24 * 3600 * 1000;
 
 std::string CodeName(absl::StatusCode code) {
   return absl::AsciiStrToLower(absl::StatusCodeToString(code));
@@ -43,14 +47,20 @@ class Fields {
     return absl::OkStatus();
   }
 
-  absl::Status Int(const char* key, int64_t* out, bool required) {
+  // An integer from `min` to `max`; anything else (a fraction, a number
+  // out of range) is refused naming the range, never clamped.
+  absl::Status Int(const char* key, int64_t* out, bool required, int64_t min, int64_t max) {
     used_.insert(key);
     if (!Has(key)) return required ? Missing(key) : absl::OkStatus();
     const json& v = obj_[key];
-    if (!v.is_number_integer()) return Wrong(key, "an integer");
-    *out = v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX
-               ? INT64_MAX
-               : v.get<int64_t>();
+    const std::string range = absl::StrCat("an integer from ", min, " to ", max);
+    if (!v.is_number_integer()) return Wrong(key, range.c_str());
+    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      return Wrong(key, range.c_str());
+    }
+    const int64_t n = v.get<int64_t>();
+    if (n < min || n > max) return Wrong(key, range.c_str());
+    *out = n;
     return absl::OkStatus();
   }
 
@@ -110,7 +120,7 @@ absl::Status ParseOwner(const json& j, Owner* out) {
   uint64_t start = 0;
   absl::Status s = f.String("uuid", &out->uuid, true);
   if (s.ok()) s = f.String("name", &out->name, true);
-  if (s.ok()) s = f.Int("pid", &pid, true);
+  if (s.ok()) s = f.Int("pid", &pid, true, 1, kMaxPid);
   if (s.ok()) s = f.Uint("start_time", &start, false);
   if (s.ok()) s = f.CheckUnknown();
   out->pid = pid;
@@ -198,21 +208,19 @@ absl::Status ParsePolicy(Fields& f, std::optional<FailurePolicy>* policy,
   std::string p;
   int64_t grace_ms = -1;
   absl::Status s = f.String("policy", &p, false);
-  if (s.ok()) s = f.Int("grace_ms", &grace_ms, false);
+  if (s.ok()) s = f.Int("grace_ms", &grace_ms, false, 0, kMaxGraceMs);
   if (!s.ok()) return s;
   if (f.Has("policy")) {
     absl::StatusOr<FailurePolicy> fp = ParseFailurePolicy(p);
     if (!fp.ok()) return fp.status();
     *policy = *fp;
   }
-  if (f.Has("grace_ms")) {
-    if (grace_ms < 0) return absl::InvalidArgumentError("field 'grace_ms' must not be negative");
-    *grace = absl::Milliseconds(grace_ms);
-  }
+  if (f.Has("grace_ms")) *grace = absl::Milliseconds(grace_ms);
   return absl::OkStatus();
 }
 
-absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bool* reexec) {
+absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
+                              const Caller& caller, int cancel_fd, bool* reexec) {
   if (op == "hello") {
     if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
     json names = json::array();
@@ -259,7 +267,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
     if (s.ok()) s = ParsePolicy(f, &policy, &grace);
     if (s.ok()) s = f.CheckUnknown();
     if (!s.ok()) return s;
-    absl::StatusOr<OwnerView> v = agent->Register(owner, policy, grace);
+    absl::StatusOr<OwnerView> v = agent->Register(owner, policy, grace, caller);
     if (!v.ok()) return v.status();
     return json{{"owner", OwnerJson(v->owner)},
                 {"policy", FailurePolicyName(v->policy)},
@@ -291,6 +299,10 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
   std::string uuid;
   if (op == "reexec") {
     if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
+    if (!caller.privileged) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("uid ", caller.uid, " may not restart latchd (root or latchd's uid may)"));
+    }
     if (absl::Status s = agent->PrepareExec(absl::Seconds(5)); !s.ok()) return s;
     *reexec = true;
     return json::object();
@@ -309,7 +321,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
     absl::Status s = ParsePolicy(f, &policy, &grace);
     if (s.ok()) s = f.CheckUnknown();
     if (s.ok() && !policy) s = absl::InvalidArgumentError("missing field 'policy'");
-    if (s.ok()) s = agent->SetPolicy(uuid, *policy, grace);
+    if (s.ok()) s = agent->SetPolicy(uuid, *policy, grace, caller);
     if (!s.ok()) return s;
     return json{{"policy", FailurePolicyName(*policy)}};
   }
@@ -320,16 +332,17 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
     std::string state;
     absl::Status s = ParseSpecs(f.Object("resources"), &specs);
     if (s.ok()) s = f.Bool("wait", &wait);
-    if (s.ok()) s = f.Int("timeout_ms", &timeout_ms, false);
+    if (s.ok()) s = f.Int("timeout_ms", &timeout_ms, false, -1, kMaxTimeoutMs);
     if (s.ok()) s = f.String("state", &state, false);
     if (s.ok()) s = f.CheckUnknown();
     if (!s.ok()) return s;
     AcquireOptions opts;
     opts.wait = wait;
     opts.timeout = timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(timeout_ms);
+    opts.cancel_fd = cancel_fd;
     std::optional<std::string> st;
     if (f.Has("state")) st = state;
-    absl::StatusOr<std::vector<LockView>> locks = agent->Acquire(uuid, specs, opts, st);
+    absl::StatusOr<std::vector<LockView>> locks = agent->Acquire(uuid, specs, opts, st, caller);
     if (!locks.ok()) return locks.status();
     return json{{"locks", LocksJson(*locks)}};
   }
@@ -341,7 +354,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
     }
     if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
     absl::StatusOr<ReleaseResult> r =
-        op == "release" ? agent->Release(uuid, specs) : agent->Unregister(uuid);
+        op == "release" ? agent->Release(uuid, specs, caller) : agent->Unregister(uuid, caller);
     if (!r.ok()) return r.status();
     return json{{"released", LocksJson(r->released)}, {"state", r->state}};
   }
@@ -356,6 +369,11 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f, bo
               {"state", HandoffState(v->locks)}};
 }
 
+// Every response goes out through here: a value latchd could not print
+// (bytes that are not UTF-8, from a backend's state or an old journal row)
+// is replaced, never thrown.
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 json ErrorJson(const json& id, const absl::Status& s) {
   return json{{"v", kProtocolVersion},
               {"id", id},
@@ -366,6 +384,8 @@ json ErrorJson(const json& id, const absl::Status& s) {
 bool WriteAll(int fd, const std::string& data) {
   size_t off = 0;
   while (off < data.size()) {
+    // SO_SNDTIMEO bounds each send: a peer that does not read its answers
+    // loses its connection instead of holding a thread forever.
     const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
@@ -374,40 +394,71 @@ bool WriteAll(int fd, const std::string& data) {
   return true;
 }
 
-}  // namespace
+std::string Refusal(const absl::Status& s) { return Dump(ErrorJson(nullptr, s)) + "\n"; }
 
-std::string Server::TooLong() const {
-  return ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
-                                "request exceeds ", options_.max_request_bytes, " bytes")))
-      .dump();
+int Millis(absl::Duration d) {
+  if (d <= absl::ZeroDuration()) return 0;
+  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d) + 1, INT32_MAX));
 }
 
-std::string Server::HandleLine(const std::string& line, bool* reexec) {
+}  // namespace
+
+// One client connection. Fields other than fd, caller are guarded by
+// Server::conn_mu_.
+struct Server::Conn {
+  int fd = -1;
+  Caller caller;
+  bool busy = false;     // a request is being answered
+  bool partial = false;  // part of a request line has arrived
+  bool evicted = false;  // closed to make room; answer nothing more
+  absl::Time last = absl::Now();
+};
+
+std::string Server::HandleLine(const std::string& line, const Caller& caller, int cancel_fd,
+                               bool* reexec) {
   *reexec = false;
+  try {
+    return Handle(line, caller, cancel_fd, reexec);
+  } catch (const std::exception& e) {
+    // Nothing should throw past Handle's own handler; if something does,
+    // the peer gets an error and latchd lives on.
+    spdlog::error("request handler threw: {}", e.what());
+    return Dump(ErrorJson(nullptr, absl::InternalError(absl::StrCat(
+                                       "latchd failed to answer: ", e.what()))));
+  } catch (...) {
+    spdlog::error("request handler threw a non-exception");
+    return Dump(ErrorJson(nullptr, absl::InternalError("latchd failed to answer")));
+  }
+}
+
+std::string Server::Handle(const std::string& line, const Caller& caller, int cancel_fd,
+                           bool* reexec) {
+  // Bound the input before anything walks it: the parser, the copy of the
+  // id and the response's printer would otherwise follow any nesting.
+  if (absl::Status s = CheckRequestLine(line); !s.ok()) return Dump(ErrorJson(nullptr, s));
   const json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (req.is_discarded()) {
-    return ErrorJson(nullptr, absl::InvalidArgumentError("request is not valid JSON")).dump();
+    return Dump(ErrorJson(nullptr, absl::InvalidArgumentError("request is not valid JSON")));
   }
   if (!req.is_object()) {
-    return ErrorJson(nullptr, absl::InvalidArgumentError("request must be a JSON object"))
-        .dump();
+    return Dump(ErrorJson(nullptr, absl::InvalidArgumentError("request must be a JSON object")));
   }
   const json id = req.contains("id") ? req["id"] : json();
   Fields f(req, "");
   f.Object("id");
   int64_t v = 0;
   std::string op;
-  absl::Status s = f.Int("v", &v, true);
+  absl::Status s = f.Int("v", &v, true, INT64_MIN, INT64_MAX);
   if (s.ok() && v != kProtocolVersion) {
     s = absl::InvalidArgumentError(
         absl::StrCat("protocol version ", v, " is not spoken here (latchd speaks version ",
                      kProtocolVersion, ")"));
   }
   if (s.ok()) s = f.String("op", &op, true);
-  if (!s.ok()) return ErrorJson(id, s).dump();
+  if (!s.ok()) return Dump(ErrorJson(id, s));
   absl::StatusOr<json> result;
   try {
-    result = Dispatch(agent_, op, f, reexec);
+    result = Dispatch(agent_, op, f, caller, cancel_fd, reexec);
   } catch (const std::exception& e) {
     // nlohmann throws on type confusion we did not foresee; never let one
     // take latchd down.
@@ -415,11 +466,11 @@ std::string Server::HandleLine(const std::string& line, bool* reexec) {
   }
   if (!result.ok()) {
     spdlog::debug("{} refused: {}", op, result.status().ToString());
-    return ErrorJson(id, result.status()).dump();
+    return Dump(ErrorJson(id, result.status()));
   }
   json out = {{"v", kProtocolVersion}, {"id", id}, {"ok", true}};
   out.update(*result);
-  return out.dump();
+  return Dump(out);
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(Agent* agent, ServerOptions options,
@@ -475,12 +526,60 @@ void Server::Stop(bool keep_listening) {
   if (accept_thread_.joinable()) accept_thread_.join();
   {
     std::lock_guard<std::mutex> l(conn_mu_);
-    for (int fd : conns_) shutdown(fd, SHUT_RDWR);
+    for (auto& [fd, c] : conns_) {
+      c->evicted = true;
+      shutdown(fd, SHUT_RDWR);
+    }
   }
   if (!keep_listening) {
     close(listen_fd_);
     unlink(options_.socket_path.c_str());
   }
+}
+
+std::shared_ptr<Server::Conn> Server::IdlestLocked(uid_t uid, bool any_uid) const {
+  std::shared_ptr<Conn> best;
+  for (const auto& [fd, c] : conns_) {
+    if (c->busy || c->partial || c->evicted || (!any_uid && c->caller.uid != uid)) continue;
+    if (best == nullptr || c->last < best->last) best = c;
+  }
+  return best;
+}
+
+std::shared_ptr<Server::Conn> Server::Admit(int fd, const Caller& caller, std::string* refusal) {
+  std::lock_guard<std::mutex> l(conn_mu_);
+  const size_t reserve = caller.privileged ? kAdminReserve : 0;
+  size_t& mine = per_uid_[caller.uid];
+  // Room for a connection: close the idlest one (of this uid when it is the
+  // uid's limit that is reached) rather than refuse a peer that has work.
+  for (int round = 0; round < 2; ++round) {
+    const bool uid_full = mine >= options_.max_clients_per_uid;
+    const bool all_full = conns_.size() >= options_.max_clients;
+    if (!uid_full && !all_full) break;
+    std::shared_ptr<Conn> victim = IdlestLocked(caller.uid, /*any_uid=*/!uid_full);
+    if (victim == nullptr) break;
+    spdlog::info("closing an idle connection of uid {} to make room for uid {} (pid {})",
+                 victim->caller.uid, caller.uid, caller.pid);
+    victim->evicted = true;
+    shutdown(victim->fd, SHUT_RDWR);
+    // Its thread removes it when it sees the shutdown; count it gone now.
+    --per_uid_[victim->caller.uid];
+    conns_.erase(victim->fd);
+  }
+  if (mine >= options_.max_clients_per_uid + reserve ||
+      conns_.size() >= options_.max_clients + reserve) {
+    *refusal = absl::StrCat("latchd serves at most ", options_.max_clients,
+                            " connections, ", options_.max_clients_per_uid,
+                            " per uid; uid ", caller.uid, " has ", mine,
+                            " and none of them is idle");
+    return nullptr;
+  }
+  auto c = std::make_shared<Conn>();
+  c->fd = fd;
+  c->caller = caller;
+  ++mine;
+  conns_[fd] = c;
+  return c;
 }
 
 void Server::AcceptLoop() {
@@ -500,6 +599,8 @@ void Server::AcceptLoop() {
       }
       continue;
     }
+    const timeval send_timeout = absl::ToTimeval(options_.send_timeout);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
     ucred cred = {};
     socklen_t len = sizeof(cred);
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
@@ -507,40 +608,61 @@ void Server::AcceptLoop() {
             options_.allowed_uids.end()) {
       spdlog::warn("refused a client with uid {} (pid {}): not in allowed_uids", cred.uid,
                    cred.pid);
-      WriteAll(fd, ErrorJson(nullptr, absl::PermissionDeniedError(absl::StrCat(
-                                          "uid ", cred.uid, " may not use latchd")))
-                           .dump() +
-                       "\n");
+      WriteAll(fd, Refusal(absl::PermissionDeniedError(
+                       absl::StrCat("uid ", cred.uid, " may not use latchd"))));
       close(fd);
       continue;
     }
-    if (clients_.load() >= options_.max_clients) {
-      WriteAll(fd, ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
-                                          "latchd serves at most ", options_.max_clients,
-                                          " connections")))
-                           .dump() +
-                       "\n");
+    Caller caller;
+    caller.uid = cred.uid;
+    caller.pid = cred.pid;
+    caller.privileged = cred.uid == 0 || cred.uid == geteuid();
+    std::string refusal;
+    std::shared_ptr<Conn> conn = Admit(fd, caller, &refusal);
+    if (conn == nullptr) {
+      spdlog::warn("refused a client with uid {} (pid {}): {}", cred.uid, cred.pid, refusal);
+      WriteAll(fd, Refusal(absl::ResourceExhaustedError(refusal)));
       close(fd);
       continue;
     }
-    ++clients_;
-    {
-      std::lock_guard<std::mutex> l(conn_mu_);
-      conns_.push_back(fd);
-    }
-    std::thread([this, fd] { Serve(fd); }).detach();
+    std::thread([this, conn] { Serve(conn); }).detach();
   }
 }
 
-void Server::Serve(int fd) {
+void Server::Serve(std::shared_ptr<Conn> conn) {
+  const int fd = conn->fd;
   std::string buf;
   bool discarding = false;  // skipping the rest of an oversized line
   char chunk[16384];
   bool open = true;
+  // When the request line now in `buf` began to arrive.
+  absl::Time line_start = absl::InfiniteFuture();
   while (open) {
-    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+    const absl::Time now = absl::Now();
+    const bool mid_line = !buf.empty() || discarding;
+    const absl::Duration wait =
+        mid_line ? line_start + options_.request_timeout - now : options_.idle_timeout;
+    pollfd p = {fd, POLLIN, 0};
+    const int ready = poll(&p, 1, Millis(wait));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready == 0) {
+      if (mid_line) {
+        spdlog::info("uid {} (pid {}): request incomplete after {}; closing", conn->caller.uid,
+                     conn->caller.pid, absl::FormatDuration(options_.request_timeout));
+        WriteAll(fd, Refusal(absl::DeadlineExceededError(
+                         absl::StrCat("request line incomplete after ",
+                                      absl::FormatDuration(options_.request_timeout),
+                                      "; closing the connection"))));
+      } else {
+        spdlog::debug("uid {} (pid {}): idle for {}; closing", conn->caller.uid,
+                      conn->caller.pid, absl::FormatDuration(options_.idle_timeout));
+      }
+      break;
+    }
+    const ssize_t n = ready < 0 ? -1 : recv(fd, chunk, sizeof(chunk), 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
+    if (!mid_line) line_start = absl::Now();
     buf.append(chunk, static_cast<size_t>(n));
     size_t start = 0;
     for (;;) {
@@ -549,15 +671,34 @@ void Server::Serve(int fd) {
       if (discarding) {
         discarding = false;
         start = nl + 1;
+        line_start = absl::Now();
         continue;
       }
       const std::string line = buf.substr(start, nl - start);
       start = nl + 1;
+      line_start = absl::Now();  // the next line, if any, starts now
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      {
+        std::lock_guard<std::mutex> l(conn_mu_);
+        if (conn->evicted) {
+          open = false;
+          break;
+        }
+        conn->busy = true;
+      }
       bool reexec = false;
       const std::string response =
-          (line.size() + 1 > options_.max_request_bytes ? TooLong() : HandleLine(line, &reexec)) +
+          (line.size() + 1 > options_.max_request_bytes
+               ? Dump(ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
+                                             "request exceeds ", options_.max_request_bytes,
+                                             " bytes"))))
+               : HandleLine(line, conn->caller, fd, &reexec)) +
           "\n";
+      {
+        std::lock_guard<std::mutex> l(conn_mu_);
+        conn->busy = false;
+        conn->last = absl::Now();
+      }
       if (!WriteAll(fd, response)) {
         open = false;
         break;
@@ -573,17 +714,26 @@ void Server::Serve(int fd) {
       buf.clear();  // Still inside the oversized line.
     } else if (open && buf.size() > options_.max_request_bytes) {
       // Answer now, then skip the rest of that line whatever its length.
-      open = WriteAll(fd, TooLong() + "\n");
+      open = WriteAll(fd, Refusal(absl::ResourceExhaustedError(
+                              absl::StrCat("request exceeds ", options_.max_request_bytes,
+                                           " bytes"))));
       buf.clear();
       discarding = true;
     }
+    std::lock_guard<std::mutex> l(conn_mu_);
+    conn->partial = !buf.empty() || discarding;
   }
   {
     std::lock_guard<std::mutex> l(conn_mu_);
-    conns_.erase(std::remove(conns_.begin(), conns_.end(), fd), conns_.end());
+    auto it = conns_.find(fd);
+    if (it != conns_.end() && it->second == conn) {
+      conns_.erase(it);
+      --per_uid_[conn->caller.uid];
+    }
+    // Closed under the lock: Admit and Stop shut descriptors down only
+    // while they are registered, so they can never hit a reused number.
+    close(fd);
   }
-  close(fd);
-  --clients_;
 }
 
 }  // namespace latchkey

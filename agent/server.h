@@ -3,7 +3,18 @@
 // through an Agent. The protocol is docs/protocol.md.
 //
 // One thread per connection: requests of one connection are answered in
-// order, and a waiting acquire blocks only its own connection.
+// order, and a waiting acquire blocks only its own connection. A waiting
+// acquire ends (cancelled, nothing taken) when its client disconnects.
+//
+// No peer can take the server from others: a connection with nothing in
+// flight closes after `idle_timeout`, a request line must arrive whole
+// within `request_timeout`, a response must be taken within
+// `send_timeout`, and one uid holds at most `max_clients_per_uid`
+// connections. When a limit is reached, the longest-idle connection of
+// that uid (or, at `max_clients`, of anyone) is closed to make room; when
+// none is idle, privileged peers (root, latchd's uid) still get one of
+// kAdminReserve extra connections, so an administrator can always ask for
+// `status`.
 //
 // Thread safety: Start and Stop from one thread; HandleLine is thread-safe.
 #ifndef LATCHKEY_AGENT_SERVER_H_
@@ -13,23 +24,33 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "agent/agent.h"
 
 namespace latchkey {
 
 inline constexpr int kProtocolVersion = 1;
 
+// Connections beyond every limit that privileged peers may still open.
+inline constexpr size_t kAdminReserve = 8;
+
 struct ServerOptions {
   std::string socket_path = "/run/latchkey/latchd.sock";
   std::vector<uid_t> allowed_uids = {0};
   size_t max_request_bytes = 65536;
   size_t max_clients = 1024;
+  size_t max_clients_per_uid = 256;
+  absl::Duration idle_timeout = absl::Seconds(60);
+  absl::Duration request_timeout = absl::Seconds(10);
+  absl::Duration send_timeout = absl::Seconds(10);
   // A listening socket inherited across a re-exec; -1 binds socket_path.
   int inherited_fd = -1;
 };
@@ -43,24 +64,35 @@ class Server {
   static absl::StatusOr<std::unique_ptr<Server>> Start(Agent* agent, ServerOptions options,
                                                        std::function<void()> on_reexec);
 
-  // Stops accepting and shuts every connection down. With `keep_listening`
-  // the listening socket stays open (for a re-exec); otherwise it is closed
-  // and its file removed. Connection threads blocked in a waiting acquire
-  // are not waited for: the process is about to exit or exec.
+  // Stops accepting and shuts every connection down (a waiting acquire on
+  // one is cancelled). With `keep_listening` the listening socket stays
+  // open (for a re-exec); otherwise it is closed and its file removed.
+  // Connection threads are not waited for: the process is about to exit
+  // or exec.
   void Stop(bool keep_listening);
 
   int listen_fd() const { return listen_fd_; }
 
-  // Answers one request line (without its newline) with one response line
-  // (without newline). Sets *reexec when the request was a successful
-  // `reexec`.
-  std::string HandleLine(const std::string& line, bool* reexec);
+  // Answers one request line (without its newline) from `caller` with one
+  // response line (without newline); never throws, whatever the line.
+  // `cancel_fd` is passed to a waiting acquire (AcquireOptions::cancel_fd);
+  // -1 for none. Sets *reexec when the request was a successful `reexec`.
+  std::string HandleLine(const std::string& line, const Caller& caller, int cancel_fd,
+                         bool* reexec);
 
  private:
+  struct Conn;
   Server(Agent* agent, ServerOptions options, std::function<void()> on_reexec, int fd);
   void AcceptLoop();
-  std::string TooLong() const;
-  void Serve(int fd);
+  // Registers a new connection of `caller`, closing an idle one when a
+  // limit is reached. Null (and a reason) when it must be refused.
+  std::shared_ptr<Conn> Admit(int fd, const Caller& caller, std::string* refusal);
+  // The connection to close to make room (nothing in flight, longest
+  // idle), of `uid` only unless `any_uid`. REQUIRES: conn_mu_ held.
+  std::shared_ptr<Conn> IdlestLocked(uid_t uid, bool any_uid) const;
+  void Serve(std::shared_ptr<Conn> conn);
+  std::string Handle(const std::string& line, const Caller& caller, int cancel_fd,
+                     bool* reexec);
 
   Agent* const agent_;
   const ServerOptions options_;
@@ -68,9 +100,9 @@ class Server {
   const int listen_fd_;
   int stop_fd_ = -1;
   std::thread accept_thread_;
-  std::atomic<size_t> clients_{0};
   std::mutex conn_mu_;
-  std::vector<int> conns_;
+  std::map<int, std::shared_ptr<Conn>> conns_;  // by descriptor
+  std::map<uid_t, size_t> per_uid_;
 };
 
 }  // namespace latchkey

@@ -34,6 +34,8 @@ lk_acquire_options ToAbi(const AcquireOptions& o) {
   lk_acquire_options out;
   out.flags = o.wait ? LK_ACQUIRE_WAIT : 0;
   if (o.expect_token.has_value()) out.flags |= LK_ACQUIRE_EXPECT_TOKEN;
+  if (o.cancel_fd >= 0) out.flags |= LK_ACQUIRE_CANCEL_FD;
+  out.cancel_fd = o.cancel_fd;
   out.timeout_ms = o.timeout == absl::InfiniteDuration() ? -1 : absl::ToInt64Milliseconds(o.timeout);
   out.expect_token = o.expect_token.value_or(0);
   return out;
@@ -86,6 +88,7 @@ AcquireOptions FromAbi(const lk_acquire_options* o) {
   out.wait = (o->flags & LK_ACQUIRE_WAIT) != 0;
   out.timeout = o->timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(o->timeout_ms);
   if ((o->flags & LK_ACQUIRE_EXPECT_TOKEN) != 0) out.expect_token = o->expect_token;
+  if ((o->flags & LK_ACQUIRE_CANCEL_FD) != 0) out.cancel_fd = o->cancel_fd;
   return out;
 }
 

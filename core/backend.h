@@ -26,6 +26,8 @@
 //   NotFound           the owner holds no lock on that resource.
 //   InvalidArgument    bad input (names, modes, owners); nothing changed.
 //   ResourceExhausted  a backend limit (e.g. holders per resource).
+//   Cancelled          a waiting acquire was given up by its caller
+//                      (AcquireOptions::cancel_fd); nothing changed.
 // A failed call never changes any lock the caller already held.
 //
 // Thread safety: a Backend is safe for concurrent use from many threads; a
@@ -84,7 +86,16 @@ struct AcquireOptions {
   // holder) do not count. The check and the grant are one atomic step.
   // Backends without fencing_tokens refuse it (InvalidArgument).
   std::optional<uint64_t> expect_token;
+  // Cancellation of a wait: -1 for none, else a descriptor the backend
+  // polls (with no events requested) while it waits. When poll reports a
+  // hang-up or an error on it (a client socket whose peer closed, the read
+  // end of a pipe whose write end was closed) the caller has given up: the
+  // backend stops waiting, changes nothing, and returns Cancelled.
+  int cancel_fd = -1;
 };
+
+// True when `cancel_fd` (AcquireOptions::cancel_fd) says the caller gave up.
+bool WaitCancelled(int cancel_fd);
 
 // What a successful acquire, convert or adopt returns.
 struct Grant {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/escaping.h"
+#include "core/utf8.h"
 
 namespace latchkey {
 namespace {
@@ -29,6 +30,23 @@ bool IsUuid(const std::string& s) {
     }
   }
   return true;
+}
+
+// Reads a /proc file (a few KiB at most). False when it cannot be opened.
+bool ReadSmallFile(const std::string& path, std::string* out) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[4096];
+  out->clear();
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out->append(buf, static_cast<size_t>(n));
+    if (out->size() > (1 << 16)) break;
+  }
+  close(fd);
+  return !out->empty();
 }
 
 }  // namespace
@@ -49,6 +67,10 @@ absl::Status Owner::Validate() const {
           "owner name '", absl::CHexEscape(name), "' has a control character"));
     }
   }
+  if (!IsValidUtf8(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("owner name '", absl::CHexEscape(name), "' is not valid UTF-8"));
+  }
   if (pid <= 0 || pid > 0x7fffffff) {
     return absl::InvalidArgumentError(
         absl::StrCat("owner ", name, ": pid ", pid, " is not a process id"));
@@ -62,6 +84,10 @@ absl::Status Owner::Validate() const {
       return absl::InvalidArgumentError(
           absl::StrCat("owner ", name, ": host name has a space or control character"));
     }
+  }
+  if (!IsValidUtf8(host)) {
+    return absl::InvalidArgumentError(absl::StrCat("owner ", name, ": host name '",
+                                                   absl::CHexEscape(host), "' is not valid UTF-8"));
   }
   return absl::OkStatus();
 }
@@ -95,6 +121,43 @@ absl::StatusOr<uint64_t> ProcessStartTime(pid_t pid) {
     return absl::InternalError(absl::StrCat("cannot parse start time in ", path));
   }
   return start;
+}
+
+absl::StatusOr<ProcessInfo> ReadProcessInfo(pid_t pid) {
+  ProcessInfo info;
+  const std::string stat_path = absl::StrCat("/proc/", pid, "/stat");
+  std::string stat;
+  if (!ReadSmallFile(stat_path, &stat)) return absl::NotFoundError(absl::StrCat("no process ", pid));
+  const size_t close_paren = stat.rfind(')');
+  std::vector<absl::string_view> fields;
+  if (close_paren != std::string::npos && close_paren + 2 < stat.size()) {
+    fields = absl::StrSplit(absl::string_view(stat).substr(close_paren + 2), ' ',
+                            absl::SkipEmpty());
+  }
+  if (fields.size() < 20 || fields[0].empty() || !absl::SimpleAtoi(fields[19], &info.start_time)) {
+    return absl::InternalError(absl::StrCat("cannot parse ", stat_path));
+  }
+  info.state = fields[0][0];
+  const std::string status_path = absl::StrCat("/proc/", pid, "/status");
+  std::string status;
+  if (!ReadSmallFile(status_path, &status)) {
+    return absl::NotFoundError(absl::StrCat("no process ", pid));
+  }
+  bool have_tgid = false, have_uid = false;
+  for (absl::string_view line : absl::StrSplit(status, '\n')) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, absl::ByAnyChar(" \t"),
+                                                      absl::SkipEmpty());
+    if (f.size() >= 2 && f[0] == "Tgid:") have_tgid = absl::SimpleAtoi(f[1], &info.tgid);
+    if (f.size() >= 4 && f[0] == "Uid:") {
+      have_uid = absl::SimpleAtoi(f[1], &info.real_uid) &&
+                 absl::SimpleAtoi(f[2], &info.effective_uid) &&
+                 absl::SimpleAtoi(f[3], &info.saved_uid);
+    }
+  }
+  if (!have_tgid || !have_uid) {
+    return absl::InternalError(absl::StrCat("cannot parse Tgid/Uid in ", status_path));
+  }
+  return info;
 }
 
 bool ProcessIsAlive(pid_t pid, uint64_t start_time) {

@@ -21,6 +21,8 @@ namespace latchkey {
 
 inline constexpr size_t kMaxOwnerNameLen = 128;
 inline constexpr size_t kMaxHostNameLen = 64;
+// The largest pid Linux can hand out (PID_MAX_LIMIT on 64-bit).
+inline constexpr int64_t kMaxPid = 4194304;
 
 struct Owner {
   std::string uuid;  // 36-character RFC 4122 text form, lower or upper case.
@@ -42,6 +44,19 @@ struct Owner {
 // Start time of `pid` (field 22 of /proc/PID/stat). NotFound when there is
 // no such process.
 absl::StatusOr<uint64_t> ProcessStartTime(pid_t pid);
+
+// What latchd needs to know of a process before it may act on it.
+struct ProcessInfo {
+  uint64_t start_time = 0;  // /proc/PID/stat field 22
+  char state = '?';         // field 3: 'R', 'S', 'Z' (zombie), ...
+  pid_t tgid = 0;           // the process a thread belongs to; == pid for a process
+  uid_t real_uid = 0, effective_uid = 0, saved_uid = 0;
+  bool exited() const { return state == 'Z' || state == 'X' || state == 'x'; }
+};
+
+// Reads /proc/PID/stat and /proc/PID/status. NotFound when there is no such
+// process or thread.
+absl::StatusOr<ProcessInfo> ReadProcessInfo(pid_t pid);
 
 // True when `pid` is running and, if `start_time` is non-zero, started at
 // that time (i.e. the pid has not been reused).

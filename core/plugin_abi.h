@@ -21,6 +21,8 @@
  *      prepare_exec and finish_adoption entry points.
  *   3  describe_state (a JSON object for status output) and watch_events
  *      (the backend reports lost locks: lk_event).
+ *   4  cancel_fd in lk_acquire_options (LK_ACQUIRE_CANCEL_FD): a waiting
+ *      acquire or convert ends when its caller gives up.
  *
  * Plugin authors normally do not write against this header directly: they
  * implement latchkey::Backend and export it with LATCHKEY_EXPORT_BACKEND
@@ -36,7 +38,7 @@
 extern "C" {
 #endif
 
-#define LK_BACKEND_ABI_VERSION 3u
+#define LK_BACKEND_ABI_VERSION 4u
 #define LK_BACKEND_SYMBOL "latchkey_backend"
 
 /* Lock modes (same numbers as latchkey::LockMode). */
@@ -57,6 +59,7 @@ extern "C" {
 /* lk_acquire_options.flags */
 #define LK_ACQUIRE_WAIT 0x1u
 #define LK_ACQUIRE_EXPECT_TOKEN 0x2u /* expect_token is set (hand-off check) */
+#define LK_ACQUIRE_CANCEL_FD 0x4u    /* cancel_fd is set (since version 4) */
 
 #define LK_ERROR_MESSAGE_MAX 1024
 #define LK_BACKEND_TOKEN_MAX 256
@@ -84,6 +87,11 @@ typedef struct lk_resource {
 
 typedef struct lk_acquire_options {
   uint32_t flags;
+  /* With LK_ACQUIRE_CANCEL_FD: while waiting, the plugin polls this
+   * descriptor with no events requested; a hang-up or error on it means the
+   * caller gave up, and the call returns code 1 (Cancelled) having changed
+   * nothing (latchkey::AcquireOptions::cancel_fd). */
+  int32_t cancel_fd;
   int64_t timeout_ms; /* with LK_ACQUIRE_WAIT; < 0 waits forever */
   /* With LK_ACQUIRE_EXPECT_TOKEN, the hand-off check: refuse (Aborted) if,
    * since the grant that carried this fencing token, anyone was granted the

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/sha256.h"
+#include "core/utf8.h"
 
 namespace latchkey {
 
@@ -62,9 +63,24 @@ absl::StatusOr<std::string> CanonicalImagePath(absl::string_view path) {
   if (path.find('\0') != absl::string_view::npos) {
     return absl::InvalidArgumentError("disk path contains a NUL byte");
   }
+  if (!IsValidUtf8(path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "disk path '", absl::CHexEscape(path), "' is not valid UTF-8 (byte ",
+        FirstInvalidUtf8(path), "); latchkey names disks by UTF-8 paths"));
+  }
   std::string p(path);
   char resolved[PATH_MAX];
-  if (realpath(p.c_str(), resolved) != nullptr) return std::string(resolved);
+  if (realpath(p.c_str(), resolved) != nullptr) {
+    // A UTF-8 name may lead, through a symlink, to one that is not: refuse
+    // it here rather than store a name no answer could carry.
+    if (!IsValidUtf8(resolved)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "disk path '", path, "' resolves to '", absl::CHexEscape(resolved),
+          "', which is not valid UTF-8 (byte ", FirstInvalidUtf8(resolved),
+          "); latchkey names disks by UTF-8 paths: rename the image"));
+    }
+    return std::string(resolved);
+  }
 
   // Not there (yet): normalise lexically against the working directory.
   if (p[0] != '/') {
@@ -133,6 +149,11 @@ absl::Status Resource::Validate(size_t max_name_len) const {
   if (path.size() > kMaxPathLen || path.find('\0') != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
         ResourceKindName(kind), " ", name, ": path is too long or has a NUL byte"));
+  }
+  if (!IsValidUtf8(path)) {
+    return absl::InvalidArgumentError(absl::StrCat(ResourceKindName(kind), " ", name,
+                                                   ": path '", absl::CHexEscape(path),
+                                                   "' is not valid UTF-8"));
   }
   return absl::OkStatus();
 }

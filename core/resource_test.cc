@@ -1,6 +1,7 @@
 #include "core/resource.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -43,6 +44,35 @@ TEST(ResourceTest, DiskNameFitsBackendLimit) {
   EXPECT_EQ(dlm->name.substr(0, 48), sanlock->name);  // Prefix of the same digest.
   absl::StatusOr<Resource> other = Resource::Disk("/no/such/dir/y.img", "ls", 48);
   EXPECT_NE(other->name, sanlock->name);
+}
+
+// A name that is UTF-8 may lead through a symlink to one that is not: the
+// disk is refused, naming both, instead of becoming a name no JSON answer
+// can carry (latchd used to abort when it printed such a lock).
+TEST(ResourceTest, NonUtf8PathsAreRefusedEvenBehindASymlink) {
+  const std::string dir = std::string(getenv("TEST_TMPDIR")) + "/utf8";
+  mkdir(dir.c_str(), 0700);
+  const std::string bad = dir + "/bad\xff\xfe.img";
+  close(open(bad.c_str(), O_CREAT | O_WRONLY, 0600));
+  const std::string link = dir + "/ascii.img";
+  unlink(link.c_str());
+  ASSERT_EQ(symlink(bad.c_str(), link.c_str()), 0);
+
+  absl::StatusOr<Resource> via_link = Resource::Disk(link, "default");
+  ASSERT_EQ(via_link.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(via_link.status().message(), HasSubstr("resolves to"));
+  EXPECT_THAT(via_link.status().message(), HasSubstr("bad\\xff\\xfe.img"));
+  EXPECT_THAT(via_link.status().message(), HasSubstr("not valid UTF-8"));
+
+  EXPECT_EQ(Resource::Disk(bad, "default").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Resource::Disk("/no/such/\xc0\xaf.img", "default").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Resource lease;
+  lease.kind = ResourceKind::kLease;
+  lease.lockspace = "ls";
+  lease.name = "k";
+  lease.path = "/dev/\xff";
+  EXPECT_THAT(lease.Validate().message(), HasSubstr("not valid UTF-8"));
 }
 
 TEST(ResourceTest, MissingImageIsNormalisedLexically) {

@@ -68,6 +68,7 @@ constexpr int kSeqBits = 16;
 constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
 constexpr uint32_t kLvbMagic = 0x31544b4c;  // "LKT1"
 constexpr size_t kMaxAnchors = 4096;  // NL anchors kept per lockspace
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);  // see Request
 
 constexpr lk_capabilities kCapabilities = {
     (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_SHARED_WRITE) | (1u << LK_MODE_EXCLUSIVE),
@@ -710,14 +711,21 @@ class DlmBackend final : public Backend {
                                 : options.timeout == absl::InfiniteDuration()
                                     ? absl::InfiniteFuture()
                                     : absl::Now() + options.timeout;
-    if (!lk.mu.AwaitWithDeadline(absl::Condition(&lk.done), deadline)) {
-      // Out of time: cancel; the AST then says which won.
+    // With a cancel_fd, wake every kCancelPoll to see whether the caller
+    // gave up (the AST cannot watch a descriptor for us).
+    bool cancelled = false;
+    while (!lk.mu.AwaitWithDeadline(
+        absl::Condition(&lk.done),
+        options.cancel_fd < 0 ? deadline : std::min(deadline, absl::Now() + kCancelPoll))) {
+      cancelled = WaitCancelled(options.cancel_fd);
+      if (!cancelled && absl::Now() < deadline) continue;
+      // Out of time or given up: cancel; the AST then says which won.
       lk.mu.Unlock();
       dlm_ls_unlock(lk.ls->handle, lk.lksb.sb_lkid, LKF_CANCEL, &lk.lksb, &lk);
       lk.mu.Lock();
       lk.mu.Await(absl::Condition(&lk.done));
       if (lk.status == 0) return 0;  // granted just before the cancel
-      return ETIMEDOUT;
+      return cancelled ? ECANCELED : ETIMEDOUT;
     }
     return lk.status;
   }
@@ -906,6 +914,11 @@ class DlmBackend final : public Backend {
   }
 
   absl::Status Refusal(Lock& lk, int err, bool waited) {
+    if (err == ECANCELED) {
+      return absl::CancelledError(absl::StrCat("dlm: the wait for ", lk.resource.Describe(),
+                                               " (", LockModeName(lk.mode),
+                                               ") was given up by its caller"));
+    }
     if (err == EAGAIN || err == ETIMEDOUT || err == EDEADLK) {
       std::string holder = HolderText(lk);
       if (err == ETIMEDOUT) {

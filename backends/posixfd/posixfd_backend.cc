@@ -567,29 +567,38 @@ class PosixFdBackend final : public Backend {
         }
         return Refusal(owner, r, mode, options);
       }
+      if (WaitCancelled(options.cancel_fd)) {
+        h->target.Reset();
+        h->state.Reset();
+        return Cancelled(owner, r, mode);
+      }
       if (transient) {
         absl::SleepFor(absl::Microseconds(200));
       } else {
-        WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck));
+        WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck), options.cancel_fd);
       }
     }
   }
 
-  // Blocks until the resource's file is closed by someone, or `max` passes.
-  void WaitForRelease(const Resource& r, Fd* watch, absl::Duration max) {
+  static absl::Status Cancelled(const Owner& owner, const Resource& r, LockMode mode) {
+    return absl::CancelledError(absl::StrCat("the wait of ", owner.name, " for ",
+                                             LockModeName(mode), " on ", r.Describe(),
+                                             " was given up by its caller"));
+  }
+
+  // Blocks until the resource's file is closed by someone, the caller gives
+  // up (`cancel_fd`), or `max` passes.
+  void WaitForRelease(const Resource& r, Fd* watch, absl::Duration max, int cancel_fd) {
     if (!watch->valid()) {
       *watch = Fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
       if (watch->valid() && inotify_add_watch(watch->get(), WatchPath(r).c_str(), IN_CLOSE) < 0) {
         watch->Reset();
       }
     }
-    if (!watch->valid()) {
-      absl::SleepFor(max);
-      return;
-    }
-    struct pollfd p = {watch->get(), POLLIN, 0};
+    // No events asked of cancel_fd: only its hang-up wakes us.
+    struct pollfd p[2] = {{watch->valid() ? watch->get() : -1, POLLIN, 0}, {cancel_fd, 0, 0}};
     const int ms = static_cast<int>(absl::ToInt64Milliseconds(max)) + 1;
-    if (poll(&p, 1, ms) > 0) {
+    if (poll(p, 2, ms) > 0 && watch->valid() && (p[0].revents & POLLIN) != 0) {
       char buf[4096];
       while (read(watch->get(), buf, sizeof buf) > 0) {
       }
@@ -787,10 +796,11 @@ class PosixFdBackend final : public Backend {
                             absl::StrCat(refusal.message(), "; ", owner.name, " still holds it ",
                                          LockModeName(h->mode)));
       }
+      if (WaitCancelled(options.cancel_fd)) return Cancelled(owner, r, to);
       if (transient) {
         absl::SleepFor(absl::Microseconds(200));
       } else {
-        WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck));
+        WaitForRelease(r, &watch, std::min(*deadline - now, kWaitRecheck), options.cancel_fd);
       }
     }
   }

@@ -369,7 +369,7 @@ class SanlockBackend final : public Backend {
           return Busy(resource, absl::StrCat("held ", LocalHolders(lease), " on this host"),
                       options.wait);
         }
-        WaitForChange(L, deadline);
+        if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
         continue;
       }
       // Not held here: ask sanlock.
@@ -409,7 +409,7 @@ class SanlockBackend final : public Backend {
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
       }
-      WaitForChange(L, deadline);
+      if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
     }
   }
 
@@ -452,7 +452,7 @@ class SanlockBackend final : public Backend {
             return Busy(resource, absl::StrCat("shared ", LocalHolders(lease), " on this host"),
                         options.wait);
           }
-          WaitForChange(L, deadline);
+          if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
           continue;
         }
         if (options.expect_token) {
@@ -479,7 +479,7 @@ class SanlockBackend final : public Backend {
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
       }
-      WaitForChange(L, deadline);
+      if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
     }
   }
 
@@ -690,13 +690,23 @@ class SanlockBackend final : public Backend {
  private:
   // Sleeps (without the lock) until a local release or the next poll of
   // sanlock, whichever comes first.
-  void WaitForChange(Lockspace& L, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+  // Waits for a change in the lockspace, the deadline or the next poll;
+  // true (at once, without waiting) when the caller gave up (cancel_fd).
+  bool WaitForChange(Lockspace& L, absl::Time deadline, int cancel_fd)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
+    if (WaitCancelled(cancel_fd)) return true;
     struct Changed {
       Lockspace* l;
       uint64_t seen;
       bool operator()() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return l->generation != seen; }
     } changed{&L, L.generation};
     L.mu.AwaitWithDeadline(absl::Condition(&changed), std::min(deadline, absl::Now() + s_.poll));
+    return false;
+  }
+
+  static absl::Status GaveUp(const Resource& r) {
+    return absl::CancelledError(
+        absl::StrCat("sanlock: the wait for ", r.Describe(), " was given up by its caller"));
   }
 
   static sanlk_resource** ResPtr(OneDiskResource* r) {
