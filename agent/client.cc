@@ -224,6 +224,24 @@ absl::StatusOr<std::string> LatchdClient::ReadLine(absl::Time deadline) {
   }
 }
 
+absl::Status LatchdClient::ReopenIfClosedWhileIdle() {
+  if (!buffer_.empty()) return absl::OkStatus();
+  pollfd p = {fd_, POLLIN, 0};
+  char c;
+  if (poll(&p, 1, 0) <= 0 || recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 0) {
+    return absl::OkStatus();  // open (or with bytes to read: the answer path reports them)
+  }
+  // latchd closed the connection while nothing was in flight (its idle
+  // timeout): nothing of ours is lost, so connect again before sending.
+  absl::StatusOr<LatchdClient> fresh = Connect(socket_path_, timeout_);
+  if (!fresh.ok()) {
+    return Broken(absl::StrCat("latchd closed the connection, and connecting again failed: ",
+                               fresh.status().message()));
+  }
+  std::swap(fd_, fresh->fd_);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<nlohmann::json> LatchdClient::Call(const nlohmann::json& request) {
   return Call(request, timeout_);
 }
@@ -255,6 +273,7 @@ absl::StatusOr<nlohmann::json> LatchdClient::Call(const nlohmann::json& request,
   }
 
   const absl::Time deadline = DeadlineAfter(timeout);
+  if (absl::Status s = ReopenIfClosedWhileIdle(); !s.ok()) return s;
   if (absl::Status w = WriteAll(line, deadline); !w.ok()) {
     // latchd may have answered and closed before reading (a peer it does
     // not allow gets one permission_denied response): prefer that answer.

@@ -78,7 +78,9 @@ class LatchdClient {
   //   Internal: the connection broke, latchd closed it, or the response is
   //     malformed (the message names the socket).
   // After such a transport failure the connection is closed (connected()
-  // is false) and every later Call fails: connect again. Errors latchd
+  // is false) and every later Call fails: connect again. A connection
+  // latchd closed while it was idle (docs/protocol.md, "Limits") is opened
+  // again before a request is sent, never after. Errors latchd
   // sends leave the connection open.
   absl::StatusOr<nlohmann::json> Call(const nlohmann::json& request);
   absl::StatusOr<nlohmann::json> Call(const nlohmann::json& request,
@@ -91,6 +93,9 @@ class LatchdClient {
   LatchdClient(int fd, std::string socket_path, absl::Duration timeout)
       : fd_(fd), socket_path_(std::move(socket_path)), timeout_(timeout) {}
 
+  // latchd closes connections idle for its idle_timeout_ms: when it has,
+  // connects again (nothing was in flight, so nothing is lost or repeated).
+  absl::Status ReopenIfClosedWhileIdle();
   absl::Status WriteAll(const std::string& data, absl::Time deadline);
   absl::StatusOr<std::string> ReadLine(absl::Time deadline);
   void Close();

@@ -223,7 +223,7 @@ absl::StatusOr<int> LockStateDir(const std::string& dir) {
     // as it is that file and its lock is ours; the directory lock below is
     // what counts.
     if (!SameFile(inherited, dir + "/latchd.lock") || flock(inherited, LOCK_EX | LOCK_NB) != 0) {
-      close(inherited);
+      if (inherited > STDERR_FILENO) close(inherited);
       return absl::FailedPreconditionError(absl::StrCat(
           kLockFdEnv, " does not name a lock on state directory ", dir, " held by this process"));
     }
@@ -259,6 +259,7 @@ int InheritedListenFd(const std::string& path) {
       addr.sun_family == AF_UNIX && strncmp(addr.sun_path, path.c_str(), sizeof(addr.sun_path)) == 0;
   if (!ok) {
     spdlog::warn("{} does not name a socket listening at {}; binding afresh", kListenFdEnv, path);
+    if (fd > STDERR_FILENO) close(fd);
     return -1;
   }
   return fd;

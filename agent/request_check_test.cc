@@ -40,9 +40,9 @@ TEST(RequestCheckTest, DeepNestingIsRefusedWithoutRecursion) {
 }
 
 TEST(RequestCheckTest, NulBytesAndBadUtf8AreRefusedNamingTheByte) {
-  absl::Status nul = CheckRequestLine(std::string("{\"v\":1,\"op\":\"status\"}\0garbage", 30));
+  absl::Status nul = CheckRequestLine(std::string("{\"v\":1,\"op\":\"status\"}\0garbage", 29));
   EXPECT_EQ(nul.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(nul.message(), HasSubstr("NUL byte (at byte 22)"));
+  EXPECT_THAT(nul.message(), HasSubstr("NUL byte (at byte 21)"));
   absl::Status utf = CheckRequestLine("{\"op\":\"bad\xff\xfe\"}");
   EXPECT_EQ(utf.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(utf.message(), HasSubstr("not valid UTF-8 (at byte 10)"));
