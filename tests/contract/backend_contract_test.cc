@@ -208,6 +208,35 @@ TEST_P(ContractTest, WaitingAcquireTimesOut) {
   EXPECT_TRUE(backend_->Release(b_, res_).ok());
 }
 
+// A caller that gives up (latchd's client disconnected) ends the wait:
+// nothing is granted to it later, and the lock stays with its holder.
+TEST_P(ContractTest, WaitingAcquireEndsWhenItsCallerGivesUp) {
+  ASSERT_TRUE(Try(a_, kEX).ok());
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  AcquireOptions o = WaitFor(absl::InfiniteDuration());
+  o.cancel_fd = p[0];
+  absl::StatusOr<Grant> waited;
+  absl::Time ended;
+  std::thread t([&] {
+    waited = backend_->Acquire(b_, res_, kEX, o);
+    ended = absl::Now();
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  const absl::Time gave_up = absl::Now();
+  close(p[1]);  // the read end now reports a hang-up
+  t.join();
+  close(p[0]);
+  EXPECT_EQ(waited.status().code(), absl::StatusCode::kCancelled) << waited.status();
+  EXPECT_LT(ended - gave_up, absl::Seconds(2));
+  ExpectStillHeld("after the waiter gave up");
+  // It took nothing and left nothing behind.
+  ASSERT_TRUE(backend_->Release(a_, res_).ok());
+  EXPECT_EQ(backend_->Release(b_, res_).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Try(b_, kEX).ok());
+  EXPECT_TRUE(backend_->Release(b_, res_).ok());
+}
+
 TEST_P(ContractTest, ConversionUpAndDown) {
   const LockMode shared = Supports(kSR) ? kSR : kSW;
   absl::StatusOr<Grant> first = Try(a_, shared);
