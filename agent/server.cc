@@ -538,9 +538,12 @@ void Server::Stop(bool keep_listening) {
 }
 
 std::shared_ptr<Server::Conn> Server::IdlestLocked(uid_t uid, bool any_uid) const {
+  // `last` is when the connection was accepted or last had a request
+  // answered: an idle connection and one trickling a request in age alike,
+  // and a client that just connected is the last to go.
   std::shared_ptr<Conn> best;
   for (const auto& [fd, c] : conns_) {
-    if (c->busy || c->partial || c->evicted || (!any_uid && c->caller.uid != uid)) continue;
+    if (c->busy || c->evicted || (!any_uid && c->caller.uid != uid)) continue;
     if (best == nullptr || c->last < best->last) best = c;
   }
   return best;

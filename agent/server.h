@@ -10,8 +10,9 @@
 // flight closes after `idle_timeout`, a request line must arrive whole
 // within `request_timeout`, a response must be taken within
 // `send_timeout`, and one uid holds at most `max_clients_per_uid`
-// connections. When a limit is reached, the longest-idle connection of
-// that uid (or, at `max_clients`, of anyone) is closed to make room; when
+// connections. When a limit is reached, the connection of that uid (or, at
+// `max_clients`, of anyone) that has gone longest without an answered
+// request, idle or trickling one in, is closed to make room; when
 // none is idle, privileged peers (root, latchd's uid) still get one of
 // kAdminReserve extra connections, so an administrator can always ask for
 // `status`.
@@ -88,7 +89,8 @@ class Server {
   // limit is reached. Null (and a reason) when it must be refused.
   std::shared_ptr<Conn> Admit(int fd, const Caller& caller, std::string* refusal);
   // The connection to close to make room (nothing in flight, longest
-  // idle), of `uid` only unless `any_uid`. REQUIRES: conn_mu_ held.
+  // without an answered request), of `uid` only unless `any_uid`.
+  // REQUIRES: conn_mu_ held.
   std::shared_ptr<Conn> IdlestLocked(uid_t uid, bool any_uid) const;
   void Serve(std::shared_ptr<Conn> conn);
   std::string Handle(const std::string& line, const Caller& caller, int cancel_fd,
