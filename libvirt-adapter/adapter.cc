@@ -1,21 +1,31 @@
 #include "libvirt-adapter/adapter.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <map>
-
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "agent/client.h"
 #include "core/config.h"
 #include "core/lock_mode.h"
+#include "core/owner.h"
 #include "core/resource.h"
+#include "core/utf8.h"
 
 namespace latchkey {
 namespace libvirt {
@@ -34,22 +44,137 @@ absl::Status Prefixed(const absl::Status& s, const std::string& prefix) {
 }
 
 std::string DomainLabel(const Domain& d) {
-  return absl::StrCat("domain '", d.name, "'");
+  return absl::StrCat("domain '", EscapeForMessage(d.name), "'");
+}
+
+// Every string value (and list item) of `conf` must be UTF-8; the message
+// shows the bad bytes escaped, never raw.
+absl::Status CheckUtf8Values(const Config& conf) {
+  for (const ConfigEntry& e : conf.entries()) {
+    std::vector<ConfigValue> values = {e.value};
+    if (e.value.type() == ConfigValue::Type::kList) values = e.value.list();
+    for (const ConfigValue& v : values) {
+      if (v.type() == ConfigValue::Type::kString && !IsValidUtf8(v.str())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(e.Where(), ": '", e.key, "' is not valid UTF-8: \"",
+                         EscapeForMessage(v.str()), "\""));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// latchd's socket: an absolute path that fits in a Unix socket address.
+absl::Status CheckSocketPath(const std::string& path) {
+  constexpr size_t kMax = sizeof(sockaddr_un::sun_path) - 1;
+  if (path.empty()) return absl::InvalidArgumentError("'socket' is empty");
+  if (path[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'socket' must be an absolute path, not \"", EscapeForMessage(path), "\""));
+  }
+  if (path.size() > kMax) {
+    return absl::InvalidArgumentError(absl::StrCat("'socket' is ", path.size(),
+                                                   " bytes long; a Unix socket path holds at most ",
+                                                   kMax));
+  }
+  for (unsigned char c : path) {
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'socket' \"", EscapeForMessage(path), "\" has a control character"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a regular file";
+}
+
+absl::Status Unreadable(const std::string& path, const std::string& what, int err) {
+  const std::string msg = absl::StrCat(path, ": cannot ", what, ": ", strerror(err));
+  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
+  return absl::FailedPreconditionError(msg);
 }
 
 }  // namespace
 
-absl::StatusOr<AdapterConfig> AdapterConfig::Load(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0 && errno == ENOENT) {
-    AdapterConfig c;
-    c.file = path;
-    c.require_lease_for_disks = !c.auto_disk_leases;
-    return c;
+std::string EscapeForMessage(const std::string& text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  absl::string_view rest = text;
+  while (!rest.empty()) {
+    const size_t bad = FirstInvalidUtf8(rest);
+    const size_t good = bad == absl::string_view::npos ? rest.size() : bad;
+    // Control characters are ASCII, never inside a multi-byte sequence.
+    for (size_t i = 0; i <= good && i < rest.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(rest[i]);
+      if (i == good || c < 0x20 || c == 0x7f) {
+        out += {'\\', 'x', kHex[c >> 4], kHex[c & 15]};
+      } else {
+        out += rest[i];
+      }
+    }
+    rest.remove_prefix(std::min(good + 1, rest.size()));
   }
-  absl::StatusOr<Config> parsed = Config::ParseFile(path);
-  if (!parsed.ok()) return parsed.status();
-  return FromConfig(*parsed, path);
+  return out;
+}
+
+absl::StatusOr<AdapterConfig> AdapterConfig::Load(const std::string& path) {
+  // Checked before opening: opening a FIFO or a device may block or act.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT && lstat(path.c_str(), &st) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " is a symbolic link to a missing file; fix the link or remove it (no file "
+                "means the defaults)"));
+    }
+    if (err == ENOENT) {
+      AdapterConfig c;
+      c.file = path;
+      c.file_missing = true;
+      c.require_lease_for_disks = !c.auto_disk_leases;
+      return c;
+    }
+    return Unreadable(path, "read it", err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " is ", FileKind(st.st_mode),
+        ", not a regular file; qemu-latchkey.conf must be a file (or absent: the defaults)"));
+  }
+  // O_NONBLOCK: if a FIFO replaced the file meanwhile, fstat says so below.
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) return Unreadable(path, "open it", errno);
+  std::string text;
+  absl::Status read_status;
+  if (fstat(fd, &st) != 0) {
+    read_status = Unreadable(path, "read it", errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    read_status = absl::FailedPreconditionError(
+        absl::StrCat(path, " is ", FileKind(st.st_mode), ", not a regular file"));
+  } else {
+    char buf[8192];
+    for (;;) {
+      const ssize_t n = read(fd, buf, sizeof(buf));
+      if (n > 0) {
+        text.append(buf, static_cast<size_t>(n));
+      } else if (n == 0) {
+        break;
+      } else if (errno != EINTR) {
+        read_status = Unreadable(path, "read it", errno);
+        break;
+      }
+    }
+  }
+  close(fd);
+  if (!read_status.ok()) return read_status;
+  return Parse(text, path);
 }
 
 absl::StatusOr<AdapterConfig> AdapterConfig::Parse(const std::string& text,
@@ -61,6 +186,8 @@ absl::StatusOr<AdapterConfig> AdapterConfig::Parse(const std::string& text,
 
 absl::StatusOr<AdapterConfig> AdapterConfig::FromConfig(const Config& conf,
                                                         const std::string& origin) {
+  // First, so that no later message quotes invalid UTF-8.
+  if (absl::Status s = CheckUtf8Values(conf); !s.ok()) return s;
   if (absl::Status s = conf.CheckKeys(kKeys); !s.ok()) return s;
   AdapterConfig c;
   c.file = origin;
@@ -84,14 +211,29 @@ absl::StatusOr<AdapterConfig> AdapterConfig::FromConfig(const Config& conf,
   if (!policy.ok()) return policy.status();
   if (!grace.ok()) return grace.status();
   if (!timeout.ok()) return timeout.status();
-  if (socket->empty()) return absl::InvalidArgumentError(absl::StrCat(origin, ": socket is empty"));
+  // Where a key is set, for messages ("FILE" when it is not).
+  auto where = [&](const char* key) {
+    const ConfigEntry* e = conf.Find(key);
+    return e != nullptr ? e->Where() : origin;
+  };
+  if (absl::Status s = CheckSocketPath(*socket); !s.ok()) {
+    return Prefixed(s, where("socket") + ": ");
+  }
+  // Names follow the project's rules (core/resource.h); whether latchd loads
+  // the backend is checked when a domain starts (CheckBackend).
+  if (!backend->empty()) {
+    if (absl::Status s = ValidateName("backend", *backend); !s.ok()) {
+      return Prefixed(s, where("backend") + ": ");
+    }
+  }
   if (!lockspace->empty()) {
     if (absl::Status s = ValidateName("lockspace", *lockspace); !s.ok()) {
-      return Prefixed(s, absl::StrCat(conf.Find("lockspace")->Where(), ": "));
+      return Prefixed(s, where("lockspace") + ": ");
     }
   }
   c.socket = *socket;
   c.backend = *backend;
+  c.backend_where = where("backend");
   c.lockspace = *lockspace;
   c.auto_disk_leases = *auto_disk;
   c.require_lease_for_disks = *require;
@@ -116,15 +258,22 @@ class Session {
             "latchd is not running at ", c.socket, "; start latchd on this host, or set 'socket' in ",
             c.file.empty() ? "qemu-latchkey.conf" : c.file));
       }
+      // A connect that timed out is latchd failing, not a busy resource.
+      if (client.status().code() == absl::StatusCode::kDeadlineExceeded) {
+        return absl::InternalError(client.status().message());
+      }
       return client.status();
     }
     return Session(*std::move(client));
   }
 
+  // A transport failure (no answer in time, connection closed) is latchd
+  // failing: Internal, whatever code the client gave it.
   absl::StatusOr<json> Call(json request) {
     absl::StatusOr<json> r = client_.Call(request);
     if (!r.ok() && !client_.connected()) {
-      return Prefixed(r.status(), "latchd failed while serving the request: ");
+      return absl::InternalError(
+          absl::StrCat("latchd failed while serving the request: ", r.status().message()));
     }
     return r;
   }
@@ -145,11 +294,11 @@ absl::StatusOr<std::string> PolicyFor(const AdapterConfig& c, int on_failure) {
     case 4:
       return std::string("ignore");
     case 2:
-      return absl::InvalidArgumentError(
+      return absl::UnimplementedError(
           "<on_lockfailure>restart</on_lockfailure> is not supported by latchkey: latchd can "
           "power the domain off, pause it or ignore the failure");
     default:
-      return absl::InvalidArgumentError(
+      return absl::UnimplementedError(
           absl::StrCat("unknown <on_lockfailure> action ", on_failure));
   }
 }
@@ -218,6 +367,103 @@ absl::StatusOr<std::optional<json>> InquireOn(Session& s, const Domain& d) {
   return std::optional<json>(*std::move(r));
 }
 
+// Fields of latchd's answers, read without throwing on a wrong type.
+std::string Text(const json& j, const char* key) {
+  if (!j.is_object()) return "";
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+int64_t Number(const json& j, const char* key) {
+  if (!j.is_object()) return 0;
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : 0;
+}
+
+// True when the owner's process runs on this host and is libvirt's QEMU for
+// the owner's uuid (libvirt starts every QEMU with "-uuid UUID"). latchd
+// does not record what registered an owner, and `latchctl run` commands
+// register too, so an owner is called a domain only on this evidence.
+bool IsLocalLibvirtDomain(const json& owner) {
+  const std::string uuid = Text(owner, "uuid");
+  const int64_t pid = Number(owner, "pid");
+  if (uuid.empty() || pid <= 0) return false;
+  // Another host's pid, or a reused one, has another start time.
+  const uint64_t start = owner.is_object() && owner.contains("start_time") &&
+                                 owner["start_time"].is_number_unsigned()
+                             ? owner["start_time"].get<uint64_t>()
+                             : 0;
+  if (!ProcessIsAlive(static_cast<pid_t>(pid), start)) return false;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/cmdline"), std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::vector<std::string> args = absl::StrSplit(text.str(), '\0');
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "-uuid" && absl::EqualsIgnoreCase(args[i + 1], uuid)) return true;
+  }
+  return false;
+}
+
+// How a refusal names a holder: a domain only when it is one (see above).
+std::string HolderLabel(const json& owner) {
+  const std::string name = EscapeForMessage(Text(owner, "name"));
+  const std::string host = Text(owner, "host").empty() ? "?" : Text(owner, "host");
+  if (IsLocalLibvirtDomain(owner)) {
+    return absl::StrCat("domain '", name, "' (uuid ", Text(owner, "uuid"), ", pid ",
+                        Number(owner, "pid"), ") on host ", host);
+  }
+  return absl::StrCat("owner '", name, "' (uuid ", Text(owner, "uuid"), ", pid ",
+                      Number(owner, "pid"), " on host ", host, "), not a libvirt domain of this host");
+}
+
+// The backends latchd loads (its hello answer).
+absl::StatusOr<std::vector<std::string>> LoadedBackends(Session& s) {
+  absl::StatusOr<json> r = s.Call({{"op", "hello"}});
+  if (!r.ok()) return Prefixed(r.status(), "cannot ask latchd which backends it loads: ");
+  std::vector<std::string> names;
+  if (r->contains("backends") && (*r)["backends"].is_array()) {
+    for (const json& b : (*r)["backends"]) {
+      if (b.is_string()) names.push_back(b.get<std::string>());
+    }
+  }
+  return names;
+}
+
+// The backend named in qemu-latchkey.conf must be one latchd loads: only
+// latchd knows, so this is checked when a domain starts, not at load.
+absl::StatusOr<std::vector<std::string>> CheckBackend(Session& s, const AdapterConfig& c) {
+  absl::StatusOr<std::vector<std::string>> loaded = LoadedBackends(s);
+  if (!loaded.ok() || c.backend.empty()) return loaded;
+  for (const std::string& b : *loaded) {
+    if (b == c.backend) return loaded;
+  }
+  return absl::UnimplementedError(absl::StrCat(
+      "latchd at ", c.socket, " does not load backend '", c.backend, "' (it loads: ",
+      loaded->empty() ? "none" : absl::StrJoin(*loaded, ", "), "); set 'backend' in ",
+      c.backend_where, " to one of them, or add it to latchd's 'backends'"));
+}
+
+// Text libvirt hands over must be UTF-8 before it goes into a request.
+absl::Status CheckDomainText(const Domain& d) {
+  if (!IsValidUtf8(d.name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        DomainLabel(d), ": the name is not valid UTF-8; latchd's protocol carries UTF-8 only"));
+  }
+  for (const DomainResource& r : d.resources) {
+    for (const auto& [what, text] :
+         std::vector<std::pair<const char*, const std::string*>>{
+             {r.lease ? "lease key" : "disk path", &r.name},
+             {"lease lockspace", &r.lease_lockspace},
+             {"lease path", &r.lease_path}}) {
+      if (!IsValidUtf8(*text)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            DomainLabel(d), ": ", what, " '", EscapeForMessage(*text),
+            "' is not valid UTF-8; latchd's protocol carries UTF-8 only, so latchkey cannot lock it"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Refuses early, before QEMU opens anything, when another domain known by
 // identity holds one of the resources in a conflicting mode. A holder whose
 // identity the backend cannot tell (another host's sanlock lease) may be
@@ -236,34 +482,43 @@ absl::Status CheckFree(Session& s, const AdapterConfig& c, const Domain& d) {
   if (!r.ok()) {
     return Prefixed(r.status(), absl::StrCat("cannot check the resources of ", DomainLabel(d), ": "));
   }
-  const json& views = (*r)["resources"];
-  for (size_t i = 0; i < views.size() && i < modes.size(); ++i) {
+  const json views = r->contains("resources") ? (*r)["resources"] : json::array();
+  for (size_t i = 0; views.is_array() && i < views.size() && i < modes.size(); ++i) {
+    if (!views[i].is_object() || !views[i].contains("holders") ||
+        !views[i]["holders"].is_array()) {
+      continue;
+    }
     for (const json& h : views[i]["holders"]) {
+      if (!h.is_object() || !h.contains("owner")) continue;
       const json& o = h["owner"];
-      const std::string uuid = o.value("uuid", "");
+      const std::string uuid = Text(o, "uuid");
       if (uuid.empty() || uuid == d.uuid) continue;
-      absl::StatusOr<LockMode> held = ParseLockMode(h.value("mode", ""));
+      absl::StatusOr<LockMode> held = ParseLockMode(Text(h, "mode"));
       if (held.ok() && ModesCompatible(*held, modes[i])) continue;
-      const json& res = views[i]["resource"];
-      const std::string what = res.value("kind", "") == "disk"
-                                   ? absl::StrCat("disk ", res.value("path", ""))
-                                   : absl::StrCat("lease ", res.value("lockspace", ""), "/",
-                                                  res.value("name", ""));
+      const json res = views[i].contains("resource") ? views[i]["resource"] : json::object();
+      const std::string what = Text(res, "kind") == "disk"
+                                   ? absl::StrCat("disk ", Text(res, "path"))
+                                   : absl::StrCat("lease ", Text(res, "lockspace"), "/",
+                                                  Text(res, "name"));
       return absl::UnavailableError(absl::StrCat(
           DomainLabel(d), " cannot lock ", what, " ", LockModeName(modes[i]), ": it is held ",
-          h.value("mode", "?"), " by domain '", o.value("name", "?"), "' (uuid ", uuid, ", pid ",
-          o.value("pid", 0), ") on host ", o.value("host", "?")));
+          Text(h, "mode").empty() ? "?" : Text(h, "mode"), " by ", HolderLabel(o)));
     }
   }
   return absl::OkStatus();
 }
 
-// Checks the lock-failure policy, connects and registers the domain.
+// Checks the domain's text and lock-failure policy, connects, checks the
+// backend (when the config names one) and registers the domain.
 absl::StatusOr<Session> OpenRegistered(const AdapterConfig& c, const Domain& d, int on_failure) {
+  if (absl::Status st = CheckDomainText(d); !st.ok()) return st;
   absl::StatusOr<std::string> policy = PolicyFor(c, on_failure);
   if (!policy.ok()) return Prefixed(policy.status(), DomainLabel(d) + ": ");
   absl::StatusOr<Session> s = Session::Open(c);
   if (!s.ok()) return s.status();
+  if (!c.backend.empty()) {
+    if (absl::Status st = CheckBackend(*s, c).status(); !st.ok()) return st;
+  }
   if (absl::Status st = RegisterOn(*s, c, d, *policy); !st.ok()) return st;
   return s;
 }
@@ -308,7 +563,7 @@ absl::Status Adapter::Register(const Domain& d, int on_failure) const {
       has_rw_disk |= !r.lease && !r.readonly && !r.shared;
     }
     if (has_rw_disk && !has_lease) {
-      return absl::FailedPreconditionError(absl::StrCat(
+      return absl::UnimplementedError(absl::StrCat(
           DomainLabel(d), " has read/write disks but no <lease>, and require_lease_for_disks = 1 in ",
           config_.file));
     }
@@ -384,6 +639,12 @@ absl::StatusOr<std::optional<std::string>> Adapter::Release(const Domain& d) con
   std::optional<std::string> state = r->value("state", "");
   RememberReleased(d.uuid, state);
   return state;
+}
+
+absl::StatusOr<std::vector<std::string>> Adapter::CheckLatchd() const {
+  absl::StatusOr<Session> s = Session::Open(config_);
+  if (!s.ok()) return s.status();
+  return CheckBackend(*s, config_);
 }
 
 absl::StatusOr<std::optional<std::string>> Adapter::Inquire(const Domain& d) const {

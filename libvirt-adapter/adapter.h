@@ -26,8 +26,10 @@ enum class ReadonlyDisks { kUnlocked, kSharedRead };
 
 struct AdapterConfig {
   std::string file;  // where it came from, for messages ("" = defaults)
+  bool file_missing = false;  // Load found no file: these are the defaults
   std::string socket = "/run/latchkey/latchd.sock";
   std::string backend;    // "" = latchd's default backend
+  std::string backend_where;  // "file:line" of the backend setting, for messages
   std::string lockspace;  // "" = latchd's default lockspace
   bool auto_disk_leases = true;
   bool require_lease_for_disks = false;
@@ -36,7 +38,11 @@ struct AdapterConfig {
   int64_t terminate_grace_ms = 5000;
   int64_t timeout_ms = 30000;  // limit for each latchd request
 
-  // Reads `path`; a missing file gives the defaults. Errors name file:line.
+  // Reads `path`; a missing file gives the defaults (file_missing). Errors
+  // name the file: InvalidArgument "file:line: ..." for its content
+  // (syntax, unknown keys, wrong types, names, non-UTF-8 text);
+  // FailedPrecondition or PermissionDenied when it cannot be read (a
+  // directory, a FIFO, no permission, a dangling symlink).
   static absl::StatusOr<AdapterConfig> Load(const std::string& path);
   static absl::StatusOr<AdapterConfig> Parse(const std::string& text,
                                              const std::string& origin);
@@ -62,8 +68,12 @@ struct Domain {
 };
 
 // The libvirt calls. Errors carry a message fit for the user; their code
-// says which libvirt error to raise (Unavailable / Aborted: the resource is
-// busy or the hand-off failed; InvalidArgument: configuration).
+// says which libvirt error to raise: Unavailable / Aborted the resource is
+// busy or the hand-off failed; InvalidArgument libvirt's input cannot be
+// sent (not UTF-8) or latchd refused it; Unimplemented qemu-latchkey.conf,
+// latchd or the domain ask for something the other cannot do (a backend
+// latchd does not load, <on_lockfailure>restart); FailedPrecondition /
+// Internal latchd is not running, failed or did not answer.
 class Adapter {
  public:
   explicit Adapter(const AdapterConfig& config) : config_(config) {}
@@ -85,11 +95,20 @@ class Adapter {
   // latchd).
   absl::StatusOr<std::optional<std::string>> Inquire(const Domain& d) const;
 
+  // Connects to latchd and checks that it loads the configured backend
+  // (what Register and Acquire check first); on success, the backends it
+  // loads. For `latchctl libvirt-check`.
+  absl::StatusOr<std::vector<std::string>> CheckLatchd() const;
+
   const AdapterConfig& config() const { return config_; }
 
  private:
   const AdapterConfig& config_;
 };
+
+// `text` with every byte that is not part of well-formed UTF-8, and every
+// control character, written as \xNN: fit for a message.
+std::string EscapeForMessage(const std::string& text);
 
 }  // namespace libvirt
 }  // namespace latchkey

@@ -30,25 +30,36 @@ constexpr char kDefaultConfig[] = "/etc/libvirt/qemu-latchkey.conf";
 
 std::unique_ptr<AdapterConfig> g_config;
 
-int LibvirtCode(const absl::Status& s) {
+// Which libvirt error (and so which label before our message) `s` raises.
+// Only qemu-latchkey.conf's content, at load, is a "configuration file
+// syntax error"; an unreadable file is a system error, as libvirt reports
+// its own unreadable config files.
+int LibvirtCode(const absl::Status& s, bool at_load) {
+  if (at_load) {
+    return s.code() == absl::StatusCode::kInvalidArgument ? kLkErrorConfig : kLkErrorSystem;
+  }
   switch (s.code()) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kAborted:
-    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kDeadlineExceeded:  // latchd's own answer: a wait ran out
       return kLkErrorResourceBusy;
     case absl::StatusCode::kInvalidArgument:
-      return kLkErrorConfig;
+      return kLkErrorInvalidArg;
+    case absl::StatusCode::kUnimplemented:
+      return kLkErrorConfigUnsupported;
     default:
       return kLkErrorInternal;
   }
 }
 
-// Reports `s`; returns -1 for the caller to hand back to libvirt.
-int Fail(const absl::Status& s, const char* func) {
-  const std::string msg = absl::StrCat("latchkey: ", s.message());
+// Reports `s`; returns -1 for the caller to hand back to libvirt. The
+// message never carries raw invalid UTF-8 or control bytes.
+int Fail(const absl::Status& s, const char* func, bool at_load = false) {
+  const std::string msg = absl::StrCat("latchkey: ", EscapeForMessage(std::string(s.message())));
   auto report = reinterpret_cast<LkReportErrorFn>(dlsym(RTLD_DEFAULT, kLkReportErrorSymbol));
   if (report != nullptr) {
-    report(kLkErrorDomainLocking, LibvirtCode(s), __FILE__, func, __LINE__, "%s", msg.c_str());
+    report(kLkErrorDomainLocking, LibvirtCode(s, at_load), __FILE__, func, __LINE__, "%s",
+           msg.c_str());
   } else {
     fprintf(stderr, "%s\n", msg.c_str());
     fflush(stderr);
@@ -103,7 +114,14 @@ int Init(uint32_t version, const char* config_file, uint32_t /*flags*/) {
                   __func__);
     }
     absl::StatusOr<AdapterConfig> c = AdapterConfig::Load(config_file ? config_file : kDefaultConfig);
-    if (!c.ok()) return Fail(c.status(), __func__);
+    if (!c.ok()) return Fail(c.status(), __func__, /*at_load=*/true);
+    if (c->file_missing) {
+      // libvirt has no logging entry point for plugins; libvirtd's stderr
+      // goes to its journal under systemd.
+      fprintf(stderr, "latchkey: %s does not exist; using the defaults (latchd at %s)\n",
+              EscapeForMessage(c->file).c_str(), c->socket.c_str());
+      fflush(stderr);
+    }
     g_config = std::make_unique<AdapterConfig>(*std::move(c));
     return 0;
   });

@@ -100,9 +100,12 @@ using LkReportErrorFn = void (*)(int, int, const char*, const char*, size_t,
                                  const char*, ...);
 inline constexpr char kLkReportErrorSymbol[] = "virReportErrorHelper";
 inline constexpr int kLkErrorDomainLocking = 42;  // VIR_FROM_LOCKING
-inline constexpr int kLkErrorInternal = 1;        // VIR_ERR_INTERNAL_ERROR
-inline constexpr int kLkErrorConfig = 33;         // VIR_ERR_CONF_SYNTAX
-inline constexpr int kLkErrorResourceBusy = 87;   // VIR_ERR_RESOURCE_BUSY
+inline constexpr int kLkErrorInternal = 1;        // VIR_ERR_INTERNAL_ERROR: "internal error: %s"
+inline constexpr int kLkErrorInvalidArg = 8;      // VIR_ERR_INVALID_ARG: "invalid argument: %s"
+inline constexpr int kLkErrorConfig = 33;         // VIR_ERR_CONF_SYNTAX: "configuration file syntax error: %s"
+inline constexpr int kLkErrorSystem = 38;         // VIR_ERR_SYSTEM_ERROR: the message alone
+inline constexpr int kLkErrorConfigUnsupported = 67;  // VIR_ERR_CONFIG_UNSUPPORTED: "unsupported configuration: %s"
+inline constexpr int kLkErrorResourceBusy = 87;   // VIR_ERR_RESOURCE_BUSY: "resource busy: %s"
 
 }  // extern "C"
 
