@@ -32,6 +32,7 @@
 #include "core/owner.h"
 #include "core/plugin_loader.h"
 #include "core/resource.h"
+#include "libvirt-adapter/adapter.h"
 
 namespace latchkey {
 namespace {
@@ -48,6 +49,8 @@ Global options:
   --plugin-path DIRS   colon-separated plugin directories, for 'backends'
                        (default: $LATCHKEY_PLUGIN_PATH, the build tree,
                        /usr/lib/latchkey/backends)
+  --timeout SECONDS    how long latchd may take to accept and answer a
+                       request (default 30; --wait comes on top)
 
 Commands:
   status [--json]      owners and locks latchd holds
@@ -73,6 +76,11 @@ Commands:
                        dump latchd's journal, read-only, also while latchd is
                        down (default: /run/latchkey/journal.db; DIR/journal.db)
   backends             backend plugins found locally, with their capabilities
+  libvirt-check [--conf FILE] [--offline]
+                       check qemu-latchkey.conf (default
+                       /etc/libvirt/qemu-latchkey.conf) as latchkey.so reads
+                       it when libvirtd starts, and that the latchd at its
+                       socket loads its backend (not with --offline)
   reexec               restart latchd in place (upgrade), keeping every lock
   help                 this text
 
@@ -89,14 +97,23 @@ SECONDS:  how long to wait for a conflicting lock to go: a number, or
 
 Exit status: 0 done; 1 refused (held by another owner, wait timed out, lock
 lost or hand-off check failed); 2 bad usage or input (also: unknown owner or
-lock); 3 error (latchd not running, permission denied, latchd or backend
-failure).
+lock, a bad qemu-latchkey.conf); 3 error (latchd not running, permission
+denied, latchd did not answer in time or closed the connection, latchd or
+backend failure).
 )";
 
 enum Exit { kOk = 0, kRefused = 1, kBadUsage = 2, kError = 3 };
 
-// How long to wait for latchd to accept and answer an ordinary request.
+// How long to wait for latchd to accept and answer an ordinary request
+// (--timeout changes it).
 constexpr absl::Duration kCallTimeout = absl::Seconds(30);
+
+// A failure of latchd itself (it did not answer in time, closed the
+// connection): an error (3), whatever code the client gave it. Only
+// latchd's own answers may say "refused" (1).
+absl::Status LatchdFailure(const absl::Status& s) {
+  return absl::InternalError(s.message());
+}
 
 int ExitCodeFor(const absl::Status& s) {
   switch (s.code()) {
@@ -141,15 +158,16 @@ struct Args {
   bool dashdash = false;
 };
 
-const std::vector<std::string> kBareFlags = {"--json"};
+const std::vector<std::string> kBareFlags = {"--json", "--offline"};
 const std::vector<std::string> kValued = {
     "--socket", "--plugin-path", "--owner",     "--uuid",  "--pid",       "--policy",
     "--grace-ms", "--wait",      "--state",     "--disk",  "--lease",     "--lockspace",
-    "--lease-path", "--lease-offset", "--mode", "--backend", "--state-dir", "--journal"};
+    "--lease-path", "--lease-offset", "--mode", "--backend", "--state-dir", "--journal",
+    "--timeout", "--conf"};
 // May be given once per resource.
 const std::vector<std::string> kResourceOpts = {"--disk", "--lease", "--mode", "--lockspace",
                                                 "--lease-path", "--lease-offset", "--backend"};
-const std::vector<std::string> kGlobalOpts = {"--socket", "--plugin-path"};
+const std::vector<std::string> kGlobalOpts = {"--socket", "--plugin-path", "--timeout"};
 
 bool Contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
@@ -271,6 +289,7 @@ class Ctl {
         {"inquire", {"--uuid", "--json"}, false, &Ctl::Inquire},
         {"journal", {"--state-dir", "--journal", "--json"}, false, &Ctl::JournalCmd},
         {"reexec", {}, false, &Ctl::Reexec},
+        {"libvirt-check", {"--conf", "--offline"}, false, &Ctl::LibvirtCheck},
     };
     const Command* c = nullptr;
     for (const Command& k : commands) {
@@ -292,6 +311,13 @@ class Ctl {
       for (size_t k = 0; k < i; ++k) {
         if (args_.opts[k].name == name) return UsageError(absl::StrCat(name, " given twice"));
       }
+    }
+    if (const std::string* t = Get("--timeout")) {
+      double secs = 0;
+      if (!absl::SimpleAtod(*t, &secs) || !std::isfinite(secs) || secs <= 0 || secs > 1e6) {
+        return UsageError(absl::StrCat("--timeout '", *t, "' is not a positive number of seconds"));
+      }
+      call_timeout_ = absl::Milliseconds(std::ceil(secs * 1000));
     }
     return (this->*(c->run))();
   }
@@ -329,17 +355,25 @@ class Ctl {
 
   absl::Status Connect() {
     if (client_.has_value()) return absl::OkStatus();
-    absl::StatusOr<LatchdClient> c = LatchdClient::Connect(SocketPath(), kCallTimeout);
-    if (!c.ok()) return c.status();
+    absl::StatusOr<LatchdClient> c = LatchdClient::Connect(SocketPath(), call_timeout_);
+    if (!c.ok()) {
+      // Not accepted in time: latchd is stuck, which is no refusal.
+      if (c.status().code() == absl::StatusCode::kDeadlineExceeded) return LatchdFailure(c.status());
+      return c.status();
+    }
     client_.emplace(*std::move(c));
     return absl::OkStatus();
   }
 
-  // Connects if needed and sends `request`.
+  // Connects if needed and sends `request` (waiting `timeout`, default
+  // --timeout). A transport failure closes the client's connection: then
+  // the error is latchd's failure, never a refusal.
   absl::StatusOr<nlohmann::json> Call(const nlohmann::json& request,
-                                      absl::Duration timeout = kCallTimeout) {
+                                      std::optional<absl::Duration> timeout = std::nullopt) {
     if (absl::Status s = Connect(); !s.ok()) return s;
-    return client_->Call(request, timeout);
+    absl::StatusOr<nlohmann::json> r = client_->Call(request, timeout.value_or(call_timeout_));
+    if (!r.ok() && !client_->connected()) return LatchdFailure(r.status());
+    return r;
   }
 
   // Sends a request whose answer is only printed: as JSON with --json, else
@@ -426,7 +460,7 @@ class Ctl {
   // how long to wait for latchd's answer.
   absl::StatusOr<absl::Duration> AddWait(nlohmann::json* request) const {
     const std::string* w = Get("--wait");
-    if (w == nullptr) return kCallTimeout;
+    if (w == nullptr) return call_timeout_;
     if (*w == "forever") {
       (*request)["wait"] = true;
       return absl::InfiniteDuration();
@@ -437,10 +471,10 @@ class Ctl {
           absl::StrCat("--wait '", *w, "' is not a number of seconds or 'forever'"));
     }
     const int64_t ms = static_cast<int64_t>(std::ceil(secs * 1000));
-    if (ms == 0) return kCallTimeout;  // refuse at once
+    if (ms == 0) return call_timeout_;  // refuse at once
     (*request)["wait"] = true;
     (*request)["timeout_ms"] = ms;
-    return absl::Milliseconds(ms) + kCallTimeout;
+    return absl::Milliseconds(ms) + call_timeout_;
   }
 
   absl::StatusOr<nlohmann::json> Policy(nlohmann::json request) const {
@@ -849,7 +883,36 @@ class Ctl {
     }
   }
 
+  // ---- libvirt-check: qemu-latchkey.conf as latchkey.so reads it.
+
+  int LibvirtCheck() {
+    const std::string* conf = Get("--conf");
+    const std::string path = conf != nullptr ? *conf : "/etc/libvirt/qemu-latchkey.conf";
+    absl::StatusOr<libvirt::AdapterConfig> c = libvirt::AdapterConfig::Load(path);
+    if (!c.ok()) {
+      fprintf(stderr, "latchctl: %s\n",
+              libvirt::EscapeForMessage(std::string(c.status().message())).c_str());
+      return kBadUsage;  // the file is bad input, whichever way
+    }
+    printf("%s: %s; socket %s, backend %s, lockspace %s\n", path.c_str(),
+           c->file_missing ? "does not exist, so the defaults apply" : "ok", c->socket.c_str(),
+           c->backend.empty() ? "(latchd's first)" : c->backend.c_str(),
+           c->lockspace.empty() ? "(latchd's)" : c->lockspace.c_str());
+    if (Get("--offline") != nullptr) return kOk;
+    const libvirt::Adapter adapter(*c);
+    absl::StatusOr<std::vector<std::string>> loaded = adapter.CheckLatchd();
+    if (!loaded.ok()) {
+      fprintf(stderr, "latchctl: %s\n", std::string(loaded.status().message()).c_str());
+      // A backend latchd does not load is the file's mistake (2); latchd
+      // down or failing is an error (3).
+      return loaded.status().code() == absl::StatusCode::kUnimplemented ? kBadUsage : kError;
+    }
+    printf("latchd at %s loads: %s\n", c->socket.c_str(), absl::StrJoin(*loaded, ", ").c_str());
+    return kOk;
+  }
+
   Args args_;
+  absl::Duration call_timeout_ = kCallTimeout;
   std::optional<LatchdClient> client_;
 };
 

@@ -2,18 +2,20 @@
 # latchctl end to end against a real latchd (posixfd backend) with a private
 # config, socket, state and lock directory: status, run (contention, exit
 # codes, signals), register/acquire/release with the hand-off state string,
-# the journal dump (also with latchd down), and errors. Every process started
-# here is stopped by its PID.
+# the journal dump (also with latchd down), errors and their exit statuses
+# (also against a fake latchd that never answers or closes at once), and
+# libvirt-check. Every process started here is stopped by its PID.
 set -uo pipefail
 latchctl="$TEST_SRCDIR/latchkey/tools/latchctl"
 latchd="$TEST_SRCDIR/latchkey/agent/latchd"
+fake_latchd="$TEST_SRCDIR/latchkey/tools/fake_latchd"
 # Not under $TEST_TMPDIR: a Unix socket path must fit in 108 bytes.
 work=$(mktemp -d /tmp/latchctl-test.XXXXXX)
 sock="$work/latchd.sock"
 latchd_pid=""
 bg_pids=()
 cleanup() {
-  for p in "${bg_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  for p in "${bg_pids[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [[ -n $latchd_pid ]]; then
     kill -TERM "$latchd_pid" 2>/dev/null
     for _ in $(seq 100); do kill -0 "$latchd_pid" 2>/dev/null || break; sleep 0.05; done
@@ -155,12 +157,61 @@ ctl help | grep -q '^usage: latchctl' || fail "help"
 "$latchctl" --plugin-path "$TEST_SRCDIR/latchkey/backends" backends | grep -q '^posixfd' ||
   fail "backends does not list posixfd"
 
+# --- libvirt-check: qemu-latchkey.conf as latchkey.so reads it, and latchd's backends
+conf="$work/qemu-latchkey.conf"
+printf 'socket = "%s"\nbackend = "posixfd"\n' "$sock" >"$conf"
+out=$(ctl libvirt-check --conf "$conf" 2>&1) || fail "libvirt-check of a good file ($?): $out"
+[[ $out == *"$conf: ok"* && $out == *"loads: posixfd"* ]] || fail "libvirt-check of a good file: $out"
+printf 'socket = "%s"\n\nbackend = "nope"\n' "$sock" >"$conf"
+out=$(ctl libvirt-check --conf "$conf" 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *"does not load backend 'nope' (it loads: posixfd); set 'backend' in $conf:3"* ]] ||
+  fail "libvirt-check with a backend latchd does not load ($rc): $out"
+printf 'backend = "po\xffsix"\n' >"$conf"
+out=$(ctl libvirt-check --conf "$conf" 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *"$conf:1: 'backend' is not valid UTF-8: \"po\\xffsix\""* ]] ||
+  fail "libvirt-check of a non-UTF-8 backend ($rc): $out"
+out=$(ctl libvirt-check --conf "$work/state" 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *"$work/state is a directory, not a regular file"* ]] ||
+  fail "libvirt-check of a directory ($rc): $out"
+out=$(ctl libvirt-check --offline --conf "$work/none.conf" 2>&1) ||
+  fail "libvirt-check --offline of a missing file ($?): $out"
+[[ $out == *"does not exist, so the defaults apply"* ]] || fail "libvirt-check of a missing file: $out"
+printf 'socket = "%s"\n' "$work/none.sock" >"$conf"
+out=$(ctl libvirt-check --conf "$conf" 2>&1); rc=$?
+[[ $rc -eq 3 && $out == *"latchd is not running at $work/none.sock"* ]] ||
+  fail "libvirt-check with latchd down ($rc): $out"
+
 # --- no latchd there
 out=$("$latchctl" --socket "$work/none.sock" status 2>&1); rc=$?
 [[ $rc -eq 3 && $out == *"latchd is not running at $work/none.sock"* ]] ||
   fail "no latchd ($rc): $out"
 out=$(LATCHD_SOCKET="$work/none.sock" "$latchctl" status 2>&1); rc=$?
 [[ $rc -eq 3 && $out == *"$work/none.sock"* ]] || fail "LATCHD_SOCKET ($rc): $out"
+
+# --- latchd that does not answer in time, or closes without answering: an
+# error (3), never "refused" (1); no command runs
+"$fake_latchd" "$work/mute.sock" mute 2>>"$work/latchd.log" &
+bg_pids+=("$!")
+"$fake_latchd" "$work/close.sock" close 2>>"$work/latchd.log" &
+bg_pids+=("$!")
+"$fake_latchd" "$work/full.sock" full 2>>"$work/latchd.log" &
+bg_pids+=("$!")
+for s in mute close full; do wait_for "$work/$s.sock" || fail "fake latchd ($s) did not start"; done
+mute() { "$latchctl" --socket "$work/mute.sock" --timeout 0.3 "$@"; }
+out=$(mute status 2>&1); rc=$?
+[[ $rc -eq 3 && $out == *"did not answer in time"* ]] || fail "status, latchd mute ($rc): $out"
+out=$(mute acquire --uuid $src --disk "$work/a.img" --wait 0.2 2>&1); rc=$?
+[[ $rc -eq 3 ]] || fail "acquire --wait, latchd mute ($rc): $out"
+out=$(mute run --disk "$work/a.img" -- touch "$work/mute.ran" 2>&1); rc=$?
+[[ $rc -eq 3 && ! -e $work/mute.ran ]] || fail "run, latchd mute ($rc): $out"
+for cmd in status "inquire --uuid $src" reexec; do
+  out=$("$latchctl" --socket "$work/close.sock" $cmd 2>&1); rc=$?
+  [[ $rc -eq 3 && $out == *"$work/close.sock"* ]] || fail "$cmd, latchd closes at once ($rc): $out"
+done
+out=$("$latchctl" --socket "$work/full.sock" --timeout 0.3 status 2>&1); rc=$?
+[[ $rc -eq 3 && $out == *"did not accept the connection"* ]] || fail "status, latchd not accepting ($rc): $out"
+out=$(ctl --timeout soon status 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *"--timeout 'soon'"* ]] || fail "bad --timeout ($rc): $out"
 
 # --- the journal can be read while latchd is down
 kill -TERM "$latchd_pid"
