@@ -800,6 +800,12 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
     grants.push_back(*g);
     FaultPoint("agent.acquire.after-backend");
   }
+  // A grant that raced with the client's departure is undone rather than
+  // journaled for an owner whose client gave up.
+  if (failure.ok() && options.wait && WaitCancelled(options.cancel_fd)) {
+    failure = absl::CancelledError(absl::StrCat(
+        "the client of ", owner.name, " went away while its acquire was answered; undone"));
+  }
 
   std::vector<Held> rollback;
   std::optional<std::vector<LockView>> success;
