@@ -36,6 +36,7 @@ using ::testing::Not;
 using json = nlohmann::json;
 using testing::KillAndReap;
 using testing::LatchdProcess;
+using testing::ProcessState;
 using testing::TempDir;
 using testing::Vm;
 
@@ -142,13 +143,6 @@ pid_t SleeperAs(uid_t uid) {
   return pid;
 }
 
-char ProcessState(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  std::getline(in, line);
-  const size_t close = line.rfind(')');
-  return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
-}
 
 std::string Req(json j) {
   j["v"] = 1;

@@ -30,18 +30,12 @@ using ::testing::HasSubstr;
 using json = nlohmann::json;
 using testing::KillAndReap;
 using testing::LatchdProcess;
+using testing::ProcessState;
 using testing::SpawnSleeper;
 using testing::TempDir;
 using testing::Vm;
 
 
-char ProcessState(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  std::getline(in, line);
-  const size_t close = line.rfind(')');
-  return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
-}
 
 // Waits for child `pid` to end; its wait status, or -1 on timeout.
 int WaitChild(pid_t pid, absl::Duration timeout) {

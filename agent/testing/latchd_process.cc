@@ -57,6 +57,11 @@ void KillAndReap(pid_t pid, int sig) {
 
 std::string LatchdProcess::BinaryPath() { return Runfile("agent/latchd"); }
 
+char ProcessState(pid_t pid) {
+  absl::StatusOr<ProcessInfo> info = ReadProcessInfo(pid);
+  return info.ok() ? info->state : '?';
+}
+
 std::string LatchdProcess::SanlockPluginDir() {
   std::string so = Runfile("backends/sanlock/latchkey-sanlock.so");
   return so.substr(0, so.rfind('/'));

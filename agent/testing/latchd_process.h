@@ -38,6 +38,10 @@ std::string TempDir(const std::string& tag);
 // A child process that only sleeps: an owner's "VM". Killed by the caller.
 pid_t SpawnSleeper();
 
+// The state letter of `pid` (/proc/PID/stat: 'S', 'T' stopped, 'Z'
+// zombie), or '?' when there is no such process.
+char ProcessState(pid_t pid);
+
 // Kills `pid` with `sig` and reaps it (when it is our child).
 void KillAndReap(pid_t pid, int sig = SIGKILL);
 
