@@ -49,7 +49,11 @@ extern "C" __attribute__((visibility("default"))) void virReportErrorHelper(
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   FUZZ_CHECK(domain == kLkErrorDomainLocking, buf);
-  FUZZ_CHECK(code == kLkErrorInternal || code == kLkErrorConfig || code == kLkErrorResourceBusy, buf);
+  // Only the labels the adapter chooses by cause (libvirt-adapter/README.md).
+  FUZZ_CHECK(code == kLkErrorInternal || code == kLkErrorInvalidArg || code == kLkErrorConfig ||
+                 code == kLkErrorSystem || code == kLkErrorConfigUnsupported ||
+                 code == kLkErrorResourceBusy,
+             buf);
   FUZZ_CHECK(strncmp(buf, "latchkey: ", 10) == 0, buf);
   ++g_errors;
 }
