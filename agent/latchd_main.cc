@@ -53,14 +53,16 @@ Settings (default):
   plugin_path = [ ... ]             plugin directories (default: $LATCHKEY_PLUGIN_PATH,
                                     the build tree, /usr/lib/latchkey/backends)
   lockspace = "default"             lockspace of requests that name none
-  state_dir = "/run/latchkey"       journal.db and the instance lock live here (0700)
+  state_dir = "/run/latchkey"       journal.db lives here; latchd locks the directory (it
+                                    must be latchd's uid's and writable by no one else)
   socket = "STATE_DIR/latchd.sock"  the Unix socket (0600)
   allowed_uids = [ 0 ]              peers allowed to connect (latchd's own uid always is)
   terminate_grace_ms = 5000         policy terminate: SIGKILL this long after SIGTERM
   max_clients = 1024                concurrent connections (root and latchd's uid get
                                     8 more when every connection is busy)
   max_clients_per_uid = 256         concurrent connections of one peer uid; at a limit
-                                    the longest-idle connection is closed to make room
+                                    the connection longest without an answered request
+                                    (none in flight) is closed to make room
   idle_timeout_ms = 60000           close a connection with nothing in flight after this
   request_timeout_ms = 10000        a request line must arrive whole within this
   log_level = "info"                trace, debug, info, warn, error
