@@ -49,6 +49,9 @@ struct Agent::Held {
   uint64_t token = 0;
   std::string backend_token;
   State state = State::kHeld;
+  // A backend reported it lost while a request on it was in flight: the
+  // request must not end with it held.
+  bool lost = false;
 };
 
 struct Agent::OwnerEntry {
@@ -220,6 +223,11 @@ absl::StatusOr<Agent::Planned> Agent::Plan(const ResourceSpec& spec) {
 
 absl::Status Agent::Journal(const JournalChange& change) {
   if (change.empty()) return absl::OkStatus();
+  if (journal_ == nullptr) {
+    // Closed for a re-exec (a backend's loss report can still arrive): the
+    // next program reads the rows as they are.
+    return absl::FailedPreconditionError("the journal is closed for a re-exec");
+  }
   // Rows owed from an earlier failure go first: nothing new is written
   // beside a row that no longer describes a lock.
   if (!journal_debt_.empty()) {
@@ -247,6 +255,17 @@ void Agent::Owe(const JournalChange& removals) {
   for (const JournalLock& l : removals.remove_locks) journal_debt_.remove_locks.push_back(l);
   for (const JournalLock& l : removals.put_locks) journal_debt_.remove_locks.push_back(l);
   for (const std::string& u : removals.remove_owners) journal_debt_.remove_owners.push_back(u);
+}
+
+bool Agent::RestoreAfterFailedRelease(const std::shared_ptr<OwnerEntry>& entry,
+                                      const std::vector<Held>& held) {
+  absl::MutexLock l(&mu_);
+  if (entry->dead) return true;
+  for (const Held& h : held) {
+    auto it = entry->locks.find(KeyOf(h.backend, h.resource));
+    if (it != entry->locks.end()) it->second.state = Held::State::kHeld;
+  }
+  return false;
 }
 
 absl::Status Agent::MayAct(const OwnerEntry& e, const Caller& caller, const char* what) {
@@ -541,6 +560,22 @@ absl::StatusOr<OwnerView> Agent::Register(Owner owner, std::optional<FailurePoli
     uint64_t stale_generation = 0;
     {
       absl::MutexLock l(&mu_);
+      // An entry of this uuid whose process exited is still being released:
+      // wait until it is gone, so the removal of its rows cannot take ours.
+      struct DeadGone {
+        const std::map<std::string, std::shared_ptr<OwnerEntry>>* owners;
+        const std::string* uuid;
+        bool operator()() const {
+          auto it = owners->find(*uuid);
+          return it == owners->end() || !it->second->dead;
+        }
+      } gone{&owners_, &owner.uuid};
+      if (!mu_.AwaitWithTimeout(absl::Condition(&gone), absl::Seconds(10))) {
+        close(*pidfd);
+        return absl::UnavailableError(absl::StrCat(
+            "owner ", owner.uuid, ": the locks of its previous process are still being "
+            "released; try again"));
+      }
       auto it = owners_.find(owner.uuid);
       if (it != owners_.end() && !it->second->dead) {
         OwnerEntry& e = *it->second;
@@ -609,7 +644,7 @@ absl::Status Agent::SetPolicy(const std::string& uuid, FailurePolicy policy,
   }
   absl::MutexLock l(&mu_);
   auto it = owners_.find(uuid);
-  if (it == owners_.end()) {
+  if (it == owners_.end() || it->second->dead) {
     return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
   }
   OwnerEntry& e = *it->second;
@@ -628,23 +663,31 @@ void Agent::OnOwnerExit(const std::string& uuid, uint64_t generation) {
   const absl::Time start = absl::Now();
   std::vector<Held> held;
   Owner owner;
+  std::shared_ptr<OwnerEntry> entry;
   {
     absl::MutexLock l(&mu_);
     auto it = owners_.find(uuid);
-    if (it == owners_.end() || it->second->generation != generation) return;
-    OwnerEntry& e = *it->second;
-    e.dead = true;
-    owner = e.owner;
-    for (auto& [key, h] : e.locks) {
+    if (it == owners_.end() || it->second->generation != generation || it->second->dead) return;
+    entry = it->second;
+    entry->dead = true;
+    owner = entry->owner;
+    for (auto& [key, h] : entry->locks) {
       if (h.state == Held::State::kHeld) {
         h.state = Held::State::kReleasing;
         held.push_back(h);
       }
     }
-    owners_.erase(it);
   }
-  watch_->Unwatch(uuid);
+  // The dead entry stays in owners_ until its rows are gone, so a new
+  // registration of the uuid (a restarted VM) waits instead of having its
+  // fresh rows removed with these.
+  watch_->Unwatch(uuid, generation);
   ReleaseHeld(owner, held, /*forget=*/true, /*must_release=*/true).IgnoreError();
+  {
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it != owners_.end() && it->second == entry) owners_.erase(it);
+  }
   spdlog::info("owner {} exited: released {} locks in {} us", owner.Describe(), held.size(),
                absl::ToInt64Microseconds(absl::Now() - start));
 }
@@ -656,7 +699,7 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const C
   {
     absl::MutexLock l(&mu_);
     auto it = owners_.find(uuid);
-    if (it == owners_.end()) {
+    if (it == owners_.end() || it->second->dead) {
       return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
     }
     OwnerEntry& e = *it->second;
@@ -677,9 +720,10 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const C
   }
   if (absl::Status s = ReleaseHeld(entry->owner, held, /*forget=*/true, /*must_release=*/false);
       !s.ok()) {
-    absl::MutexLock l(&mu_);
-    for (auto& [key, h] : entry->locks) h.state = Held::State::kHeld;
-    return s;
+    if (!RestoreAfterFailedRelease(entry, held)) return s;
+    // Its process exited meanwhile, and its exit took the owner row: the
+    // locks must go whatever the journal says.
+    ReleaseHeld(entry->owner, held, /*forget=*/true, /*must_release=*/true).IgnoreError();
   }
   bool erased = false;
   {
@@ -694,7 +738,7 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const C
       erased = true;
     }
   }
-  if (erased) watch_->Unwatch(uuid);
+  if (erased) watch_->Unwatch(uuid, entry->generation);
   spdlog::info("unregistered {}: released {} locks", entry->owner.Describe(), held.size());
   return Released(held);
 }
@@ -743,7 +787,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
   {
     absl::MutexLock l(&mu_);
     auto it = owners_.find(uuid);
-    if (it == owners_.end()) {
+    if (it == owners_.end() || it->second->dead) {
       return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
     }
     entry = it->second;
@@ -815,6 +859,13 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
       failure = absl::FailedPreconditionError(
           absl::StrCat(owner.Describe(), " exited during the acquire"));
     }
+    for (size_t i = 0; failure.ok() && i < plan.size(); ++i) {
+      auto h = entry->locks.find(plan[i].key);
+      if (h == entry->locks.end() || h->second.lost) {
+        failure = absl::AbortedError(absl::StrCat(plan[i].resource.Describe(),
+                                                  " was reported lost during the acquire"));
+      }
+    }
     if (failure.ok()) {
       JournalChange c;
       for (size_t i = 0; i < plan.size(); ++i) {
@@ -832,7 +883,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
     if (failure.ok()) {
       std::vector<LockView> out;
       for (size_t i = 0; i < plan.size(); ++i) {
-        Held& h = entry->locks[plan[i].key];
+        Held& h = entry->locks.find(plan[i].key)->second;  // present: checked above
         h.token = grants[i].fencing_token;
         h.backend_token = grants[i].backend_token;
         h.state = Held::State::kHeld;
@@ -841,7 +892,10 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
       success = std::move(out);
     }
     for (size_t i = 0; !success && i < grants.size(); ++i) {
-      Held h = entry->locks[plan[i].key];
+      Held h;
+      h.backend = plan[i].backend->name;
+      h.resource = plan[i].resource;
+      h.mode = plan[i].mode;
       h.token = grants[i].fencing_token;
       h.backend_token = grants[i].backend_token;
       rollback.push_back(std::move(h));
@@ -960,7 +1014,7 @@ absl::StatusOr<ReleaseResult> Agent::Release(
   {
     absl::MutexLock l(&mu_);
     auto it = owners_.find(uuid);
-    if (it == owners_.end()) {
+    if (it == owners_.end() || it->second->dead) {
       return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
     }
     entry = it->second;
@@ -998,9 +1052,8 @@ absl::StatusOr<ReleaseResult> Agent::Release(
   }
   if (absl::Status s = ReleaseHeld(entry->owner, held, /*forget=*/false, /*must_release=*/false);
       !s.ok()) {
-    absl::MutexLock l(&mu_);
-    for (const std::string& k : keys) entry->locks[k].state = Held::State::kHeld;
-    return s;
+    if (!RestoreAfterFailedRelease(entry, held)) return s;
+    ReleaseHeld(entry->owner, held, /*forget=*/false, /*must_release=*/true).IgnoreError();
   }
   {
     absl::MutexLock l(&mu_);
@@ -1030,7 +1083,7 @@ absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   absl::MutexLock l(&mu_);
   auto it = owners_.find(uuid);
-  if (it == owners_.end()) {
+  if (it == owners_.end() || it->second->dead) {
     return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
   }
   const OwnerEntry& e = *it->second;
@@ -1071,6 +1124,7 @@ AgentStatus Agent::Status() {
     absl::MutexLock l(&mu_);
     st.owners.reserve(owners_.size());
     for (const auto& [uuid, e] : owners_) {
+      if (e->dead) continue;
       st.owners.push_back(OwnerView{e->owner, e->policy, e->grace, false, Views(*e)});
     }
   }
@@ -1090,6 +1144,14 @@ void Agent::LockLost(const std::string& uuid, const std::string& backend,
     entry = it->second;
     auto h = entry->locks.find(KeyOf(backend, resource));
     if (h == entry->locks.end()) return;
+    if (h->second.state != Held::State::kHeld) {
+      // An acquire or release of it is in flight: that request ends it
+      // (an acquire fails and rolls back; a release was letting go anyway).
+      h->second.lost = true;
+      spdlog::warn("{} lost {} while a request on it was in flight: {}", entry->owner.Describe(),
+                   resource.Describe(), reason);
+      return;
+    }
     JournalChange c;
     c.remove_locks.push_back(Row(entry->owner, backend, resource, h->second.mode, 0, "",
                                  JournalLockState::kHeld));
@@ -1104,15 +1166,15 @@ void Agent::LockLost(const std::string& uuid, const std::string& backend,
 void Agent::ApplyPolicy(const OwnerEntry& e, const std::string& what) {
   switch (e.policy) {
     case FailurePolicy::kTerminate: {
-      absl::Status s = watch_->Signal(e.owner.uuid, SIGTERM);
+      absl::Status s = watch_->Signal(e.owner.uuid, e.generation, SIGTERM);
       spdlog::error("lock failure of {} on {}: policy terminate: SIGTERM {}, SIGKILL in {} ms",
                     e.owner.Describe(), what, s.ok() ? "sent" : s.ToString(),
                     absl::ToInt64Milliseconds(e.grace));
-      watch_->KillAfter(e.owner.uuid, e.grace);
+      watch_->KillAfter(e.owner.uuid, e.generation, e.grace);
       break;
     }
     case FailurePolicy::kPause: {
-      absl::Status s = watch_->Signal(e.owner.uuid, SIGSTOP);
+      absl::Status s = watch_->Signal(e.owner.uuid, e.generation, SIGSTOP);
       spdlog::error("lock failure of {} on {}: policy pause: SIGSTOP {}", e.owner.Describe(),
                     what, s.ok() ? "sent" : s.ToString());
       break;
@@ -1143,7 +1205,10 @@ absl::Status Agent::PrepareExec(absl::Duration drain) {
                                                  s.message()));
     }
   }
-  journal_.reset();  // Closed cleanly; the new program reopens it.
+  {
+    absl::MutexLock l(&mu_);
+    journal_.reset();  // Closed cleanly; the new program reopens it.
+  }
   exec_prepared_ = true;
   return absl::OkStatus();
 }

@@ -199,6 +199,11 @@ class Agent {
   absl::Status Recover();
   absl::Status RebuildFromBackends();
   void OnOwnerExit(const std::string& uuid, uint64_t generation);
+  // After a release that could not be journaled: puts `held` back as held
+  // and returns false, or returns true (changing nothing) when the owner's
+  // process exited meanwhile, so its locks must go anyway.
+  bool RestoreAfterFailedRelease(const std::shared_ptr<OwnerEntry>& entry,
+                                 const std::vector<Held>& held);
   // PermissionDenied unless `caller` may act on owner `e`.
   static absl::Status MayAct(const OwnerEntry& e, const Caller& caller, const char* what);
   // Remembers rows that must leave the journal but could not (a full

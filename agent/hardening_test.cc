@@ -455,6 +455,74 @@ TEST_F(HardeningTest, DisconnectCancelsTheWaitAndReexecIsNotBlocked) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(3));
 }
 
+// A reexec whose client leaves before reading the answer still happens:
+// latchd had already closed its gate and its journal for it, and used to
+// stay that way, answering nothing, when the answer could not be written.
+TEST_F(HardeningTest, ReexecWhoseClientLeftStillRestartsAndServes) {
+  Vm a("vm-a");
+  Register(a);
+  ASSERT_TRUE(Acquire(a, Disk("a")).ok());
+  {
+    Raw r(d_->socket());
+    ASSERT_TRUE(r.Send(Req({{"op", "reexec"}}) + "\n"));
+  }  // closed before the answer
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (d_->Log().find("starting after a planned re-exec") == std::string::npos &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_THAT(d_->Log(), HasSubstr("starting after a planned re-exec"));
+  absl::StatusOr<LatchdClient> c = d_->Connect(absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->Call({{"op", "status"}}, absl::Seconds(5)).ok());
+  Reconnect();
+  EXPECT_EQ(LocksOf("vm-a").size(), 1u);
+}
+
+// A VM restarted under the same uuid registers while latchd is still
+// releasing its previous process: the new registration must stay watched
+// and journaled (the old process's exit used to unwatch it and remove its
+// rows).
+TEST_F(HardeningTest, RestartedVmReusingItsUuidStaysWatchedAndJournaled) {
+  const std::string uuid = RandomUuid();
+  pid_t pid = testing::SpawnSleeper();
+  auto reg = [&](pid_t p) {
+    return Call({{"op", "register"}, {"owner", {{"uuid", uuid}, {"name", "vm"}, {"pid", p}}}});
+  };
+  ASSERT_TRUE(reg(pid).ok());
+  for (int round = 0; round < 30; ++round) {
+    ASSERT_TRUE(Call({{"op", "acquire"}, {"uuid", uuid}, {"wait", true}, {"timeout_ms", 5000},
+                      {"resources", {{{"disk", Disk("d")}}}}})
+                    .ok())
+        << "round " << round;
+    const pid_t next = testing::SpawnSleeper();
+    KillAndReap(pid);
+    pid = next;
+    // Registering may briefly find the old process's locks being released.
+    absl::StatusOr<json> r = reg(pid);
+    for (int i = 0; i < 100 && !r.ok(); ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+      r = reg(pid);
+    }
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  ASSERT_TRUE(Call({{"op", "acquire"}, {"uuid", uuid}, {"wait", true}, {"timeout_ms", 5000},
+                    {"resources", {{{"disk", Disk("d")}}}}})
+                  .ok());
+  absl::SleepFor(absl::Milliseconds(200));
+  std::string boot;
+  absl::StatusOr<JournalContents> j = Journal::ReadOnly(d_->journal(), &boot);
+  ASSERT_TRUE(j.ok()) << j.status();
+  ASSERT_EQ(j->owners.size(), 1u);
+  EXPECT_EQ(j->owners[0].owner.pid, pid);
+  EXPECT_EQ(j->locks.size(), 1u);
+  // Still watched: its death frees the disk.
+  KillAndReap(pid);
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  while (!LocksOf("vm").empty() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_TRUE(LocksOf("vm").empty()) << "the last process was not watched";
+}
+
 // Defect 7: 1,024 idle connections locked every client out, latchctl
 // status included. Idle and half-written connections time out, one uid
 // cannot take the server, and an administrator always gets status.

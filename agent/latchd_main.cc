@@ -177,8 +177,13 @@ void SetUpLogging(const Settings& s) {
 int InheritedFd(const char* env) {
   const char* v = getenv(env);
   int fd = -1;
-  if (v == nullptr || !absl::SimpleAtoi(v, &fd) || fd < 0) return -1;
-  unsetenv(env);
+  const bool named = v != nullptr;
+  if (named && (!absl::SimpleAtoi(v, &fd) || fd <= STDERR_FILENO)) {
+    fd = -1;  // never adopt (or mark close-on-exec) stdin, stdout or stderr
+    spdlog::warn("{}={} does not name an inherited descriptor; ignored", env, v);
+  }
+  if (named) unsetenv(env);
+  if (fd < 0) return -1;
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   return fd;
 }
@@ -426,6 +431,9 @@ int Main(int argc, char** argv) {
       fcntl(lfd, F_SETFD, FD_CLOEXEC);
       fcntl(*lock_fd, F_SETFD, FD_CLOEXEC);
       (*agent)->CancelExec();
+      // The stopped server's connection threads may still be running:
+      // leave it allocated rather than free what they use.
+      (void)server->release();
       settings->server.inherited_fd = lfd;
       server = Server::Start(agent->get(), settings->server, [] { kill(getpid(), SIGUSR2); });
       if (!server.ok()) {

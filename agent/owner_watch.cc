@@ -101,20 +101,20 @@ absl::Status OwnerWatch::Watch(const std::string& uuid, uint64_t generation, int
   return absl::OkStatus();
 }
 
-void OwnerWatch::Unwatch(const std::string& uuid) {
+void OwnerWatch::Unwatch(const std::string& uuid, uint64_t generation) {
   std::lock_guard<std::mutex> l(mu_);
   auto it = entries_.find(uuid);
-  if (it == entries_.end()) return;
+  if (it == entries_.end() || it->second.generation != generation) return;
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->second.pidfd, nullptr);
   close(it->second.pidfd);
   by_id_.erase(it->second.id);
   entries_.erase(it);
 }
 
-absl::Status OwnerWatch::Signal(const std::string& uuid, int sig) {
+absl::Status OwnerWatch::Signal(const std::string& uuid, uint64_t generation, int sig) {
   std::lock_guard<std::mutex> l(mu_);
   auto it = entries_.find(uuid);
-  if (it == entries_.end()) {
+  if (it == entries_.end() || it->second.generation != generation) {
     return absl::NotFoundError(absl::StrCat("owner ", uuid, " has no watched process"));
   }
   if (syscall(SYS_pidfd_send_signal, it->second.pidfd, sig, nullptr, 0) != 0) {
@@ -124,11 +124,11 @@ absl::Status OwnerWatch::Signal(const std::string& uuid, int sig) {
   return absl::OkStatus();
 }
 
-void OwnerWatch::KillAfter(const std::string& uuid, absl::Duration delay) {
+void OwnerWatch::KillAfter(const std::string& uuid, uint64_t generation, absl::Duration delay) {
   {
     std::lock_guard<std::mutex> l(mu_);
     auto it = entries_.find(uuid);
-    if (it == entries_.end()) return;
+    if (it == entries_.end() || it->second.generation != generation) return;
     kills_.emplace(absl::Now() + delay, std::make_pair(uuid, it->second.id));
   }
   Wake();

@@ -49,14 +49,17 @@ class OwnerWatch {
   // owner `uuid`; replaces an earlier watch of `uuid`. `generation` is
   // handed back to on_exit so a stale notice can be told from a current one.
   absl::Status Watch(const std::string& uuid, uint64_t generation, int pidfd);
-  void Unwatch(const std::string& uuid);
+  // The three below act only while `uuid` is watched with `generation`: a
+  // uuid registered again (a restarted VM) is another process, which a
+  // late call about the old one must never touch.
+  void Unwatch(const std::string& uuid, uint64_t generation);
 
-  // Sends `sig` to the watched process of `uuid`. NotFound when not watched.
-  absl::Status Signal(const std::string& uuid, int sig);
+  // Sends `sig` to the watched process. NotFound when not watched.
+  absl::Status Signal(const std::string& uuid, uint64_t generation, int sig);
 
-  // Sends SIGKILL to the watched process of `uuid` after `delay`, unless it
-  // has exited or been unwatched by then.
-  void KillAfter(const std::string& uuid, absl::Duration delay);
+  // Sends SIGKILL to the watched process after `delay`, unless it has
+  // exited or been unwatched by then.
+  void KillAfter(const std::string& uuid, uint64_t generation, absl::Duration delay);
 
   size_t size() const;
 

@@ -555,7 +555,7 @@ std::shared_ptr<Server::Conn> Server::Admit(int fd, const Caller& caller, std::s
   size_t& mine = per_uid_[caller.uid];
   // Room for a connection: close the idlest one (of this uid when it is the
   // uid's limit that is reached) rather than refuse a peer that has work.
-  for (int round = 0; round < 2; ++round) {
+  for (;;) {
     const bool uid_full = mine >= options_.max_clients_per_uid;
     const bool all_full = conns_.size() >= options_.max_clients;
     if (!uid_full && !all_full) break;
@@ -679,8 +679,7 @@ void Server::Serve(std::shared_ptr<Conn> conn) {
       }
       const std::string line = buf.substr(start, nl - start);
       start = nl + 1;
-      line_start = absl::Now();  // the next line, if any, starts now
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      line_start = absl::Now();  // the next line, if any, starts now      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       {
         std::lock_guard<std::mutex> l(conn_mu_);
         if (conn->evicted) {
@@ -697,20 +696,25 @@ void Server::Serve(std::shared_ptr<Conn> conn) {
                                              " bytes"))))
                : HandleLine(line, conn->caller, fd, &reexec)) +
           "\n";
+      const bool written = WriteAll(fd, response);
       {
+        // Busy until the answer is out: eviction must not cut it off.
         std::lock_guard<std::mutex> l(conn_mu_);
         conn->busy = false;
         conn->last = absl::Now();
       }
-      if (!WriteAll(fd, response)) {
-        open = false;
-        break;
-      }
       if (reexec) {
+        // Prepared: exec whether or not the client took the answer, or
+        // latchd would stay with its gate closed and its journal shut.
         on_reexec_();
         open = false;
         break;
       }
+      if (!written) {
+        open = false;
+        break;
+      }
+      line_start = absl::Now();  // a partial line behind it waits from now
     }
     buf.erase(0, start);
     if (discarding) {
