@@ -523,6 +523,32 @@ TEST_F(HardeningTest, RestartedVmReusingItsUuidStaysWatchedAndJournaled) {
   EXPECT_TRUE(LocksOf("vm").empty()) << "the last process was not watched";
 }
 
+// Owners journaled by a latchd older than the uid binding ("terminate/5000",
+// no uid) count as registered by root: an unprivileged peer may not act on
+// them after the upgrade.
+TEST_F(HardeningTest, OwnersFromAnOlderJournalBelongToRoot) {
+  StartLatchd(absl::StrCat("allowed_uids = [ 0, ", kNobody, " ]\n"));
+  Vm a("vm-a");
+  Register(a);
+  ASSERT_TRUE(Acquire(a, Disk("a")).ok());
+  d_->Kill(SIGKILL);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(d_->journal().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE owners SET policy = 'terminate/5000';", nullptr, nullptr,
+                         nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  ASSERT_TRUE(d_->Start().ok()) << d_->Log();
+  Reconnect();
+  chmod(d_->socket_dir().c_str(), 0755);
+  chmod(d_->socket().c_str(), 0666);
+  EXPECT_THAT(CallAs(kNobody, d_->socket(), {Req({{"op", "release"}, {"uuid", a.uuid}})}),
+              HasSubstr("registered by uid 0"));
+  EXPECT_EQ(LocksOf("vm-a").size(), 1u);
+  EXPECT_TRUE(Call({{"op", "release"}, {"uuid", a.uuid}}).ok());  // root may
+}
+
 // Defect 7: 1,024 idle connections locked every client out, latchctl
 // status included. Idle and half-written connections time out, one uid
 // cannot take the server, and an administrator always gets status.
