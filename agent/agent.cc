@@ -257,6 +257,19 @@ void Agent::Owe(const JournalChange& removals) {
   for (const std::string& u : removals.remove_owners) journal_debt_.remove_owners.push_back(u);
 }
 
+absl::StatusOr<std::shared_ptr<Agent::OwnerEntry>> Agent::LiveOwner(const std::string& uuid,
+                                                                    const Caller* caller,
+                                                                    const char* what) {
+  auto it = owners_.find(uuid);
+  if (it == owners_.end() || it->second->dead) {
+    return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
+  }
+  if (caller != nullptr) {
+    if (absl::Status s = MayAct(*it->second, *caller, what); !s.ok()) return s;
+  }
+  return it->second;
+}
+
 bool Agent::RestoreAfterFailedRelease(const std::shared_ptr<OwnerEntry>& entry,
                                       const std::vector<Held>& held) {
   absl::MutexLock l(&mu_);
@@ -643,12 +656,9 @@ absl::Status Agent::SetPolicy(const std::string& uuid, FailurePolicy policy,
     return absl::InvalidArgumentError(absl::StrCat("grace_ms must be from 0 to ", kMaxGraceMs));
   }
   absl::MutexLock l(&mu_);
-  auto it = owners_.find(uuid);
-  if (it == owners_.end() || it->second->dead) {
-    return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
-  }
-  OwnerEntry& e = *it->second;
-  if (absl::Status s = MayAct(e, caller, "change the policy of"); !s.ok()) return s;
+  absl::StatusOr<std::shared_ptr<OwnerEntry>> found = LiveOwner(uuid, &caller, "change the policy of");
+  if (!found.ok()) return found.status();
+  OwnerEntry& e = **found;
   JournalChange c;
   c.put_owners.push_back(OwnerRow(e.owner, policy, grace.value_or(e.grace), e.registrar));
   if (absl::Status s = Journal(c); !s.ok()) return s;
@@ -698,12 +708,9 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const C
   std::shared_ptr<OwnerEntry> entry;
   {
     absl::MutexLock l(&mu_);
-    auto it = owners_.find(uuid);
-    if (it == owners_.end() || it->second->dead) {
-      return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
-    }
-    OwnerEntry& e = *it->second;
-    if (absl::Status s = MayAct(e, caller, "unregister"); !s.ok()) return s;
+    absl::StatusOr<std::shared_ptr<OwnerEntry>> found = LiveOwner(uuid, &caller, "unregister");
+    if (!found.ok()) return found.status();
+    OwnerEntry& e = **found;
     for (const auto& [key, h] : e.locks) {
       if (h.state != Held::State::kHeld) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -716,7 +723,7 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const C
       h.state = Held::State::kReleasing;
       held.push_back(h);
     }
-    entry = it->second;
+    entry = *found;
   }
   if (absl::Status s = ReleaseHeld(entry->owner, held, /*forget=*/true, /*must_release=*/false);
       !s.ok()) {
@@ -786,12 +793,9 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
   Owner owner;
   {
     absl::MutexLock l(&mu_);
-    auto it = owners_.find(uuid);
-    if (it == owners_.end() || it->second->dead) {
-      return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
-    }
-    entry = it->second;
-    if (absl::Status s = MayAct(*entry, caller, "acquire locks for"); !s.ok()) return s;
+    absl::StatusOr<std::shared_ptr<OwnerEntry>> found = LiveOwner(uuid, &caller, "acquire locks for");
+    if (!found.ok()) return found.status();
+    entry = *std::move(found);
     owner = entry->owner;
     for (const Planned& p : plan) {
       auto held = entry->locks.find(p.key);
@@ -1013,12 +1017,9 @@ absl::StatusOr<ReleaseResult> Agent::Release(
   std::shared_ptr<OwnerEntry> entry;
   {
     absl::MutexLock l(&mu_);
-    auto it = owners_.find(uuid);
-    if (it == owners_.end() || it->second->dead) {
-      return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
-    }
-    entry = it->second;
-    if (absl::Status s = MayAct(*entry, caller, "release locks of"); !s.ok()) return s;
+    absl::StatusOr<std::shared_ptr<OwnerEntry>> found = LiveOwner(uuid, &caller, "release locks of");
+    if (!found.ok()) return found.status();
+    entry = *std::move(found);
     if (!specs) {
       for (const auto& [key, h] : entry->locks) {
         if (h.state == Held::State::kHeld) keys.push_back(key);
@@ -1082,11 +1083,9 @@ std::optional<std::pair<std::string, Resource>> Agent::FindHeldDisk(const std::s
 absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   absl::MutexLock l(&mu_);
-  auto it = owners_.find(uuid);
-  if (it == owners_.end() || it->second->dead) {
-    return absl::NotFoundError(absl::StrCat("owner ", uuid, " is not registered"));
-  }
-  const OwnerEntry& e = *it->second;
+  absl::StatusOr<std::shared_ptr<OwnerEntry>> found = LiveOwner(uuid, nullptr, "inquire");
+  if (!found.ok()) return found.status();
+  const OwnerEntry& e = **found;
   return OwnerView{e.owner, e.policy, e.grace,
                    ProcessIsAlive(static_cast<pid_t>(e.owner.pid), e.owner.start_time),
                    Views(e)};

@@ -204,6 +204,11 @@ class Agent {
   // process exited meanwhile, so its locks must go anyway.
   bool RestoreAfterFailedRelease(const std::shared_ptr<OwnerEntry>& entry,
                                  const std::vector<Held>& held);
+  // The registered, live owner `uuid` (NotFound otherwise) that `caller`
+  // may `what` (PermissionDenied otherwise; nullptr: anyone may).
+  absl::StatusOr<std::shared_ptr<OwnerEntry>> LiveOwner(const std::string& uuid,
+                                                        const Caller* caller, const char* what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // PermissionDenied unless `caller` may act on owner `e`.
   static absl::Status MayAct(const OwnerEntry& e, const Caller& caller, const char* what);
   // Remembers rows that must leave the journal but could not (a full

@@ -414,6 +414,11 @@ struct Server::Conn {
   absl::Time last = absl::Now();
 };
 
+std::string Server::TooLong() const {
+  return Refusal(absl::ResourceExhaustedError(
+      absl::StrCat("request exceeds ", options_.max_request_bytes, " bytes")));
+}
+
 std::string Server::HandleLine(const std::string& line, const Caller& caller, int cancel_fd,
                                bool* reexec) {
   *reexec = false;
@@ -689,13 +694,9 @@ void Server::Serve(std::shared_ptr<Conn> conn) {
         conn->busy = true;
       }
       bool reexec = false;
-      const std::string response =
-          (line.size() + 1 > options_.max_request_bytes
-               ? Dump(ErrorJson(nullptr, absl::ResourceExhaustedError(absl::StrCat(
-                                             "request exceeds ", options_.max_request_bytes,
-                                             " bytes"))))
-               : HandleLine(line, conn->caller, fd, &reexec)) +
-          "\n";
+      const std::string response = line.size() + 1 > options_.max_request_bytes
+                                       ? TooLong()
+                                       : HandleLine(line, conn->caller, fd, &reexec) + "\n";
       const bool written = WriteAll(fd, response);
       {
         // Busy until the answer is out: eviction must not cut it off.
@@ -721,9 +722,7 @@ void Server::Serve(std::shared_ptr<Conn> conn) {
       buf.clear();  // Still inside the oversized line.
     } else if (open && buf.size() > options_.max_request_bytes) {
       // Answer now, then skip the rest of that line whatever its length.
-      open = WriteAll(fd, Refusal(absl::ResourceExhaustedError(
-                              absl::StrCat("request exceeds ", options_.max_request_bytes,
-                                           " bytes"))));
+      open = WriteAll(fd, TooLong());
       buf.clear();
       discarding = true;
     }

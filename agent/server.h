@@ -93,6 +93,8 @@ class Server {
   // REQUIRES: conn_mu_ held.
   std::shared_ptr<Conn> IdlestLocked(uid_t uid, bool any_uid) const;
   void Serve(std::shared_ptr<Conn> conn);
+  // The error line (with its newline) for a request over max_request_bytes.
+  std::string TooLong() const;
   std::string Handle(const std::string& line, const Caller& caller, int cancel_fd,
                      bool* reexec);
 

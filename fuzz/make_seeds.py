@@ -8,6 +8,7 @@ Each layout follows the fuzz target's comment and its ByteReader (integers
 big-endian, strings as a length byte then the bytes).
 """
 import os
+import re
 import sqlite3
 import struct
 import tempfile
@@ -112,18 +113,18 @@ def rows(*rs):
     return bytes([0, len(rs)]) + b"".join(rs)
 
 
-CREATE = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE owners (uuid TEXT PRIMARY KEY, name TEXT NOT NULL,"
-    " pid INTEGER NOT NULL, start_time INTEGER NOT NULL, host TEXT NOT NULL,"
-    " policy TEXT NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE locks (owner_uuid TEXT NOT NULL, backend TEXT NOT NULL,"
-    " lockspace TEXT NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL,"
-    " path TEXT NOT NULL, \"offset\" INTEGER NOT NULL, mode INTEGER NOT NULL,"
-    " fencing_token INTEGER NOT NULL, backend_token BLOB NOT NULL,"
-    " state INTEGER NOT NULL,"
-    " PRIMARY KEY (owner_uuid, backend, lockspace, name)) WITHOUT ROWID;"
-    "PRAGMA user_version = 1;")
+def journal_schema():
+    """The journal's schema, read from core/journal.cc (kCreateSql), so the
+    seeds always carry the schema latchd writes."""
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "core",
+                            "journal.cc")).read()
+    body = src[src.index("kCreateSql[] ="):]
+    body = body[:body.index(";\n")]
+    return "".join(bytes(m, "utf-8").decode("unicode_escape")
+                   for m in re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+
+
+CREATE = journal_schema()
 
 
 def journal_file(boot, owners, locks):
