@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <chrono>
 #include <mutex>
+#include <set>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -15,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "agent/handoff.h"
+#include "core/disk_identity.h"
 #include "core/fault.h"
 #include "core/plugin_loader.h"
 #include "spdlog/spdlog.h"
@@ -89,6 +92,27 @@ JournalLock Row(const Owner& owner, const std::string& backend, const Resource& 
   row.record.backend_token = backend_token;
   row.state = state;
   return row;
+}
+
+// Fills what the journal does not keep about an adopted disk lock: which
+// scheme named it and, for messages and status, its identity as the path
+// shows it now.
+void FillDiskIdentity(Resource* r, size_t max_len) {
+  if (r->kind != ResourceKind::kDisk) return;
+  r->naming = r->name == DiskResourceName(r->path, max_len) ? DiskNaming::kPath
+                                                            : DiskNaming::kIdentity;
+  absl::StatusOr<DiskIdentity> id = IdentifyDisk(r->path);
+  if (!id.ok()) return;
+  if (r->naming == DiskNaming::kIdentity && DiskIdentityName(id->id, max_len) != r->name) {
+    r->identity_kind = "changed";
+    r->identity_reason = absl::StrCat("the path now leads to ", id->id,
+                                      ", not to the disk that was locked");
+    return;
+  }
+  r->identity = std::move(id->id);
+  r->identity_kind = std::move(id->kind);
+  r->identity_reason = std::move(id->reason);
+  r->anchor = std::move(id->anchor);
 }
 
 JournalOwner OwnerRow(const Owner& owner, FailurePolicy policy, absl::Duration grace,
@@ -199,26 +223,66 @@ absl::StatusOr<Agent::LoadedBackend*> Agent::FindBackend(const std::string& name
                                                  absl::StrJoin(names, ", "), ")"));
 }
 
-absl::StatusOr<Agent::Planned> Agent::Plan(const ResourceSpec& spec) {
+const char* DiskNamesName(DiskNames names) {
+  switch (names) {
+    case DiskNames::kIdentityAndPath:
+      return "identity+path";
+    case DiskNames::kIdentity:
+      return "identity";
+    case DiskNames::kPath:
+      return "path";
+  }
+  return "invalid";
+}
+
+absl::StatusOr<DiskNames> ParseDiskNames(absl::string_view text) {
+  for (DiskNames n : {DiskNames::kIdentityAndPath, DiskNames::kIdentity, DiskNames::kPath}) {
+    if (text == DiskNamesName(n)) return n;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "disk_names must be \"identity+path\", \"identity\" or \"path\", not \"",
+      absl::CHexEscape(text), "\""));
+}
+
+absl::StatusOr<std::vector<Agent::Planned>> Agent::Plan(const ResourceSpec& spec) {
   absl::StatusOr<LoadedBackend*> b = FindBackend(spec.backend);
   if (!b.ok()) return b.status();
-  const std::string& ls = spec.lockspace.empty() ? options_.lockspace : spec.lockspace;
-  absl::StatusOr<Resource> r =
-      spec.kind == ResourceKind::kDisk
-          ? Resource::Disk(spec.target, ls, (*b)->caps.max_name_len)
-          : Resource::Lease(ls, spec.target, spec.lease_path, spec.lease_offset);
-  if (!r.ok()) return r.status();
-  if (absl::Status s = r->Validate((*b)->caps.max_name_len); !s.ok()) return s;
   if (((*b)->caps.modes & LockModeBit(spec.mode)) == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "backend ", (*b)->name, " does not grant ", LockModeName(spec.mode), " locks"));
   }
-  Planned p;
-  p.backend = *b;
-  p.key = KeyOf((*b)->name, *r);
-  p.resource = std::move(*r);
-  p.mode = spec.mode;
-  return p;
+  const std::string& ls = spec.lockspace.empty() ? options_.lockspace : spec.lockspace;
+  std::vector<Resource> resources;
+  if (spec.kind == ResourceKind::kDisk) {
+    const size_t max = (*b)->caps.max_name_len;
+    absl::StatusOr<Resource> r = Resource::Disk(
+        spec.target, ls, max,
+        options_.disk_names == DiskNames::kPath ? DiskNaming::kPath : DiskNaming::kIdentity);
+    if (!r.ok()) return r.status();
+    resources.push_back(*r);
+    if (options_.disk_names == DiskNames::kIdentityAndPath) {
+      // The same disk under its scheme-1 name: what an older latchd takes.
+      Resource legacy = *std::move(r);
+      legacy.naming = DiskNaming::kPath;
+      legacy.name = DiskResourceName(legacy.path, max);
+      resources.push_back(std::move(legacy));
+    }
+  } else {
+    absl::StatusOr<Resource> r = Resource::Lease(ls, spec.target, spec.lease_path, spec.lease_offset);
+    if (!r.ok()) return r.status();
+    resources.push_back(*std::move(r));
+  }
+  std::vector<Planned> out;
+  for (Resource& r : resources) {
+    if (absl::Status s = r.Validate((*b)->caps.max_name_len); !s.ok()) return s;
+    Planned p;
+    p.backend = *b;
+    p.key = KeyOf((*b)->name, r);
+    p.resource = std::move(r);
+    p.mode = spec.mode;
+    out.push_back(std::move(p));
+  }
+  return out;
 }
 
 absl::Status Agent::Journal(const JournalChange& change) {
@@ -288,12 +352,44 @@ absl::Status Agent::MayAct(const OwnerEntry& e, const Caller& caller, const char
       " may not ", what, " it"));
 }
 
+namespace {
+
+// Folds the scheme-1 (path) name of a disk into the view of the same disk's
+// identity name, taken with it for the same owner: one view per disk.
+std::vector<LockView> FoldDiskNames(std::vector<LockView> views) {
+  std::vector<LockView> out;
+  std::vector<bool> folded(views.size(), false);
+  for (size_t i = 0; i < views.size(); ++i) {
+    const Resource& r = views[i].resource;
+    if (r.kind != ResourceKind::kDisk || r.naming != DiskNaming::kIdentity) continue;
+    for (size_t j = 0; j < views.size(); ++j) {
+      const Resource& o = views[j].resource;
+      if (j == i || folded[j] || o.kind != ResourceKind::kDisk ||
+          o.naming != DiskNaming::kPath || views[j].backend != views[i].backend ||
+          o.lockspace != r.lockspace || o.path != r.path) {
+        continue;
+      }
+      views[i].path_name = o.name;
+      folded[j] = true;
+      break;
+    }
+  }
+  for (size_t i = 0; i < views.size(); ++i) {
+    if (!folded[i]) out.push_back(std::move(views[i]));
+  }
+  return out;
+}
+
+}  // namespace
+
 ReleaseResult Agent::Released(const std::vector<Held>& held) {
   ReleaseResult r;
   for (const Held& h : held) {
-    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token, ""});
   }
+  // The hand-off state carries every name (the next host checks each).
   r.state = HandoffState(r.released);
+  r.released = FoldDiskNames(std::move(r.released));
   return r;
 }
 
@@ -310,9 +406,9 @@ std::vector<LockView> Agent::Views(const OwnerEntry& e) const {
   std::vector<LockView> out;
   for (const auto& [key, h] : e.locks) {
     if (h.state != Held::State::kHeld) continue;
-    out.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+    out.push_back(LockView{h.backend, h.resource, h.mode, h.token, ""});
   }
-  return out;
+  return FoldDiskNames(std::move(out));
 }
 
 // ---------------------------------------------------------------------------
@@ -371,7 +467,7 @@ absl::Status Agent::Recover() {
                     b->record.owner.uuid);
   });
   std::vector<std::pair<std::shared_ptr<OwnerEntry>, std::string>> lost;
-  size_t adopted = 0;
+  std::vector<std::pair<std::shared_ptr<OwnerEntry>, Held>> lost_disks;
   for (const JournalLock* row : rows) {
     const LockRecord& rec = row->record;
     absl::StatusOr<LoadedBackend*> b = FindBackend(row->backend);
@@ -414,11 +510,18 @@ absl::Status Agent::Recover() {
                     g.status().ToString());
       fix.remove_locks.push_back(*row);
       lost.emplace_back(owner->second, rec.resource.Describe());
+      if (rec.resource.kind == ResourceKind::kDisk) {
+        Held gone;
+        gone.backend = row->backend;
+        gone.resource = rec.resource;
+        lost_disks.emplace_back(owner->second, gone);
+      }
       continue;
     }
     Held h;
     h.backend = row->backend;
     h.resource = rec.resource;
+    FillDiskIdentity(&h.resource, (*b)->caps.max_name_len);
     h.mode = rec.mode;
     h.token = g->fencing_token;
     h.backend_token = g->backend_token.empty() ? rec.backend_token : g->backend_token;
@@ -427,9 +530,31 @@ absl::Status Agent::Recover() {
                                   h.backend_token, JournalLockState::kHeld));
     }
     owner->second->locks[KeyOf(h.backend, h.resource)] = std::move(h);
-    ++adopted;
+  }
+  // A disk is one lock whatever number of names it took: when one name
+  // was lost, the others go too (nothing may look held that is not).
+  for (const auto& [owner_entry, what] : lost_disks) {
+    for (auto it = owner_entry->locks.begin(); it != owner_entry->locks.end();) {
+      const Held& h = it->second;
+      if (h.resource.kind == ResourceKind::kDisk && h.backend == what.backend &&
+          h.resource.lockspace == what.resource.lockspace && h.resource.path == what.resource.path) {
+        absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
+        if (b.ok()) {
+          absl::Status s = (*b)->backend->Release(owner_entry->owner, h.resource);
+          if (!s.ok()) spdlog::error("cannot release {}: {}", h.resource.Describe(), s.ToString());
+        }
+        fix.remove_locks.push_back(Row(owner_entry->owner, h.backend, h.resource, h.mode, h.token,
+                                       h.backend_token, JournalLockState::kHeld));
+        spdlog::info("released {} of {}: another name of the same disk was lost",
+                     h.resource.Describe(), owner_entry->owner.Describe());
+        it = owner_entry->locks.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
   for (LoadedBackend& b : backends_) b.backend->FinishAdoption();
+  UpgradeDiskNames(live, &fix);
   absl::Status fixed;
   {
     absl::MutexLock l(&mu_);
@@ -449,12 +574,75 @@ absl::Status Agent::Recover() {
       spdlog::error("cannot watch {}: {}", e->owner.Describe(), s.ToString());
     }
   }
-  spdlog::info("adopted {} locks of {} owners in {} ms", adopted, live.size(),
+  // A disk held under two names counts once, as clients see it.
+  size_t names = 0, locks = 0;
+  for (const auto& [uuid, e] : live) {
+    names += e->locks.size();
+    locks += Views(*e).size();
+  }
+  spdlog::info("adopted {} locks of {} owners ({} backend names) in {} ms", locks, live.size(),
+               names,
                absl::ToInt64Milliseconds(absl::Now() - start));
   for (auto& [e, what] : lost) ApplyPolicy(*e, what);
 
   if (!report.moved_aside.empty()) return RebuildFromBackends();
   return absl::OkStatus();
+}
+
+void Agent::UpgradeDiskNames(std::map<std::string, std::shared_ptr<OwnerEntry>>& live,
+                             JournalChange* fix) {
+  if (options_.disk_names == DiskNames::kPath) return;
+  for (auto& [uuid, e] : live) {
+    std::vector<Held> added;
+    for (const auto& [key, h] : e->locks) {
+      if (h.resource.kind != ResourceKind::kDisk || h.resource.naming != DiskNaming::kPath) {
+        continue;
+      }
+      absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
+      if (!b.ok()) continue;
+      absl::StatusOr<Resource> r = Resource::Disk(h.resource.path, h.resource.lockspace,
+                                                  (*b)->caps.max_name_len, DiskNaming::kIdentity);
+      if (!r.ok()) {
+        spdlog::error("{} holds {} by its path name only, and its identity cannot be found: {}",
+                      e->owner.Describe(), h.resource.Describe(), r.status().ToString());
+        continue;
+      }
+      const std::string k = KeyOf(h.backend, *r);
+      if (e->locks.count(k) > 0) continue;
+      bool twice = false;
+      for (const Held& a : added) twice |= KeyOf(a.backend, a.resource) == k;
+      if (twice) continue;
+      AcquireOptions o;
+      o.wait = false;
+      absl::StatusOr<Grant> g = (*b)->backend->Acquire(e->owner, *r, h.mode, o);
+      if (!g.ok()) {
+        // Someone holds the same disk under its identity: while hosts mixed
+        // naming schemes, two owners got one disk. Nothing here can tell
+        // which one is wrong; say it loudly.
+        spdlog::error("DISK NAME CONFLICT: {} holds {} {} by its path name only (an older "
+                      "latchd took it) and cannot take its identity name ({} identity {}): {}",
+                      e->owner.Describe(), LockModeName(h.mode), h.resource.Describe(),
+                      r->identity_kind, r->identity, g.status().ToString());
+        continue;
+      }
+      Held n;
+      n.backend = h.backend;
+      n.resource = *std::move(r);
+      n.mode = h.mode;
+      n.token = g->fencing_token;
+      n.backend_token = g->backend_token;
+      fix->put_locks.push_back(Row(e->owner, n.backend, n.resource, n.mode, n.token,
+                                   n.backend_token, JournalLockState::kHeld));
+      spdlog::info("{}: took the identity name of {} ({} identity {}), held by its path name "
+                   "until now", e->owner.Describe(), n.resource.path, n.resource.identity_kind,
+                   n.resource.identity);
+      added.push_back(std::move(n));
+    }
+    for (Held& n : added) {
+      const std::string k = KeyOf(n.backend, n.resource);
+      e->locks[k] = std::move(n);
+    }
+  }
 }
 
 absl::Status Agent::RebuildFromBackends() {
@@ -763,18 +951,24 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
   std::vector<Planned> plan;
   plan.reserve(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
-    absl::StatusOr<Planned> p = Plan(specs[i]);
+    absl::StatusOr<std::vector<Planned>> p = Plan(specs[i]);
     if (!p.ok()) {
       return absl::Status(p.status().code(),
                           absl::StrCat("resources[", i, "]: ", p.status().message()));
     }
-    plan.push_back(std::move(*p));
+    for (Planned& one : *p) plan.push_back(std::move(one));
   }
   // One global order, so owners asking for overlapping sets cannot deadlock.
   std::sort(plan.begin(), plan.end(),
             [](const Planned& a, const Planned& b) { return a.key < b.key; });
   for (size_t i = 1; i < plan.size(); ++i) {
     if (plan[i].key == plan[i - 1].key) {
+      if (plan[i].resource.path != plan[i - 1].resource.path) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "acquire names one disk twice: ", plan[i - 1].resource.path, " and ",
+            plan[i].resource.path, " are the same disk (", plan[i].resource.identity_kind,
+            " identity ", plan[i].resource.identity, ")"));
+      }
       return absl::InvalidArgumentError(
           absl::StrCat("acquire names ", plan[i].resource.Describe(), " twice"));
     }
@@ -843,6 +1037,12 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
     absl::StatusOr<Grant> g = p.backend->backend->Acquire(owner, p.resource, p.mode, o);
     if (!g.ok()) {
       failure = g.status();
+      if (p.resource.kind == ResourceKind::kDisk) {
+        absl::MutexLock l(&mu_);
+        if (std::string note = AliasNote(p.key, p.resource); !note.empty()) {
+          failure = absl::Status(failure.code(), absl::StrCat(failure.message(), "; ", note));
+        }
+      }
       break;
     }
     grants.push_back(*g);
@@ -891,9 +1091,9 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
         h.token = grants[i].fencing_token;
         h.backend_token = grants[i].backend_token;
         h.state = Held::State::kHeld;
-        out.push_back(LockView{h.backend, h.resource, h.mode, h.token});
+        out.push_back(LockView{h.backend, h.resource, h.mode, h.token, ""});
       }
-      success = std::move(out);
+      success = FoldDiskNames(std::move(out));
     }
     for (size_t i = 0; !success && i < grants.size(); ++i) {
       Held h;
@@ -987,6 +1187,7 @@ absl::StatusOr<ReleaseResult> Agent::Release(
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   std::vector<std::string> keys;
   std::vector<Resource> described;
+  std::vector<size_t> spec_of;  // which spec each key came from
   if (specs) {
     if (specs->empty()) return absl::InvalidArgumentError("release names no resource");
     for (size_t i = 0; i < specs->size(); ++i) {
@@ -997,21 +1198,75 @@ absl::StatusOr<ReleaseResult> Agent::Release(
       if (s.kind == ResourceKind::kDisk) {
         // A disk named by exactly the canonical path it was locked under
         // needs no path resolution (realpath costs a syscall per component).
-        std::optional<std::pair<std::string, Resource>> held = FindHeldDisk(uuid, s);
-        if (held) {
-          keys.push_back(held->first);
-          described.push_back(held->second);
+        std::vector<std::pair<std::string, Resource>> held = FindHeldDisk(uuid, s);
+        if (!held.empty()) {
+          for (auto& [key, r] : held) {
+            keys.push_back(key);
+            described.push_back(r);
+            spec_of.push_back(i);
+          }
           continue;
         }
       }
-      absl::StatusOr<Planned> p = Plan(s);
+      absl::StatusOr<std::vector<Planned>> p = Plan(s);
       if (!p.ok()) {
         return absl::Status(p.status().code(),
                             absl::StrCat("resources[", i, "]: ", p.status().message()));
       }
-      keys.push_back(p->key);
-      described.push_back(p->resource);
+      for (const Planned& one : *p) {
+        keys.push_back(one.key);
+        described.push_back(one.resource);
+        spec_of.push_back(i);
+        if (one.resource.kind != ResourceKind::kDisk) continue;
+        // Another spelling of a disk the owner holds: release every name it
+        // took for it (its path name is that of its own path).
+        std::string holder_path;
+        {
+          absl::MutexLock l(&mu_);
+          auto o = owners_.find(uuid);
+          if (o != owners_.end()) {
+            auto h = o->second->locks.find(one.key);
+            if (h != o->second->locks.end()) holder_path = h->second.resource.path;
+          }
+        }
+        if (holder_path.empty() || holder_path == s.target) continue;
+        ResourceSpec by_holder = s;
+        by_holder.target = holder_path;
+        for (auto& [key, r] : FindHeldDisk(uuid, by_holder)) {
+          keys.push_back(key);
+          described.push_back(r);
+          spec_of.push_back(i);
+        }
+      }
     }
+  }
+  // One entry per key (a disk's identity name can come twice above). The
+  // path name of the caller's spelling, when the owner holds the disk
+  // under another spelling, is no lock it holds: drop it, not an error.
+  {
+    absl::MutexLock l(&mu_);
+    auto o = owners_.find(uuid);
+    auto holds = [&](const std::string& k) {
+      return o != owners_.end() && o->second->locks.count(k) > 0;
+    };
+    std::vector<std::string> k2;
+    std::vector<Resource> d2;
+    std::set<std::string> seen;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (!seen.insert(keys[i]).second) continue;
+      if (!holds(keys[i]) && described[i].kind == ResourceKind::kDisk &&
+          described[i].naming == DiskNaming::kPath) {
+        bool same_disk_held = false;
+        for (size_t j = 0; j < keys.size(); ++j) {
+          same_disk_held |= j != i && spec_of[j] == spec_of[i] && holds(keys[j]);
+        }
+        if (same_disk_held) continue;
+      }
+      k2.push_back(keys[i]);
+      d2.push_back(described[i]);
+    }
+    keys = std::move(k2);
+    described = std::move(d2);
   }
   std::vector<Held> held;
   std::shared_ptr<OwnerEntry> entry;
@@ -1063,21 +1318,36 @@ absl::StatusOr<ReleaseResult> Agent::Release(
   return Released(held);
 }
 
-std::optional<std::pair<std::string, Resource>> Agent::FindHeldDisk(const std::string& uuid,
-                                                                    const ResourceSpec& spec) {
+std::vector<std::pair<std::string, Resource>> Agent::FindHeldDisk(const std::string& uuid,
+                                                                  const ResourceSpec& spec) {
+  std::vector<std::pair<std::string, Resource>> out;
   absl::StatusOr<LoadedBackend*> b = FindBackend(spec.backend);
-  if (!b.ok()) return std::nullopt;
+  if (!b.ok()) return out;
   const std::string& ls = spec.lockspace.empty() ? options_.lockspace : spec.lockspace;
   absl::MutexLock l(&mu_);
   auto it = owners_.find(uuid);
-  if (it == owners_.end()) return std::nullopt;
+  if (it == owners_.end()) return out;
   for (const auto& [key, h] : it->second->locks) {
     if (h.resource.kind == ResourceKind::kDisk && h.backend == (*b)->name &&
         h.resource.lockspace == ls && h.resource.path == spec.target) {
-      return std::make_pair(key, h.resource);
+      out.emplace_back(key, h.resource);
     }
   }
-  return std::nullopt;
+  return out;
+}
+
+std::string Agent::AliasNote(const std::string& key, const Resource& r) {
+  std::vector<std::string> notes;
+  for (const auto& [uuid, e] : owners_) {
+    auto h = e->locks.find(key);
+    if (h == e->locks.end() || h->second.state != Held::State::kHeld) continue;
+    if (h->second.resource.path == r.path) continue;
+    notes.push_back(absl::StrCat("disk ", r.path, " is the same disk as ", h->second.resource.path,
+                                 " (", r.identity_kind, " identity), held ",
+                                 LockModeName(h->second.mode), " by ", e->owner.Describe(),
+                                 " on this host"));
+  }
+  return absl::StrJoin(notes, "; ");
 }
 
 absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
@@ -1094,12 +1364,22 @@ absl::StatusOr<OwnerView> Agent::Inquire(const std::string& uuid) {
 absl::StatusOr<std::vector<HoldersView>> Agent::Holders(const std::vector<ResourceSpec>& specs) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   std::vector<HoldersView> out;
-  for (const ResourceSpec& spec : specs) {
-    absl::StatusOr<Planned> p = Plan(spec);
-    if (!p.ok()) return p.status();
-    absl::StatusOr<std::vector<HolderInfo>> h = p->backend->backend->Inquire(p->resource);
-    if (!h.ok()) return h.status();
-    out.push_back(HoldersView{p->backend->name, p->resource, *std::move(h)});
+  for (size_t i = 0; i < specs.size(); ++i) {
+    absl::StatusOr<std::vector<Planned>> planned = Plan(specs[i]);
+    if (!planned.ok()) return planned.status();
+    for (const Planned& p : *planned) {
+      absl::StatusOr<std::vector<HolderInfo>> h = p.backend->backend->Inquire(p.resource);
+      if (!h.ok()) return h.status();
+      HoldersView v{i, p.backend->name, p.resource, *std::move(h), {}};
+      absl::MutexLock l(&mu_);
+      for (const HolderInfo& hi : v.holders) {
+        auto o = owners_.find(hi.owner.uuid);
+        if (o == owners_.end()) continue;
+        auto held = o->second->locks.find(p.key);
+        if (held != o->second->locks.end()) v.local_paths[hi.owner.uuid] = held->second.resource.path;
+      }
+      out.push_back(std::move(v));
+    }
   }
   return out;
 }
@@ -1116,6 +1396,7 @@ AgentStatus Agent::Status() {
   st.host = LocalHostName();
   st.boot_id = boot_id_;
   st.journal_path = options_.journal_path;
+  st.disk_names = options_.disk_names;
   for (LoadedBackend& b : backends_) st.backends.push_back({b.name, b.backend->Health(), b.backend->StateJson()});
   {
     // Copy under the lock; the /proc reads happen outside it, so a status
@@ -1235,7 +1516,7 @@ size_t Agent::owner_count() const {
 size_t Agent::lock_count() const {
   absl::MutexLock l(&mu_);
   size_t n = 0;
-  for (const auto& [uuid, e] : owners_) n += e->locks.size();
+  for (const auto& [uuid, e] : owners_) n += Views(*e).size();
   return n;
 }
 

@@ -63,6 +63,21 @@ struct Caller {
   static Caller Internal() { return Caller{}; }
 };
 
+// Which names a disk lock takes (docs/disk-identity.md, "Upgrading").
+//   kIdentityAndPath  scheme 2 and scheme 1: the identity name and the name
+//                     of the canonical path, so hosts still locking by path
+//                     (older latchd) see the lock too. The default while any
+//                     host of the cluster may run an older latchd.
+//   kIdentity         the identity name only, once every host is upgraded.
+//   kPath             the path name only, as latchkey before identities did.
+enum class DiskNames {
+  kIdentityAndPath,
+  kIdentity,
+  kPath,
+};
+const char* DiskNamesName(DiskNames names);
+absl::StatusOr<DiskNames> ParseDiskNames(absl::string_view text);
+
 struct AgentOptions {
   std::vector<std::string> plugin_path;
   std::vector<std::string> backends = {"posixfd"};  // the first is the default
@@ -70,6 +85,7 @@ struct AgentOptions {
   std::string lockspace = "default";
   std::string journal_path = "/run/latchkey/journal.db";
   absl::Duration default_grace = absl::Seconds(5);
+  DiskNames disk_names = DiskNames::kIdentityAndPath;
 };
 
 // A resource as a request names it.
@@ -83,11 +99,15 @@ struct ResourceSpec {
   LockMode mode = LockMode::kExclusive;
 };
 
+// One lock as clients see it. A disk latchd holds under two names
+// (DiskNames::kIdentityAndPath) is one view: `resource` is the identity
+// name, `path_name` the scheme-1 name taken with it.
 struct LockView {
   std::string backend;
   Resource resource;
   LockMode mode = LockMode::kExclusive;
   uint64_t fencing_token = 0;
+  std::string path_name;
 };
 
 struct OwnerView {
@@ -107,9 +127,13 @@ struct BackendView {
 // Who holds a resource, as its backend sees it (Backend::Inquire): local
 // owners in full, other hosts' holders as far as the backend can tell.
 struct HoldersView {
+  size_t request_index = 0;  // which of the request's resources this is
   std::string backend;
   Resource resource;
   std::vector<HolderInfo> holders;
+  // Holders registered with this latchd: the path each reached the disk by
+  // (may be another spelling of the same disk), by owner uuid.
+  std::map<std::string, std::string> local_paths;
 };
 
 struct ReleaseResult {
@@ -124,6 +148,7 @@ struct AgentStatus {
   std::string host;
   std::string boot_id;
   std::string journal_path;
+  DiskNames disk_names = DiskNames::kIdentityAndPath;
   std::vector<BackendView> backends;
   std::vector<OwnerView> owners;
 };
@@ -217,7 +242,17 @@ class Agent {
   void ApplyPolicy(const OwnerEntry& entry, const std::string& what);
 
   absl::StatusOr<LoadedBackend*> FindBackend(const std::string& name);
-  absl::StatusOr<Planned> Plan(const ResourceSpec& spec);
+  // The backend resources a request's resource stands for: one, or for a
+  // disk under DiskNames::kIdentityAndPath two (identity and path names).
+  absl::StatusOr<std::vector<Planned>> Plan(const ResourceSpec& spec);
+  // Gives every disk held only under its path name its identity name too
+  // (journaled into `fix`); run by Recover before any request is served.
+  void UpgradeDiskNames(std::map<std::string, std::shared_ptr<OwnerEntry>>& live,
+                        JournalChange* fix);
+  // For a refusal of `r`: the local holders of the same backend resource
+  // that reached it by another path ("the same disk as ..."), or "".
+  std::string AliasNote(const std::string& key, const Resource& r)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies `change` after the rows owed (Owe); errors name the journal.
   absl::Status Journal(const JournalChange& change) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Releases `locks` of `owner` in the backends and the journal; with
@@ -232,9 +267,10 @@ class Agent {
   std::vector<LockView> Views(const OwnerEntry& e) const;
   static ReleaseResult Released(const std::vector<Held>& held);
   bool Survives(const std::string& backend) const;
-  // The key and resource of a disk `uuid` holds under exactly `spec.target`.
-  std::optional<std::pair<std::string, Resource>> FindHeldDisk(const std::string& uuid,
-                                                               const ResourceSpec& spec);
+  // The keys and resources of the disk locks `uuid` holds under exactly
+  // `spec.target` (one per name it took).
+  std::vector<std::pair<std::string, Resource>> FindHeldDisk(const std::string& uuid,
+                                                             const ResourceSpec& spec);
 
   const AgentOptions options_;
   std::vector<LoadedBackend> backends_;

@@ -150,6 +150,7 @@ struct TestResource {
   bool lease = false;
   std::string target;  // image path or lease key
   std::string name;    // latchd's resource name
+  std::string path_name;  // a disk's scheme-1 name, which latchd also takes
 };
 std::vector<TestResource> g_res;
 std::vector<LockMode> g_modes;  // modes the workers ask for
@@ -177,7 +178,9 @@ json Spec(int r, std::optional<LockMode> mode) {
 int ResourceIndex(const std::string& lockspace, const std::string& name) {
   if (lockspace != kLockspace) return -1;
   for (int r = 0; r < kResources; ++r) {
-    if (g_res[r].name == name) return r;
+    if (g_res[r].name == name || (!g_res[r].path_name.empty() && g_res[r].path_name == name)) {
+      return r;
+    }
   }
   return -1;
 }
@@ -734,6 +737,8 @@ TEST(CrashTest, CrashesKeepJournalConsistentAndLocksExclusive) {
     absl::StatusOr<Resource> r = Resource::Disk(t.target, kLockspace);
     ASSERT_TRUE(r.ok()) << r.status();
     t.name = r->name;
+    // latchd's default disk_names = "identity+path" takes this name too.
+    t.path_name = DiskResourceName(r->path);
     g_res.push_back(t);
   }
   {

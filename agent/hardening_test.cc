@@ -515,7 +515,8 @@ TEST_F(HardeningTest, RestartedVmReusingItsUuidStaysWatchedAndJournaled) {
   ASSERT_TRUE(j.ok()) << j.status();
   ASSERT_EQ(j->owners.size(), 1u);
   EXPECT_EQ(j->owners[0].owner.pid, pid);
-  EXPECT_EQ(j->locks.size(), 1u);
+  // One disk, journaled under both its names (disk_names = "identity+path").
+  EXPECT_EQ(j->locks.size(), 2u);
   // Still watched: its death frees the disk.
   KillAndReap(pid);
   const absl::Time deadline = absl::Now() + absl::Seconds(3);

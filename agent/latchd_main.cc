@@ -53,6 +53,10 @@ Settings (default):
   plugin_path = [ ... ]             plugin directories (default: $LATCHKEY_PLUGIN_PATH,
                                     the build tree, /usr/lib/latchkey/backends)
   lockspace = "default"             lockspace of requests that name none
+  disk_names = "identity+path"      the names a disk lock takes: "identity+path" (by what
+                                    the storage says it is, and by its path, as an older
+                                    latchd does), "identity" once every host runs this
+                                    latchd, "path" (older behaviour); docs/disk-identity.md
   state_dir = "/run/latchkey"       journal.db lives here; latchd locks the directory (it
                                     must be latchd's uid's and writable by no one else)
   socket = "STATE_DIR/latchd.sock"  the Unix socket (0600)
@@ -92,7 +96,8 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   if (absl::Status st = c.CheckKeys({"backends", "plugin_path", "lockspace", "state_dir",
                                      "socket", "allowed_uids", "terminate_grace_ms",
                                      "max_clients", "max_clients_per_uid", "idle_timeout_ms",
-                                     "request_timeout_ms", "log_level", "log_syslog"},
+                                     "request_timeout_ms", "log_level", "log_syslog",
+                                     "disk_names"},
                                     prefixes);
       !st.ok()) {
     return st;
@@ -108,6 +113,11 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
   if (absl::Status st = ValidateName("lockspace", *ls); !st.ok()) return st;
   s.agent.plugin_path = *path;
   s.agent.lockspace = *ls;
+  absl::StatusOr<std::string> names = c.GetString("disk_names", "identity+path");
+  if (!names.ok()) return names.status();
+  absl::StatusOr<DiskNames> dn = ParseDiskNames(*names);
+  if (!dn.ok()) return dn.status();
+  s.agent.disk_names = *dn;
   s.state_dir = *dir;
   s.agent.journal_path = s.state_dir + "/journal.db";
   absl::StatusOr<std::string> sock = c.GetString("socket", s.state_dir + "/latchd.sock");
@@ -368,9 +378,9 @@ int Main(int argc, char** argv) {
         return 2;
       }
     }
-    printf("config OK: backends %s, state_dir %s, socket %s\n",
+    printf("config OK: backends %s, state_dir %s, socket %s, disk_names %s\n",
            absl::StrJoin(settings->agent.backends, ",").c_str(), settings->state_dir.c_str(),
-           settings->server.socket_path.c_str());
+           settings->server.socket_path.c_str(), DiskNamesName(settings->agent.disk_names));
     return 0;
   }
 

@@ -179,14 +179,23 @@ absl::Status ParseSpecs(const json* arr, std::vector<ResourceSpec>* out) {
 }
 
 json LockJson(const LockView& l) {
-  return json{{"backend", l.backend},
-              {"kind", ResourceKindName(l.resource.kind)},
-              {"lockspace", l.resource.lockspace},
-              {"name", l.resource.name},
-              {"path", l.resource.path},
-              {"offset", l.resource.offset},
-              {"mode", LockModeName(l.mode)},
-              {"fencing_token", l.fencing_token}};
+  json j{{"backend", l.backend},
+         {"kind", ResourceKindName(l.resource.kind)},
+         {"lockspace", l.resource.lockspace},
+         {"name", l.resource.name},
+         {"path", l.resource.path},
+         {"offset", l.resource.offset},
+         {"mode", LockModeName(l.mode)},
+         {"fencing_token", l.fencing_token}};
+  if (l.resource.kind == ResourceKind::kDisk) {
+    // Which scheme made the name, and what the disk is (docs/disk-identity.md).
+    j["naming"] = DiskNamingName(l.resource.naming);
+    if (!l.path_name.empty()) j["path_name"] = l.path_name;
+    j["identity"] = l.resource.identity;
+    j["identity_kind"] = l.resource.identity_kind;
+    if (!l.resource.identity_reason.empty()) j["identity_weak"] = l.resource.identity_reason;
+  }
+  return j;
 }
 
 json LocksJson(const std::vector<LockView>& locks) {
@@ -254,6 +263,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
                 {"pid", static_cast<int64_t>(getpid())},
                 {"boot_id", st.boot_id},
                 {"journal", st.journal_path},
+                {"disk_names", DiskNamesName(st.disk_names)},
                 {"backends", backends},
                 {"owners", owners}};
   }
@@ -285,14 +295,18 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
     for (const HoldersView& v : *views) {
       json holders = json::array();
       for (const HolderInfo& h : v.holders) {
-        holders.push_back(json{{"owner", OwnerJson(h.owner)},
-                               {"mode", LockModeName(h.mode)},
-                               {"fencing_token", h.fencing_token}});
+        json one{{"owner", OwnerJson(h.owner)},
+                 {"mode", LockModeName(h.mode)},
+                 {"fencing_token", h.fencing_token}};
+        if (auto p = v.local_paths.find(h.owner.uuid); p != v.local_paths.end()) {
+          one["path"] = p->second;
+        }
+        holders.push_back(std::move(one));
       }
       json r = LockJson(LockView{v.backend, v.resource, LockMode::kExclusive, 0});
       r.erase("mode");
       r.erase("fencing_token");
-      out.push_back(json{{"resource", r}, {"holders", holders}});
+      out.push_back(json{{"request_index", v.request_index}, {"resource", r}, {"holders", holders}});
     }
     return json{{"resources", out}};
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/disk_identity.h"
 #include "core/sha256.h"
 #include "core/utf8.h"
 
@@ -103,16 +104,28 @@ absl::StatusOr<std::string> CanonicalImagePath(absl::string_view path) {
   return absl::StrCat("/", absl::StrJoin(parts, "/"));
 }
 
+const char* DiskNamingName(DiskNaming naming) {
+  return naming == DiskNaming::kPath ? "path" : "identity";
+}
+
 absl::StatusOr<Resource> Resource::Disk(absl::string_view image_path,
                                         absl::string_view lockspace,
-                                        size_t max_name_len) {
+                                        size_t max_name_len, DiskNaming naming) {
   absl::StatusOr<std::string> canonical = CanonicalImagePath(image_path);
   if (!canonical.ok()) return canonical.status();
   Resource r;
   r.kind = ResourceKind::kDisk;
   r.lockspace = std::string(lockspace);
   r.path = *std::move(canonical);
-  r.name = DiskResourceName(r.path, max_name_len);
+  absl::StatusOr<DiskIdentity> id = IdentifyDisk(r.path);
+  if (!id.ok()) return id.status();
+  r.naming = naming;
+  r.identity = std::move(id->id);
+  r.identity_kind = std::move(id->kind);
+  r.identity_reason = std::move(id->reason);
+  r.anchor = std::move(id->anchor);
+  r.name = naming == DiskNaming::kPath ? DiskResourceName(r.path, max_name_len)
+                                       : DiskIdentityName(r.identity, max_name_len);
   absl::Status s = r.Validate(max_name_len);
   if (!s.ok()) return s;
   return r;

@@ -2,11 +2,14 @@
 //
 // A resource is a lockspace plus a name, unique together. Two kinds exist:
 //
-//   * a disk: named after the canonical path of an image. The name is a hex
-//     SHA-256 digest of that path, cut to the backend's name limit (DLM 64
-//     bytes, sanlock 48), so every host that sees the same image through the
-//     same canonical path derives the same name. The path is kept for
-//     messages and for backends that lock the image itself.
+//   * a disk: named after what the storage says it is (core/disk_identity.h:
+//     WWID, device-mapper UUID, file system UUID + file handle, NFS file
+//     handle...), so every spelling of it on every host that sees it gives
+//     one name: the hex SHA-256 of the identity, cut to the backend's name
+//     limit (DLM 64 bytes, sanlock 48). The caller's canonical path is kept
+//     for messages and for backends that lock the storage itself. The older
+//     naming scheme (DiskNaming::kPath: the digest of the canonical path) is
+//     still built for hosts and journals that use it.
 //   * a lease: an explicit lockspace and key, as libvirt's <lease> element
 //     carries, plus where the lease lives on storage (path + offset) for
 //     backends that need it (sanlock).
@@ -37,6 +40,14 @@ enum class ResourceKind : uint32_t {
 
 const char* ResourceKindName(ResourceKind kind);
 
+// How a disk resource is named. kPath is what latchkey before disk
+// identities used (scheme 1); kIdentity is scheme 2. The two never give
+// equal names.
+enum class DiskNaming {
+  kIdentity,
+  kPath,
+};
+
 // The longest lockspace or resource name any backend accepts (DLM's limit).
 // A backend may declare a shorter one (Capabilities::max_name_len).
 inline constexpr size_t kMaxNameLen = 64;
@@ -51,14 +62,25 @@ struct Resource {
   // empty when the backend keeps leases itself).
   std::string path;
   uint64_t offset = 0;  // Lease storage offset; 0 for disks.
+  // Disk only, filled by Disk() (not carried by the plugin ABI): how the
+  // name was made, the identity (DiskIdentity::id and ::kind; "path" when
+  // the storage said nothing about itself, with the reason) and what a
+  // lock on the storage itself locks (DiskIdentity::anchor).
+  DiskNaming naming = DiskNaming::kIdentity;
+  std::string identity;
+  std::string identity_kind;
+  std::string identity_reason;
+  std::string anchor;
 
   // Builds a disk resource. `image_path` is made canonical (symlinks, "..",
   // relative parts resolved) when the file exists; a missing file keeps its
   // absolute, lexically normalised path so a lock may be taken before the
-  // image is created. `max_name_len` is the backend's limit (<= 64).
+  // image is created (and is named by that path: see docs/disk-identity.md).
+  // `max_name_len` is the backend's limit (<= 64).
   static absl::StatusOr<Resource> Disk(absl::string_view image_path,
                                        absl::string_view lockspace,
-                                       size_t max_name_len = kMaxNameLen);
+                                       size_t max_name_len = kMaxNameLen,
+                                       DiskNaming naming = DiskNaming::kIdentity);
 
   // Builds a lease resource; `path` and `offset` may be empty/0.
   static absl::StatusOr<Resource> Lease(absl::string_view lockspace,
@@ -77,6 +99,7 @@ struct Resource {
   // backend's name limit.
   absl::Status Validate(size_t max_name_len = kMaxNameLen) const;
 
+  // The fields the plugin ABI carries (identity fields are derived).
   bool operator==(const Resource& o) const {
     return kind == o.kind && lockspace == o.lockspace && name == o.name &&
            path == o.path && offset == o.offset;
@@ -89,9 +112,13 @@ struct Resource {
 absl::Status ValidateName(absl::string_view what, absl::string_view name,
                           size_t max_len = kMaxNameLen);
 
-// The disk name for a canonical path: hex SHA-256 cut to max_len (<= 64).
+// The scheme-1 disk name for a canonical path: hex SHA-256 of the path cut
+// to max_len (<= 64). Scheme 2 is DiskIdentityName (core/disk_identity.h).
 std::string DiskResourceName(absl::string_view canonical_path,
                              size_t max_len = kMaxNameLen);
+
+// "identity" / "path".
+const char* DiskNamingName(DiskNaming naming);
 
 // Canonical absolute form of `path` (see Resource::Disk).
 absl::StatusOr<std::string> CanonicalImagePath(absl::string_view path);

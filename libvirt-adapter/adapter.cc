@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "agent/client.h"
 #include "core/config.h"
+#include "core/disk_identity.h"
 #include "core/lock_mode.h"
 #include "core/owner.h"
 #include "core/resource.h"
@@ -353,7 +354,15 @@ bool Matches(const AdapterConfig& c, const json& l, const DomainResource& r) {
   if (l.value("kind", "") != "disk") return false;
   if (!c.lockspace.empty() && l.value("lockspace", "") != c.lockspace) return false;
   absl::StatusOr<std::string> canonical = CanonicalImagePath(r.name);
-  return canonical.ok() && l.value("path", "") == *canonical;
+  if (!canonical.ok()) return false;
+  if (l.value("path", "") == *canonical) return true;
+  // The same disk reached by another spelling (docs/disk-identity.md).
+  const std::string held = l.contains("identity") && l["identity"].is_string()
+                               ? l["identity"].get<std::string>()
+                               : std::string();
+  if (held.empty()) return false;
+  absl::StatusOr<DiskIdentity> id = IdentifyDisk(*canonical);
+  return id.ok() && !id->weak() && id->id == held;
 }
 
 // latchd's inquire result for the domain's owner; nullopt when latchd does
@@ -483,23 +492,35 @@ absl::Status CheckFree(Session& s, const AdapterConfig& c, const Domain& d) {
     return Prefixed(r.status(), absl::StrCat("cannot check the resources of ", DomainLabel(d), ": "));
   }
   const json views = r->contains("resources") ? (*r)["resources"] : json::array();
-  for (size_t i = 0; views.is_array() && i < views.size() && i < modes.size(); ++i) {
-    if (!views[i].is_object() || !views[i].contains("holders") ||
-        !views[i]["holders"].is_array()) {
+  for (size_t v = 0; views.is_array() && v < views.size(); ++v) {
+    if (!views[v].is_object() || !views[v].contains("holders") ||
+        !views[v]["holders"].is_array()) {
       continue;
     }
-    for (const json& h : views[i]["holders"]) {
+    // A disk may stand for two backend resources (its identity and path
+    // names): request_index says which of ours each view is.
+    const size_t i = views[v].contains("request_index")
+                         ? static_cast<size_t>(std::max<int64_t>(0, Number(views[v], "request_index")))
+                         : v;
+    if (i >= modes.size()) continue;
+    for (const json& h : views[v]["holders"]) {
       if (!h.is_object() || !h.contains("owner")) continue;
       const json& o = h["owner"];
       const std::string uuid = Text(o, "uuid");
       if (uuid.empty() || uuid == d.uuid) continue;
       absl::StatusOr<LockMode> held = ParseLockMode(Text(h, "mode"));
       if (held.ok() && ModesCompatible(*held, modes[i])) continue;
-      const json res = views[i].contains("resource") ? views[i]["resource"] : json::object();
-      const std::string what = Text(res, "kind") == "disk"
-                                   ? absl::StrCat("disk ", Text(res, "path"))
-                                   : absl::StrCat("lease ", Text(res, "lockspace"), "/",
-                                                  Text(res, "name"));
+      const json res = views[v].contains("resource") ? views[v]["resource"] : json::object();
+      std::string what = Text(res, "kind") == "disk"
+                             ? absl::StrCat("disk ", Text(res, "path"))
+                             : absl::StrCat("lease ", Text(res, "lockspace"), "/",
+                                            Text(res, "name"));
+      // The holder reached it by another spelling: say so.
+      if (Text(res, "kind") == "disk" && !Text(h, "path").empty() &&
+          Text(h, "path") != Text(res, "path")) {
+        what = absl::StrCat(what, " (the same disk as ", Text(h, "path"), ", ",
+                            Text(res, "identity_kind"), " identity)");
+      }
       return absl::UnavailableError(absl::StrCat(
           DomainLabel(d), " cannot lock ", what, " ", LockModeName(modes[i]), ": it is held ",
           Text(h, "mode").empty() ? "?" : Text(h, "mode"), " by ", HolderLabel(o)));

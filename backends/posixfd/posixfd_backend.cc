@@ -24,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "backends/posixfd/lock_file.h"
+#include "core/disk_identity.h"
 #include "core/plugin_export.h"
 
 namespace latchkey {
@@ -435,7 +436,7 @@ class PosixFdBackend final : public Backend {
         std::string image(h.path_len, '\0');
         if (h.initialised && h.kind == ResourceKind::kDisk && h.path_len > 0 &&
             h.path_len <= kMaxPathLen && ReadExactly(e.fd, image.data(), h.path_len, kPathOffset) &&
-            stat(image.c_str(), &st) == 0) {
+            stat(ImageTarget(image).c_str(), &st) == 0) {
           images.emplace_back(st.st_dev, st.st_ino);
         }
       }
@@ -500,6 +501,15 @@ class PosixFdBackend final : public Backend {
 
   bool UsesImage(const Resource& r) const { return lock_image_ && r.kind == ResourceKind::kDisk; }
 
+  // What lock_target = "image" locks for a disk path: the storage itself
+  // (DiskIdentity::anchor), so every alias of it locks one inode: a hard
+  // link or bind mount is the file, a loop device over the whole file is
+  // the file, a second device node is /dev/<kernel name>.
+  static std::string ImageTarget(const std::string& path) {
+    absl::StatusOr<DiskIdentity> id = IdentifyDisk(path);
+    return id.ok() && !id->anchor.empty() ? id->anchor : path;
+  }
+
   // Opens the lock target and, in image mode, the state file. Both stay
   // open for the whole hold, so no step of a grant or a conversion after
   // the first lock needs to open anything.
@@ -516,11 +526,13 @@ class PosixFdBackend final : public Backend {
       return absl::OkStatus();
     }
     h->state = Fd(state);
-    const int image = open(r.path.c_str(), O_RDWR | O_CLOEXEC);
+    const std::string target = ImageTarget(r.path);
+    const int image = open(target.c_str(), O_RDWR | O_CLOEXEC);
     if (image < 0) {
       const int err = errno;
       h->state.Reset();
       return ErrnoStatus(err, absl::StrCat("cannot open disk image ", r.path,
+                                           target == r.path ? "" : absl::StrCat(" (", target, ")"),
                                            " to lock it (lock_target = \"image\")"));
     }
     h->target = Fd(image);
@@ -529,7 +541,7 @@ class PosixFdBackend final : public Backend {
 
   // The path inotify watches for a resource's releases.
   std::string WatchPath(const Resource& r) const {
-    return UsesImage(r) ? r.path : absl::StrCat(lock_dir_, "/", StateFileName(r));
+    return UsesImage(r) ? ImageTarget(r.path) : absl::StrCat(lock_dir_, "/", StateFileName(r));
   }
 
   // Acquires into *h (fresh, no descriptors). On failure h holds nothing.
@@ -886,7 +898,7 @@ class PosixFdBackend final : public Backend {
     const std::pair<dev_t, ino_t> state_id(st.st_dev, st.st_ino);
     std::pair<dev_t, ino_t> target_id = state_id;
     if (UsesImage(r)) {
-      if (stat(r.path.c_str(), &st) != 0) return false;
+      if (stat(ImageTarget(r.path).c_str(), &st) != 0) return false;
       target_id = {st.st_dev, st.st_ino};
     }
     auto find = [&](bool state_file, std::pair<dev_t, ino_t> id, size_t from) {
@@ -971,7 +983,7 @@ class PosixFdBackend final : public Backend {
     } else {
       return std::nullopt;  // No settled posixfd hold.
     }
-    Fd fresh(UsesImage(r) ? open(r.path.c_str(), O_RDONLY | O_CLOEXEC)
+    Fd fresh(UsesImage(r) ? open(ImageTarget(r.path).c_str(), O_RDONLY | O_CLOEXEC)
                           : openat(dir_fd_.get(), StateFileName(r).c_str(),
                                    O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (!fresh.valid()) return std::nullopt;
@@ -1085,7 +1097,7 @@ class PosixFdBackend final : public Backend {
     Fd image;
     int target = state.get();
     if (UsesImage(r)) {
-      image = Fd(open(r.path.c_str(), O_RDONLY | O_CLOEXEC));
+      image = Fd(open(ImageTarget(r.path).c_str(), O_RDONLY | O_CLOEXEC));
       if (!image.valid()) {
         return ErrnoStatus(errno, absl::StrCat("cannot open disk image ", r.path));
       }

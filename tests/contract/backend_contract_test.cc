@@ -9,12 +9,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "core/backend.h"
@@ -22,6 +24,7 @@
 #include "core/plugin_loader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/aliases/aliases.h"
 #include "tests/contract/contract_env.h"
 #include "tests/contract/holder_process.h"
 
@@ -172,6 +175,58 @@ TEST_P(ContractTest, DiskPathSpellingsAreOneResource) {
   ASSERT_TRUE(Try(a_, kEX, one).ok());
   EXPECT_TRUE(IsLockBusy(Try(b_, kEX, other).status()));
   EXPECT_TRUE(backend_->Release(a_, one).ok());
+}
+
+// Every alias of one disk that this machine can build is one resource, in
+// both directions: a hard link, a bind mount (of the file), a loop device
+// over the whole image and a second device node of that loop device
+// (docs/disk-identity.md).
+TEST_P(ContractTest, DiskAliasesAreOneResource) {
+  const std::string img = tmp_ + "/aliased.img";
+  std::ofstream(img) << std::string(1 << 20, 'x');
+  std::vector<std::pair<std::string, std::string>> built;  // what, path
+  std::vector<std::string> missing;
+  ASSERT_EQ(link(img.c_str(), (tmp_ + "/hard.img").c_str()), 0);
+  built.emplace_back("hard link", tmp_ + "/hard.img");
+  std::optional<aliases::BindMount> bind;
+  if (absl::Status s = aliases::EnterPrivateMountNamespace(); s.ok()) {
+    absl::StatusOr<aliases::BindMount> b = aliases::BindMount::Make(img, tmp_ + "/bound.img");
+    ASSERT_TRUE(b.ok()) << b.status();
+    bind.emplace(*std::move(b));
+    built.emplace_back("bind mount", tmp_ + "/bound.img");
+  } else {
+    missing.push_back(absl::StrCat("bind mount (", s.message(), ")"));
+  }
+  std::optional<aliases::LoopDevice> loop;
+  if (absl::StatusOr<aliases::LoopDevice> l = aliases::LoopDevice::Attach(img); l.ok()) {
+    loop.emplace(*std::move(l));
+    built.emplace_back("loop device", loop->path());
+    absl::Status node = aliases::MknodAlias(loop->path(), tmp_ + "/loop-node");
+    ASSERT_TRUE(node.ok()) << node;
+    built.emplace_back("second device node", tmp_ + "/loop-node");
+  } else {
+    missing.push_back(absl::StrCat("loop device (", l.status().message(), ")"));
+  }
+  if (geteuid() == 0) {
+    EXPECT_EQ(built.size(), 4u) << "as root every alias kind must be buildable; missing: "
+                                << absl::StrJoin(missing, ", ");
+  }
+  Resource one = *Resource::Disk(img, "contract", caps_.max_name_len);
+  for (const auto& [what, path] : built) {
+    absl::StatusOr<Resource> other = Resource::Disk(path, "contract", caps_.max_name_len);
+    ASSERT_TRUE(other.ok()) << what << ": " << other.status();
+    ASSERT_TRUE(Try(a_, kEX, one).ok()) << what;
+    EXPECT_TRUE(IsLockBusy(Try(b_, kEX, *other).status())) << what << " " << path;
+    EXPECT_TRUE(IsLockBusy(Try(b_, kSR, *other).status())) << what << " " << path;
+    ASSERT_TRUE(backend_->Release(a_, one).ok());
+    ASSERT_TRUE(Try(b_, kEX, *other).ok()) << what;
+    EXPECT_TRUE(IsLockBusy(Try(a_, kEX, one).status())) << what << " the other way round";
+    ASSERT_TRUE(backend_->Release(b_, *other).ok());
+  }
+  if (!missing.empty()) {
+    std::printf("DiskAliasesAreOneResource: not buildable here: %s\n",
+                absl::StrJoin(missing, ", ").c_str());
+  }
 }
 
 TEST_P(ContractTest, WaitingAcquireIsGrantedOnRelease) {

@@ -1,0 +1,140 @@
+#include "tests/aliases/aliases.h"
+
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace latchkey {
+namespace aliases {
+namespace {
+
+absl::Status Errno(const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
+}
+
+}  // namespace
+
+absl::Status EnterPrivateMountNamespace() {
+  if (unshare(CLONE_NEWNS) != 0) return Errno("unshare(CLONE_NEWNS)");
+  if (mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return Errno("making / private in the new mount namespace");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BindMount> BindMount::Make(const std::string& source, const std::string& target) {
+  struct stat st;
+  if (stat(source.c_str(), &st) != 0) return Errno(absl::StrCat("stat ", source));
+  if (S_ISDIR(st.st_mode)) {
+    if (mkdir(target.c_str(), 0700) != 0 && errno != EEXIST) return Errno("mkdir " + target);
+  } else {
+    const int fd = open(target.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) return Errno("creating " + target);
+    close(fd);
+  }
+  if (mount(source.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+    return Errno(absl::StrCat("bind mount ", source, " on ", target));
+  }
+  return BindMount(target);
+}
+
+BindMount::~BindMount() {
+  if (!target_.empty()) umount2(target_.c_str(), MNT_DETACH);
+}
+
+absl::StatusOr<LoopDevice> LoopDevice::Attach(const std::string& file, uint64_t offset,
+                                              bool partscan) {
+  const int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0) return Errno("no loop driver here (/dev/loop-control)");
+  const int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+  close(ctl);
+  if (n < 0) return Errno("LOOP_CTL_GET_FREE");
+  const std::string path = absl::StrCat("/dev/loop", n);
+  // devtmpfs makes the node; without it, make one.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 &&
+      mknod(path.c_str(), S_IFBLK | 0600, makedev(7, static_cast<unsigned>(n))) != 0) {
+    return Errno("mknod " + path);
+  }
+  const int backing = open(file.c_str(), O_RDWR | O_CLOEXEC);
+  if (backing < 0) return Errno("open " + file);
+  const int dev = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (dev < 0) {
+    close(backing);
+    return Errno("open " + path);
+  }
+  struct loop_config config;
+  memset(&config, 0, sizeof config);
+  config.fd = static_cast<uint32_t>(backing);
+  config.info.lo_offset = offset;
+  config.info.lo_flags = partscan ? LO_FLAGS_PARTSCAN : 0;
+  strncpy(reinterpret_cast<char*>(config.info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
+  const int rc = ioctl(dev, LOOP_CONFIGURE, &config);
+  const int err = errno;
+  close(backing);
+  if (rc != 0) {
+    close(dev);
+    errno = err;
+    return Errno(absl::StrCat("LOOP_CONFIGURE ", path, " over ", file));
+  }
+  return LoopDevice(path, dev);
+}
+
+LoopDevice::~LoopDevice() {
+  if (fd_ < 0) return;
+  ioctl(fd_, LOOP_CLR_FD, 0);
+  close(fd_);
+}
+
+absl::Status MknodAlias(const std::string& device, const std::string& alias) {
+  struct stat st;
+  if (stat(device.c_str(), &st) != 0) return Errno("stat " + device);
+  if (!S_ISBLK(st.st_mode)) return absl::InvalidArgumentError(device + " is no block device");
+  if (mknod(alias.c_str(), S_IFBLK | 0600, st.st_rdev) != 0) return Errno("mknod " + alias);
+  return absl::OkStatus();
+}
+
+absl::Status WriteMbr(const std::string& image, uint32_t start, uint32_t sectors) {
+  unsigned char mbr[512] = {};
+  unsigned char* e = mbr + 446;  // the first partition entry
+  e[4] = 0x83;                   // Linux
+  auto put32 = [](unsigned char* p, uint32_t v) {
+    for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+  };
+  put32(e + 8, start);
+  put32(e + 12, sectors);
+  mbr[510] = 0x55;
+  mbr[511] = 0xaa;
+  const int fd = open(image.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open " + image);
+  const ssize_t n = pwrite(fd, mbr, sizeof mbr, 0);
+  close(fd);
+  if (n != static_cast<ssize_t>(sizeof mbr)) return Errno("writing the MBR of " + image);
+  return absl::OkStatus();
+}
+
+bool WaitForPath(const std::string& path) {
+  const absl::Time end = absl::Now() + absl::Seconds(5);
+  struct stat st;
+  while (stat(path.c_str(), &st) != 0) {
+    if (absl::Now() > end) return false;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return true;
+}
+
+}  // namespace aliases
+}  // namespace latchkey
