@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -244,6 +245,30 @@ absl::StatusOr<DiskNames> ParseDiskNames(absl::string_view text) {
       absl::CHexEscape(text), "\""));
 }
 
+absl::Status ValidateClientIdentity(const std::string& identity, const std::string& kind) {
+  if (identity.empty() && kind.empty()) return absl::OkStatus();
+  static const char* const kKinds[] = {"file",   "nfs-file", "host-file", "wwid",     "dm-uuid",
+                                       "md-uuid", "serial",  "loop",      "partition"};
+  bool known = false;
+  for (const char* k : kKinds) known |= kind == k;
+  if (!known) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "identity_kind '", absl::CHexEscape(kind.substr(0, 40)),
+        "' is not one latchkey gives (file, nfs-file, host-file, wwid, dm-uuid, md-uuid, "
+        "serial, loop, partition)"));
+  }
+  if (identity.empty() || identity.size() > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("identity is ", identity.size(), " bytes; 1..1024 are allowed"));
+  }
+  for (char c : identity) {
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError("identity has a byte outside printable ASCII");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<Agent::Planned>> Agent::Plan(const ResourceSpec& spec) {
   absl::StatusOr<LoadedBackend*> b = FindBackend(spec.backend);
   if (!b.ok()) return b.status();
@@ -255,9 +280,16 @@ absl::StatusOr<std::vector<Agent::Planned>> Agent::Plan(const ResourceSpec& spec
   std::vector<Resource> resources;
   if (spec.kind == ResourceKind::kDisk) {
     const size_t max = (*b)->caps.max_name_len;
+    std::optional<DiskIdentity> given;
+    if (!spec.identity.empty()) {
+      given.emplace();
+      given->id = spec.identity;
+      given->kind = spec.identity_kind;
+    }
     absl::StatusOr<Resource> r = Resource::Disk(
         spec.target, ls, max,
-        options_.disk_names == DiskNames::kPath ? DiskNaming::kPath : DiskNaming::kIdentity);
+        options_.disk_names == DiskNames::kPath ? DiskNaming::kPath : DiskNaming::kIdentity,
+        given ? &*given : nullptr);
     if (!r.ok()) return r.status();
     resources.push_back(*r);
     if (options_.disk_names == DiskNames::kIdentityAndPath) {

@@ -97,7 +97,16 @@ struct ResourceSpec {
   std::string lease_path;
   uint64_t lease_offset = 0;
   LockMode mode = LockMode::kExclusive;
+  // Disk: the identity as a client that resolved the path in its own mount
+  // namespace found it (the libvirt adapter in libvirtd); "" = latchd finds
+  // it. See ValidateClientIdentity.
+  std::string identity;
+  std::string identity_kind;
 };
+
+// OK for an empty pair, or a printable identity of at most 1024 bytes with
+// a kind IdentifyDisk gives (not "path": a weak identity is latchd's to find).
+absl::Status ValidateClientIdentity(const std::string& identity, const std::string& kind);
 
 // One lock as clients see it. A disk latchd holds under two names
 // (DiskNames::kIdentityAndPath) is one view: `resource` is the identity

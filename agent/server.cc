@@ -141,8 +141,21 @@ absl::Status ParseSpec(const json& j, const std::string& where, ResourceSpec* ou
   if (s.ok()) s = f.String("path", &out->lease_path, false);
   if (s.ok()) s = f.Uint("offset", &out->lease_offset, false);
   if (s.ok()) s = f.String("mode", &mode, false);
+  if (s.ok()) s = f.String("identity", &out->identity, false);
+  if (s.ok()) s = f.String("identity_kind", &out->identity_kind, false);
   if (s.ok()) s = f.CheckUnknown();
   if (!s.ok()) return s;
+  if ((f.Has("identity") || f.Has("identity_kind")) && !f.Has("disk")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", where, "': 'identity' and 'identity_kind' belong to disks"));
+  }
+  if (f.Has("identity") != f.Has("identity_kind")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", where, "': 'identity' and 'identity_kind' come together"));
+  }
+  if (absl::Status v = ValidateClientIdentity(out->identity, out->identity_kind); !v.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", v.message()));
+  }
   if (f.Has("disk") == f.Has("lease")) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", where, "' must have exactly one of 'disk' and 'lease'"));

@@ -260,13 +260,18 @@ absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct 
   // The file system's UUID. Opening the file to ask is harmless to locks:
   // latchkey's own are OFD locks, which close() of another descriptor keeps.
   latchkey_fsuuid2 u{};
-  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME);
-  const int fd2 = fd >= 0 ? fd : open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  // O_NOATIME when allowed (the owner or CAP_FOWNER): asking changes nothing.
+  int fd2 = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME);
+  if (fd2 < 0) fd2 = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
   bool have_uuid = false;
   if (fd2 >= 0) {
     have_uuid = ioctl(fd2, FS_IOC_GETFSUUID, &u) == 0 && u.len > 0 && u.len <= sizeof u.uuid;
     close(fd2);
   }
+  // An all-zero UUID (mke2fs -U null, some image builders) names nothing.
+  bool zero = true;
+  for (size_t i = 0; have_uuid && i < u.len; ++i) zero &= u.uuid[i] == 0;
+  if (zero) have_uuid = false;
   if (have_uuid) {
     d.id = absl::StrCat("fs:", Hex(u.uuid, u.len), ":", handle);
     d.kind = "file";

@@ -110,15 +110,18 @@ const char* DiskNamingName(DiskNaming naming) {
 
 absl::StatusOr<Resource> Resource::Disk(absl::string_view image_path,
                                         absl::string_view lockspace,
-                                        size_t max_name_len, DiskNaming naming) {
+                                        size_t max_name_len, DiskNaming naming,
+                                        const DiskIdentity* known) {
   absl::StatusOr<std::string> canonical = CanonicalImagePath(image_path);
   if (!canonical.ok()) return canonical.status();
   Resource r;
   r.kind = ResourceKind::kDisk;
   r.lockspace = std::string(lockspace);
   r.path = *std::move(canonical);
-  absl::StatusOr<DiskIdentity> id = IdentifyDisk(r.path);
+  absl::StatusOr<DiskIdentity> id =
+      known != nullptr ? absl::StatusOr<DiskIdentity>(*known) : IdentifyDisk(r.path);
   if (!id.ok()) return id.status();
+  if (id->anchor.empty()) id->anchor = r.path;
   r.naming = naming;
   r.identity = std::move(id->id);
   r.identity_kind = std::move(id->kind);

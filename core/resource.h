@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "core/disk_identity.h"
 
 namespace latchkey {
 
@@ -77,10 +78,14 @@ struct Resource {
   // absolute, lexically normalised path so a lock may be taken before the
   // image is created (and is named by that path: see docs/disk-identity.md).
   // `max_name_len` is the backend's limit (<= 64).
+  // `known`, when given, is the identity a caller in another mount
+  // namespace found for the path (see docs/disk-identity.md); otherwise it
+  // is found here.
   static absl::StatusOr<Resource> Disk(absl::string_view image_path,
                                        absl::string_view lockspace,
                                        size_t max_name_len = kMaxNameLen,
-                                       DiskNaming naming = DiskNaming::kIdentity);
+                                       DiskNaming naming = DiskNaming::kIdentity,
+                                       const DiskIdentity* known = nullptr);
 
   // Builds a lease resource; `path` and `offset` may be empty/0.
   static absl::StatusOr<Resource> Lease(absl::string_view lockspace,

@@ -338,6 +338,15 @@ std::optional<json> SpecFor(const AdapterConfig& c, const DomainResource& r) {
     }
     spec = {{"disk", r.name}, {"mode", mode}};
     if (!c.lockspace.empty()) spec["lockspace"] = c.lockspace;
+    // What the disk is, found here, in libvirtd's mount namespace, where
+    // QEMU will open it (latchd may not see this path the same way).
+    if (absl::StatusOr<std::string> canonical = CanonicalImagePath(r.name); canonical.ok()) {
+      absl::StatusOr<DiskIdentity> id = IdentifyDisk(*canonical);
+      if (id.ok() && !id->weak()) {
+        spec["identity"] = id->id;
+        spec["identity_kind"] = id->kind;
+      }
+    }
   }
   if (!c.backend.empty()) spec["backend"] = c.backend;
   return spec;

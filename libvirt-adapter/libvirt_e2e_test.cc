@@ -308,6 +308,34 @@ TEST_F(LibvirtE2eTest, SecondDomainOnAHeldDiskIsRefusedNamingDiskModeAndHolder) 
   EXPECT_EQ(Locks(1, "alpha").size(), 1u);
 }
 
+// Another spelling of a held disk: a second device node of its loop device
+// (QEMU's own locks, on device node inodes, cannot see it). latchkey names
+// the disk by its identity, on this host and on the other.
+TEST_F(LibvirtE2eTest, AnotherSpellingOfAHeldDiskIsRefused) {
+  const std::string alias = root_ + "/alias-of-d8";
+  struct stat st;
+  ASSERT_EQ(stat(loops_[7].c_str(), &st), 0);
+  unlink(alias.c_str());
+  ASSERT_EQ(mknod(alias.c_str(), S_IFBLK | 0600, st.st_rdev), 0);
+  ASSERT_TRUE(Start(1, "holder8", {{Disk(8)}}).ok());
+
+  absl::Status s = Start(1, "alias-here", {{alias}});
+  ASSERT_FALSE(s.ok()) << "a second node of a held disk was started on the same host";
+  EXPECT_THAT(s.message(), HasSubstr("cannot lock disk " + alias));
+  EXPECT_THAT(s.message(), HasSubstr("the same disk as " + Disk(8)));
+  EXPECT_THAT(s.message(), HasSubstr("'holder8'"));
+  fprintf(stderr, "alias, same host: %s\n", std::string(s.message()).c_str());
+
+  s = Start(2, "alias-there", {{alias}});
+  ASSERT_FALSE(s.ok()) << "a second node of a held disk was started on the other host";
+  EXPECT_THAT(s.message(), HasSubstr("latchkey: domain 'alias-there' cannot lock disk " + alias));
+  fprintf(stderr, "alias, other host: %s\n", std::string(s.message()).c_str());
+  EXPECT_EQ(State(1, "holder8"), "running");
+  EXPECT_EQ(State(1, "alias-here"), "shut off");
+  EXPECT_EQ(State(2, "alias-there"), "shut off");
+  unlink(alias.c_str());
+}
+
 TEST_F(LibvirtE2eTest, ShareableDiskInTwoDomainsAndReadonlyDisksPerPolicy) {
   ASSERT_TRUE(Start(1, "share1", {{Disk(2), false, true}}).ok());
   absl::Status s = Start(2, "share2", {{Disk(2), false, true}});

@@ -27,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "agent/client.h"
+#include "core/disk_identity.h"
 #include "core/journal.h"
 #include "core/lock_mode.h"
 #include "core/owner.h"
@@ -76,6 +77,10 @@ Commands:
                        dump latchd's journal, read-only, also while latchd is
                        down (default: /run/latchkey/journal.db; DIR/journal.db)
   backends             backend plugins found locally, with their capabilities
+  identify --disk PATH... [--json]
+                       what each disk is, as latchd names it here (its identity:
+                       WWID, device-mapper UUID, file system + file handle, ...;
+                       or only its path, and why); docs/disk-identity.md
   libvirt-check [--conf FILE] [--offline]
                        check qemu-latchkey.conf (default
                        /etc/libvirt/qemu-latchkey.conf) as latchkey.so reads
@@ -234,7 +239,20 @@ const nlohmann::json& Field(const nlohmann::json& j, const char* key) {
 
 // "/img/a.qcow2" for a disk, "lease LS/KEY" (plus its storage) for a lease.
 std::string DescribeLock(const nlohmann::json& lock) {
-  if (Str(lock, "kind") == "disk") return Str(lock, "path");
+  if (Str(lock, "kind") == "disk") {
+    // What the disk is known as (docs/disk-identity.md); a lock named only
+    // by its path is only as strong as that path, so say so.
+    std::string d = Str(lock, "path");
+    const std::string kind = Str(lock, "identity_kind", "");
+    const std::string weak = Str(lock, "identity_weak", "");
+    if (!weak.empty()) {
+      absl::StrAppend(&d, " [identity: the path only (", weak, ")]");
+    } else if (!kind.empty()) {
+      absl::StrAppend(&d, " [identity: ", kind, "]");
+    }
+    if (Str(lock, "naming", "") == "path") absl::StrAppend(&d, " [locked by path name only]");
+    return d;
+  }
   std::string d = absl::StrCat("lease ", Str(lock, "lockspace"), "/", Str(lock, "name"));
   const std::string path = Str(lock, "path", "");
   if (!path.empty()) absl::StrAppend(&d, " at ", path, ":", Str(lock, "offset", "0"));
@@ -278,6 +296,7 @@ class Ctl {
     const std::vector<Command> commands = {
         {"help", {}, false, &Ctl::Help},
         {"backends", {}, false, &Ctl::Backends},
+        {"identify", {"--json"}, true, &Ctl::Identify},
         {"status", {"--json"}, false, &Ctl::Status},
         {"run", {"--wait", "--owner", "--uuid", "--grace-ms"}, true, &Ctl::RunCmd},
         {"register", {"--owner", "--uuid", "--pid", "--policy", "--grace-ms"}, false,
@@ -494,6 +513,40 @@ class Ctl {
     return kOk;
   }
 
+  int Identify() {
+    absl::StatusOr<nlohmann::json> specs = Resources(true);
+    if (!specs.ok()) return Fail(specs.status());
+    nlohmann::json out = nlohmann::json::array();
+    for (const nlohmann::json& spec : *specs) {
+      if (!spec.contains("disk")) {
+        return Fail(absl::InvalidArgumentError("identify takes --disk PATH, not --lease"));
+      }
+      const std::string path = spec["disk"].get<std::string>();
+      absl::StatusOr<DiskIdentity> id = IdentifyDisk(path);
+      if (!id.ok()) return Fail(id.status());
+      out.push_back({{"path", path},
+                     {"identity", id->id},
+                     {"identity_kind", id->kind},
+                     {"anchor", id->anchor},
+                     {"name", DiskIdentityName(id->id, kMaxNameLen)},
+                     {"path_name", DiskResourceName(path)}});
+      if (id->weak()) out.back()["identity_weak"] = id->reason;
+    }
+    if (Get("--json") != nullptr) {
+      PrintJson(out);
+      return kOk;
+    }
+    for (const nlohmann::json& d : out) {
+      printf("%s\n  identity  %s (%s)\n  locks     %s\n", Str(d, "path").c_str(),
+             Str(d, "identity").c_str(), Str(d, "identity_kind").c_str(),
+             Str(d, "anchor").c_str());
+      if (d.contains("identity_weak")) {
+        printf("  WEAK      only as strong as the path: %s\n", Str(d, "identity_weak").c_str());
+      }
+    }
+    return kOk;
+  }
+
   int Backends() {
     std::vector<std::string> path = DefaultPluginPath();
     if (const std::string* p = Get("--plugin-path")) {
@@ -538,8 +591,9 @@ class Ctl {
       if (!msg.empty()) absl::StrAppend(&health, ": ", msg);
       backends.push_back(absl::StrCat(Str(b, "name"), " (", health, ")"));
     }
-    printf("latchd pid %s on host %s, journal %s\nbackends: %s\n", Str(*r, "pid").c_str(),
-           Str(*r, "host").c_str(), Str(*r, "journal").c_str(),
+    printf("latchd pid %s on host %s, journal %s, disk names %s\nbackends: %s\n",
+           Str(*r, "pid").c_str(), Str(*r, "host").c_str(), Str(*r, "journal").c_str(),
+           Str(*r, "disk_names", "?").c_str(),
            backends.empty() ? "-" : absl::StrJoin(backends, ", ").c_str());
     for (const nlohmann::json& b : Field(*r, "backends")) {
       const nlohmann::json& state = Field(b, "state");

@@ -83,6 +83,22 @@ out=$(ctl status) || fail "status: $out"
 [[ $out == *vm-one* && $out == *exclusive* && $out == *"$work/a.img"* && $out != *vm-three* ]] ||
   fail "status while vm-one holds a.img: $out"
 
+[[ $out == *"disk names identity+path"* && $out == *"$work/a.img [identity: "* ]] ||
+  fail "status does not show the naming scheme and the disk's identity: $out"
+
+# --- identities: a hard link is the same disk; a missing image is weak
+ln "$work/a.img" "$work/a-link.img"
+out=$(ctl run --disk "$work/a-link.img" --owner vm-alias -- true 2>&1); rc=$?
+[[ $rc -eq 1 && $out == *"the same disk as $work/a.img"* ]] ||
+  fail "a hard link of a held disk ($rc): $out"
+out=$(ctl identify --disk "$work/a.img" --disk "$work/a-link.img" --json) || fail "identify: $out"
+ids=$(grep -o '"identity":"[^"]*"' <<<"$out" | sort -u | wc -l)
+[[ $ids -eq 1 ]] || fail "identify gives the hard link another identity: $out"
+out=$(ctl identify --disk "$work/not-there.img") || fail "identify a missing image: $out"
+[[ $out == *"WEAK"*"does not exist"* ]] || fail "identify does not call a missing image weak: $out"
+out=$(ctl identify --lease k 2>&1); rc=$?
+[[ $rc -eq 2 && $out == *"--disk PATH, not --lease"* ]] || fail "identify --lease ($rc): $out"
+
 out=$(ctl journal --state-dir "$work/state") || fail "journal while held: $out"
 [[ $out == *"boot "* && $out == *vm-one* && $out == *"posixfd held exclusive $work/a.img"* ]] ||
   fail "journal does not show the held lock: $out"
