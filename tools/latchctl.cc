@@ -89,7 +89,7 @@ Commands:
   reexec               restart latchd in place (upgrade), keeping every lock
   help                 this text
 
-RESOURCE: --disk PATH                  a disk image, named by its canonical path
+RESOURCE: --disk PATH                  a disk (image file or block device), named by its identity
           --lease KEY [--lease-path PATH] [--lease-offset N]
   Each --disk or --lease starts a resource; --mode MODE, --lockspace LS and
   --backend NAME after it apply to that resource, and before the first one to
