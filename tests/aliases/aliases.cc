@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -55,8 +56,31 @@ BindMount::~BindMount() {
   if (!target_.empty()) umount2(target_.c_str(), MNT_DETACH);
 }
 
+namespace {
+
+// One attempt; EBUSY when another process took the free device first.
+absl::StatusOr<std::pair<std::string, int>> AttachOnce(const std::string& file, uint64_t offset,
+                                                       bool partscan, int* err_out);
+
+}  // namespace
+
 absl::StatusOr<LoopDevice> LoopDevice::Attach(const std::string& file, uint64_t offset,
                                               bool partscan) {
+  // Tests run in parallel: another may take the device LOOP_CTL_GET_FREE
+  // named between that call and ours; ask again.
+  for (int attempt = 0;; ++attempt) {
+    int err = 0;
+    absl::StatusOr<std::pair<std::string, int>> r = AttachOnce(file, offset, partscan, &err);
+    if (r.ok()) return LoopDevice(r->first, r->second);
+    if (err != EBUSY || attempt == 20) return r.status();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+namespace {
+
+absl::StatusOr<std::pair<std::string, int>> AttachOnce(const std::string& file, uint64_t offset,
+                                                       bool partscan, int* err_out) {
   const int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
   if (ctl < 0) return Errno("no loop driver here (/dev/loop-control)");
   const int n = ioctl(ctl, LOOP_CTL_GET_FREE);
@@ -88,10 +112,13 @@ absl::StatusOr<LoopDevice> LoopDevice::Attach(const std::string& file, uint64_t 
   if (rc != 0) {
     close(dev);
     errno = err;
+    *err_out = err;
     return Errno(absl::StrCat("LOOP_CONFIGURE ", path, " over ", file));
   }
-  return LoopDevice(path, dev);
+  return std::make_pair(path, dev);
 }
+
+}  // namespace
 
 LoopDevice::~LoopDevice() {
   if (fd_ < 0) return;
