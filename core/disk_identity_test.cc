@@ -143,7 +143,7 @@ TEST_F(DiskIdentityTest, PartitionIsItsDiskPlusStartAndLength) {
     // rule itself is covered by the sysfs fixture test below, and this test
     // runs for real inside the cluster lab's nodes.
     GTEST_SKIP() << "this kernel read no partition table from " << loop->path()
-                 << " (no " << part << " after 5 s)";
+                 << " (no " << part << " after 1 s)";
   }
   DiskIdentity p = Id(part);
   EXPECT_EQ(p.kind, "partition");

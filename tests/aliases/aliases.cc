@@ -153,8 +153,8 @@ absl::Status WriteMbr(const std::string& image, uint32_t start, uint32_t sectors
   return absl::OkStatus();
 }
 
-bool WaitForPath(const std::string& path) {
-  const absl::Time end = absl::Now() + absl::Seconds(5);
+bool WaitForPath(const std::string& path, double seconds) {
+  const absl::Time end = absl::Now() + absl::Seconds(seconds);
   struct stat st;
   while (stat(path.c_str(), &st) != 0) {
     if (absl::Now() > end) return false;

@@ -63,9 +63,9 @@ absl::Status MknodAlias(const std::string& device, const std::string& alias);
 // `sectors` sectors into `image` (which must be large enough).
 absl::Status WriteMbr(const std::string& image, uint32_t start, uint32_t sectors);
 
-// Waits (up to 5 s) for `path` to exist: udev-less partition nodes appear
-// through devtmpfs a moment after the partition scan.
-bool WaitForPath(const std::string& path);
+// Waits (up to `seconds`) for `path` to exist: partition nodes appear
+// through devtmpfs a moment after the scan LOOP_CONFIGURE does.
+bool WaitForPath(const std::string& path, double seconds = 1.0);
 
 }  // namespace aliases
 }  // namespace latchkey
