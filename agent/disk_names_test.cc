@@ -143,6 +143,21 @@ TEST_F(DiskNamesTest, EveryAliasIsRefusedAndTheRefusalNamesBothSpellings) {
   EXPECT_TRUE(a_.Acquire(second, loop->path()).ok());
 }
 
+TEST_F(DiskNamesTest, AnAliasOnAnotherHostIsRefusedNamingTheSpellingItWasLockedUnder) {
+  ASSERT_TRUE(StartHost(&a_, "a").ok());
+  ASSERT_TRUE(StartHost(&b_, "b").ok());
+  Vm on_a("vm-on-a"), on_b("vm-on-b");
+  a_.Register(on_a);
+  b_.Register(on_b);
+  ASSERT_EQ(link(img_.c_str(), (dir_ + "/hard.img").c_str()), 0);
+  ASSERT_TRUE(a_.Acquire(on_a, dir_ + "/hard.img").ok());
+  absl::StatusOr<json> r = b_.Acquire(on_b, img_);
+  ASSERT_FALSE(r.ok()) << "host B was granted an alias of what host A holds";
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("vm-on-a"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("the same disk as " + dir_ + "/hard.img"));
+}
+
 TEST_F(DiskNamesTest, AWeakIdentityIsAnnounced) {
   ASSERT_TRUE(StartHost(&a_, "a").ok());
   Vm vm("vm");

@@ -1064,8 +1064,16 @@ class PosixFdBackend final : public Backend {
       }
       if (!others.empty()) who = DescribeHolders(others);
     }
-    const std::string msg = absl::StrCat(r.Describe(), " is held ", who, "; wanted ",
-                                         LockModeName(mode), " by ", owner.name);
+    std::string msg = absl::StrCat(r.Describe(), " is held ", who, "; wanted ",
+                                   LockModeName(mode), " by ", owner.name);
+    // The state file keeps the path the disk was first locked under: when
+    // that is another spelling, say so (docs/disk-identity.md).
+    Resource first;
+    if (r.kind == ResourceKind::kDisk && DescribeFromStateFile(StateFileName(r), &first) &&
+        first.kind == ResourceKind::kDisk && !first.path.empty() && first.path != r.path) {
+      absl::StrAppend(&msg, "; it is the same disk as ", first.path,
+                      " (the path it was first locked under)");
+    }
     if (options.wait) {
       return absl::DeadlineExceededError(
           absl::StrCat(msg, " (waited ", absl::FormatDuration(options.timeout), ")"));
