@@ -32,6 +32,7 @@
 // started here (latchd, owners) is killed by its PID at the end or on error.
 //
 // Flags: --runs=5 --cycles=20000 --warmup=2000 --locks=1000,10000 --owners=100
+//        --disk_names=identity+path|identity|path (latchd's setting; default as latchd's)
 //        --dir=PATH --keep (keep the temp dir) --skip_cycle --skip_scale
 //        --profile_cycles=N (before part 1: N latchd cycles alone, for perf
 //        or strace -c; divide counts by N) --attach_wait_s=S (print latchd's
@@ -109,13 +110,17 @@ struct Options {
   bool skip_scale = false;
   int profile_cycles = 0;
   int attach_wait_s = 0;
+  // latchd's disk_names (docs/disk-identity.md): "identity+path" takes two
+  // backend locks per disk, "identity" and "path" one.
+  std::string disk_names = "identity+path";
 };
 
 [[noreturn]] void Usage(const std::string& bad) {
   fprintf(stderr,
           "latchd_benchmark: bad argument '%s'\n"
           "flags: --runs=N --cycles=N --warmup=N --locks=N[,N...] --owners=N --dir=PATH "
-          "--keep --skip_cycle --skip_scale --profile_cycles=N --attach_wait_s=S\n",
+          "--keep --skip_cycle --skip_scale --profile_cycles=N --attach_wait_s=S "
+          "--disk_names=identity+path|identity|path\n",
           bad.c_str());
   exit(2);
 }
@@ -151,6 +156,9 @@ Options ParseFlags(int argc, char** argv) {
       }
     } else if (key == "--dir" && !val.empty()) {
       o.dir = val;
+    } else if (key == "--disk_names" &&
+               (val == "identity+path" || val == "identity" || val == "path")) {
+      o.disk_names = val;
     } else if (a == "--keep") {
       o.keep = true;
     } else if (a == "--skip_cycle") {
@@ -696,12 +704,12 @@ void CycleBenchmark(const Options& opt, const std::string& base) {
   const std::string image = dir + "/images/vm-cycle.qcow2";
   TouchFile(image);
 
-  LatchdProcess d(dir);
+  LatchdProcess d(dir, absl::StrCat("disk_names = \"", opt.disk_names, "\"\n"));
   StartLatchd(&d);
   LatchdClient c = ConnectOk(d);
   const pid_t owner_pid = SpawnOwner();
   const std::string uuid = RegisterOwner(c, owner_pid, "bench-cycle-vm");
-  printf("latchd pid %d, config %s\n", d.pid(), d.config().c_str());
+  printf("latchd pid %d, config %s, disk_names %s\n", d.pid(), d.config().c_str(), opt.disk_names.c_str());
 
   // In process: the same plugin file, a lock directory beside latchd's.
   std::unique_ptr<Backend> local = LoadPosixfd(dir + "/inproc-locks");
@@ -830,7 +838,7 @@ void CycleBenchmark(const Options& opt, const std::string& base) {
   printf("  in-process, per cycle (2 requests):\n");
   printf("    JSON, client side (dump req, parse resp) %s\n", Fmt(js.client).c_str());
   printf("    JSON, latchd side (parse req, build+dump) %s\n", Fmt(js.server).c_str());
-  printf("    Resource::Disk x2 (realpath+SHA-256)    %s\n", Fmt(canon).c_str());
+  printf("    Resource::Disk x2 (realpath+identity+SHA)%s\n", Fmt(canon).c_str());
   printf("    journal Apply x2 (put+remove, SQLite)   %s\n", Fmt(jr).c_str());
   printf("    posixfd Acquire+Release (baseline)      median %7.2f us\n", local_all.median_us);
   const double est = 2 * echo.median_us + js.client.median_us + js.server.median_us +
@@ -958,7 +966,7 @@ void ScaleBenchmark(const Options& opt, const std::string& base, int n) {
   const std::string images = dir + "/images";
   MakeDir(images);
 
-  LatchdProcess d(dir);
+  LatchdProcess d(dir, absl::StrCat("disk_names = \"", opt.disk_names, "\"\n"));
   StartLatchd(&d);
   LatchdClient c = ConnectOk(d);
   const ProcInfo idle = ReadProc(d.pid());
