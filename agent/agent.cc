@@ -105,9 +105,12 @@ void FillDiskIdentity(Resource* r, size_t max_len) {
   absl::StatusOr<DiskIdentity> id = IdentifyDisk(r->path);
   if (!id.ok()) return;
   if (r->naming == DiskNaming::kIdentity && DiskIdentityName(id->id, max_len) != r->name) {
-    r->identity_kind = "changed";
-    r->identity_reason = absl::StrCat("the path now leads to ", id->id,
-                                      ", not to the disk that was locked");
+    // Locked under an identity a client found in its own mount namespace,
+    // or the path now leads elsewhere: the name stays what was locked.
+    r->identity_kind = "unknown";
+    r->identity_reason = absl::StrCat(
+        "locked under an identity latchd cannot recompute here: in its mount namespace the "
+        "path is ", id->id, id->reason.empty() ? "" : absl::StrCat(" (", id->reason, ")"));
     return;
   }
   r->identity = std::move(id->id);
@@ -630,6 +633,18 @@ void Agent::UpgradeDiskNames(std::map<std::string, std::shared_ptr<OwnerEntry>>&
       if (h.resource.kind != ResourceKind::kDisk || h.resource.naming != DiskNaming::kPath) {
         continue;
       }
+      // Taken together with an identity name already (that identity may
+      // have come from a client in another mount namespace, which latchd
+      // cannot recompute here): nothing to upgrade.
+      bool has_identity = false;
+      for (const auto& [k2, other] : e->locks) {
+        has_identity |= other.resource.kind == ResourceKind::kDisk &&
+                        other.resource.naming == DiskNaming::kIdentity &&
+                        other.backend == h.backend &&
+                        other.resource.lockspace == h.resource.lockspace &&
+                        other.resource.path == h.resource.path;
+      }
+      if (has_identity) continue;
       absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
       if (!b.ok()) continue;
       absl::StatusOr<Resource> r = Resource::Disk(h.resource.path, h.resource.lockspace,

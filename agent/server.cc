@@ -206,7 +206,10 @@ json LockJson(const LockView& l) {
     if (!l.path_name.empty()) j["path_name"] = l.path_name;
     j["identity"] = l.resource.identity;
     j["identity_kind"] = l.resource.identity_kind;
-    if (!l.resource.identity_reason.empty()) j["identity_weak"] = l.resource.identity_reason;
+    if (!l.resource.identity_reason.empty()) {
+      j[l.resource.identity_kind == "path" ? "identity_weak" : "identity_note"] =
+          l.resource.identity_reason;
+    }
   }
   return j;
 }
