@@ -1,6 +1,8 @@
 #include "core/disk_identity.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -229,6 +231,26 @@ absl::StatusOr<DiskIdentity> IdentifyBlock(const std::string& path, dev_t rdev,
                            ") has no WWID, serial, device-mapper or MD UUID"));
 }
 
+// open(path) read-only, without following any symlink on the way (openat2
+// RESOLVE_NO_SYMLINKS; on kernels before 5.6, O_NOFOLLOW for the last
+// component only). -1 on failure.
+int OpenNoSymlinks(const std::string& path) {
+  for (int noatime : {O_NOATIME, 0}) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = static_cast<uint64_t>(O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW |
+                                      noatime);
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    long fd = syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how);
+    if (fd < 0 && errno == ENOSYS) {
+      fd = open(path.c_str(), static_cast<int>(how.flags));
+    }
+    if (fd >= 0) return static_cast<int>(fd);
+    if (errno != EPERM) return -1;  // EPERM: O_NOATIME on another's file
+  }
+  return -1;
+}
+
 absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct stat& st,
                                           const IdentityEnv& env) {
   // The handle: inode and generation on local file systems, the server's
@@ -260,12 +282,18 @@ absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct 
   // The file system's UUID. Opening the file to ask is harmless to locks:
   // latchkey's own are OFD locks, which close() of another descriptor keeps.
   latchkey_fsuuid2 u{};
-  // O_NOATIME when allowed (the owner or CAP_FOWNER): asking changes nothing.
-  int fd2 = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME);
-  if (fd2 < 0) fd2 = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  // The path is canonical, so no symlink may appear on the way: one that
+  // does was swapped in since, perhaps towards a device whose open() acts
+  // (a tape rewinds). Open only what was stat'ed: a regular file, the same
+  // inode. O_NOATIME when allowed: asking changes nothing.
+  const int fd2 = OpenNoSymlinks(path);
   bool have_uuid = false;
   if (fd2 >= 0) {
-    have_uuid = ioctl(fd2, FS_IOC_GETFSUUID, &u) == 0 && u.len > 0 && u.len <= sizeof u.uuid;
+    struct stat again;
+    if (fstat(fd2, &again) == 0 && S_ISREG(again.st_mode) && again.st_dev == st.st_dev &&
+        again.st_ino == st.st_ino) {
+      have_uuid = ioctl(fd2, FS_IOC_GETFSUUID, &u) == 0 && u.len > 0 && u.len <= sizeof u.uuid;
+    }
     close(fd2);
   }
   // An all-zero UUID (mke2fs -U null, some image builders) names nothing.

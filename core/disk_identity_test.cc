@@ -6,11 +6,14 @@
 // real ones).
 #include "core/disk_identity.h"
 
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 
@@ -118,6 +121,29 @@ TEST_F(DiskIdentityTest, LoopDeviceOverTheWholeFileIsTheFileAndASecondNodeIsToo)
   EXPECT_EQ(dev.anchor, file.anchor) << "an image-mode lock must lock the backing file";
   ASSERT_TRUE(aliases::MknodAlias(loop->path(), dir_ + "/second-node").ok());
   EXPECT_EQ(Id(dir_ + "/second-node").id, file.id);
+}
+
+TEST_F(DiskIdentityTest, FileSystemUuidNamesTheFileWhereverTheFileSystemIsMounted) {
+  ASSERT_TRUE(aliases::EnterPrivateMountNamespace().ok());
+  const std::string fsimg = File("fs.img", 16 << 20);
+  const std::string uuid = "0b5e7c1d-2f4a-4c39-9d8e-6a7b8c9d0e1f";
+  ASSERT_EQ(system(absl::StrCat("mke2fs -q -F -t ext4 -U ", uuid, " ", fsimg).c_str()), 0);
+  absl::StatusOr<aliases::LoopDevice> loop = aliases::LoopDevice::Attach(fsimg);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  const std::string m1 = dir_ + "/m1", m2 = dir_ + "/m2";
+  ASSERT_EQ(mkdir(m1.c_str(), 0700), 0);
+  ASSERT_EQ(mkdir(m2.c_str(), 0700), 0);
+  ASSERT_EQ(mount(loop->path().c_str(), m1.c_str(), "ext4", 0, nullptr), 0) << strerror(errno);
+  // The same file system mounted a second time, elsewhere: another host's
+  // mount point of a shared file system looks like this.
+  ASSERT_EQ(mount(loop->path().c_str(), m2.c_str(), "ext4", 0, nullptr), 0) << strerror(errno);
+  std::ofstream(m1 + "/vm.img") << "disk";
+  DiskIdentity a = Id(m1 + "/vm.img");
+  EXPECT_EQ(a.kind, "file");
+  EXPECT_THAT(a.id, StartsWith("fs:0b5e7c1d2f4a4c399d8e6a7b8c9d0e1f:fh:"));
+  EXPECT_EQ(Id(m2 + "/vm.img").id, a.id);
+  umount2(m2.c_str(), MNT_DETACH);
+  umount2(m1.c_str(), MNT_DETACH);
 }
 
 TEST_F(DiskIdentityTest, LoopDeviceAtAnOffsetIsAnotherDisk) {
