@@ -1,6 +1,8 @@
 #include "tests/aliases/aliases.h"
 
 #include <fcntl.h>
+#include <linux/dm-ioctl.h>
+#include <linux/fs.h>
 #include <linux/loop.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -124,6 +126,83 @@ LoopDevice::~LoopDevice() {
   if (fd_ < 0) return;
   ioctl(fd_, LOOP_CLR_FD, 0);
   close(fd_);
+}
+
+namespace {
+
+// One dm ioctl on /dev/mapper/control; `extra` follows the header.
+absl::Status DmIoctl(unsigned long cmd, const std::string& name, const std::string& uuid,
+                     uint32_t flags, const std::string& extra, uint32_t target_count,
+                     uint64_t* dev_out) {
+  const int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0) return Errno("no device-mapper here (/dev/mapper/control)");
+  std::string buf(sizeof(struct dm_ioctl) + extra.size() + 16384, '\0');
+  auto* io = reinterpret_cast<struct dm_ioctl*>(buf.data());
+  io->version[0] = DM_VERSION_MAJOR;
+  io->version[1] = 0;
+  io->version[2] = 0;
+  io->data_size = static_cast<uint32_t>(buf.size());
+  io->data_start = sizeof(struct dm_ioctl);
+  io->target_count = target_count;
+  io->flags = flags;
+  strncpy(io->name, name.c_str(), DM_NAME_LEN - 1);
+  if (!uuid.empty()) strncpy(io->uuid, uuid.c_str(), DM_UUID_LEN - 1);
+  memcpy(buf.data() + sizeof(struct dm_ioctl), extra.data(), extra.size());
+  const int rc = ioctl(ctl, cmd, io);
+  const int err = errno;
+  close(ctl);
+  if (rc != 0) {
+    errno = err;
+    return Errno(absl::StrCat("device-mapper ioctl on ", name));
+  }
+  if (dev_out != nullptr) *dev_out = io->dev;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DmLinear> DmLinear::Make(const std::string& name, const std::string& uuid,
+                                        const std::string& under) {
+  struct stat st;
+  if (stat(under.c_str(), &st) != 0) return Errno("stat " + under);
+  const int fd = open(under.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open " + under);
+  uint64_t bytes = 0;
+  const int rc = ioctl(fd, BLKGETSIZE64, &bytes);
+  close(fd);
+  if (rc != 0) return Errno("BLKGETSIZE64 " + under);
+  if (absl::Status s = DmIoctl(DM_DEV_CREATE, name, uuid, 0, "", 0, nullptr); !s.ok()) return s;
+  // One linear target over the whole device.
+  const std::string params = absl::StrCat(major(st.st_rdev), ":", minor(st.st_rdev), " 0");
+  std::string target(sizeof(struct dm_target_spec), '\0');
+  auto* spec = reinterpret_cast<struct dm_target_spec*>(target.data());
+  spec->sector_start = 0;
+  spec->length = bytes / 512;
+  strncpy(spec->target_type, "linear", DM_MAX_TYPE_NAME - 1);
+  target += params;
+  target.push_back('\0');
+  while (target.size() % 8 != 0) target.push_back('\0');
+  reinterpret_cast<struct dm_target_spec*>(target.data())->next =
+      static_cast<uint32_t>(target.size());
+  DmLinear made(name, "");
+  uint64_t dev = 0;
+  if (absl::Status s = DmIoctl(DM_TABLE_LOAD, name, "", 0, target, 1, nullptr); !s.ok()) return s;
+  if (absl::Status s = DmIoctl(DM_DEV_SUSPEND, name, "", 0, "", 0, &dev); !s.ok()) return s;
+  made.path_ = absl::StrCat("/dev/dm-", minor(static_cast<dev_t>(dev)));
+  struct stat node;
+  if (stat(made.path_.c_str(), &node) != 0 &&
+      mknod(made.path_.c_str(), S_IFBLK | 0600, static_cast<dev_t>(dev)) != 0) {
+    return Errno("mknod " + made.path_);
+  }
+  return made;
+}
+
+DmLinear::~DmLinear() {
+  if (name_.empty()) return;
+  for (int i = 0; i < 50; ++i) {
+    if (DmIoctl(DM_DEV_REMOVE, name_, "", 0, "", 0, nullptr).ok()) return;
+    usleep(20000);  // still open for a moment (a lock's descriptor closing)
+  }
 }
 
 absl::Status MknodAlias(const std::string& device, const std::string& alias) {

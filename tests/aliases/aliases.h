@@ -56,6 +56,27 @@ class LoopDevice {
   int fd_ = -1;
 };
 
+// A device-mapper linear device over the whole of block device `under`,
+// named `name` with UUID `uuid` (as LVM names an LV "LVM-<vg><lv>"), made
+// with the kernel's dm ioctls (no dmsetup, no udev); removed by the
+// destructor. path() is /dev/dm-N.
+class DmLinear {
+ public:
+  static absl::StatusOr<DmLinear> Make(const std::string& name, const std::string& uuid,
+                                       const std::string& under);
+  DmLinear(DmLinear&& o) noexcept : name_(std::move(o.name_)), path_(std::move(o.path_)) {
+    o.name_.clear();
+  }
+  DmLinear& operator=(DmLinear&&) = delete;
+  ~DmLinear();
+  const std::string& path() const { return path_; }
+
+ private:
+  DmLinear(std::string name, std::string path) : name_(std::move(name)), path_(std::move(path)) {}
+  std::string name_;
+  std::string path_;
+};
+
 // A second block device node at `alias` for the device `device` names.
 absl::Status MknodAlias(const std::string& device, const std::string& alias);
 
