@@ -731,6 +731,7 @@ absl::Status Agent::RebuildFromBackends() {
       auto it = owners_.find(h.owner.uuid);
       Held held{b.name, h.resource, h.mode, g->fencing_token, g->backend_token,
                 Held::State::kHeld};
+      FillDiskIdentity(&held.resource, b.caps.max_name_len);
       JournalChange c;
       c.put_locks.push_back(Row(h.owner, b.name, h.resource, h.mode, held.token,
                                 held.backend_token, JournalLockState::kHeld));
