@@ -165,6 +165,59 @@ TEST_F(DiskNamesTest, AnAliasOnAnotherHostIsRefusedNamingTheSpellingItWasLockedU
               HasSubstr("the same disk as " + dir_ + "/hard.img"));
 }
 
+// posixfd with lock_target = "image" puts the locks on the storage: the
+// identity name on the anchor, the path name beside it must not make the
+// owner conflict with itself, across acquire, crash and re-exec; an older
+// host locking by path in image mode still excludes an upgraded one.
+TEST_F(DiskNamesTest, ImageLockTargetTakesBothNamesWithoutConflictingWithItself) {
+  const std::string image_mode = "posixfd_lock_target = \"image\"\n";
+  ASSERT_TRUE(StartHost(&a_, "a", image_mode).ok());
+  Vm vm("vm-img"), other("vm-other");
+  a_.Register(vm);
+  a_.Register(other);
+  absl::StatusOr<json> g = a_.Acquire(vm, img_);
+  ASSERT_TRUE(g.ok()) << g.status();
+  ASSERT_EQ(link(img_.c_str(), (dir_ + "/hard.img").c_str()), 0);
+  absl::StatusOr<aliases::LoopDevice> loop = aliases::LoopDevice::Attach(img_);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  for (const std::string& alias : {dir_ + "/hard.img", loop->path()}) {
+    ExpectBusy(a_.Acquire(other, alias), alias + " (image mode)");
+  }
+  for (int sig : {SIGKILL, SIGUSR2}) {
+    SCOPED_TRACE(sig == SIGKILL ? "crash and start" : "re-exec");
+    if (sig == SIGKILL) {
+      a_.d->Kill(SIGKILL);
+      ASSERT_TRUE(a_.d->Start().ok()) << a_.d->Log();
+      ASSERT_TRUE(a_.Reconnect().ok());
+    } else {
+      ASSERT_TRUE(a_.Call({{"op", "reexec"}}).ok());
+      const absl::Time deadline = absl::Now() + absl::Seconds(10);
+      bool ready = false;
+      while (!ready && absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(50));
+        ready = a_.Reconnect().ok() && a_.Call({{"op", "hello"}}).ok() &&
+                a_.d->Log().find("re-executing") != std::string::npos;
+      }
+      ASSERT_TRUE(ready);
+    }
+    EXPECT_THAT(a_.d->Log(), ::testing::Not(HasSubstr("LOCK FAILURE")));
+    std::vector<json> held = a_.LocksOf("vm-img");
+    ASSERT_EQ(held.size(), 1u) << "the lock must survive, one lock for one disk";
+    EXPECT_EQ(held[0]["path_name"], DiskResourceName(img_));
+    ExpectBusy(a_.Acquire(other, dir_ + "/hard.img"), "hard link after the restart");
+  }
+  ASSERT_TRUE(a_.Call({{"op", "release"}, {"uuid", vm.uuid}}).ok());
+  EXPECT_TRUE(a_.Acquire(other, loop->path()).ok()) << "released: the disk is free";
+  ASSERT_TRUE(a_.Call({{"op", "release"}, {"uuid", other.uuid}}).ok());
+
+  // An older host (path names, image mode) on the same storage.
+  ASSERT_TRUE(StartHost(&b_, "b", image_mode + "disk_names = \"path\"\n").ok());
+  Vm old_host_vm("vm-old");
+  b_.Register(old_host_vm);
+  ASSERT_TRUE(b_.Acquire(old_host_vm, img_).ok());
+  ExpectBusy(a_.Acquire(vm, img_), "an upgraded host against an older one, image mode");
+}
+
 TEST_F(DiskNamesTest, AWeakIdentityIsAnnounced) {
   ASSERT_TRUE(StartHost(&a_, "a").ok());
   Vm vm("vm");

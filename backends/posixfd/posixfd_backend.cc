@@ -435,9 +435,11 @@ class PosixFdBackend final : public Backend {
         const Header h = DecodeHeader(header);
         std::string image(h.path_len, '\0');
         if (h.initialised && h.kind == ResourceKind::kDisk && h.path_len > 0 &&
-            h.path_len <= kMaxPathLen && ReadExactly(e.fd, image.data(), h.path_len, kPathOffset) &&
-            stat(ImageTarget(image).c_str(), &st) == 0) {
-          images.emplace_back(st.st_dev, st.st_ino);
+            h.path_len <= kMaxPathLen && ReadExactly(e.fd, image.data(), h.path_len, kPathOffset)) {
+          // Its identity name locks the anchor, its path name the path.
+          for (const std::string& f : {ImageTarget(image), image}) {
+            if (stat(f.c_str(), &st) == 0) images.emplace_back(st.st_dev, st.st_ino);
+          }
         }
       }
       take(i, /*state_file=*/true);
@@ -499,7 +501,7 @@ class PosixFdBackend final : public Backend {
     return key;
   }
 
-  bool UsesImage(const Resource& r) const { return lock_image_ && r.kind == ResourceKind::kDisk; }
+  bool UsesImage(const Resource& r) const { return !ImageTarget(r).empty(); }
 
   // What lock_target = "image" locks for a disk path: the storage itself
   // (DiskIdentity::anchor), so every alias of it locks one inode: a hard
@@ -508,6 +510,26 @@ class PosixFdBackend final : public Backend {
   static std::string ImageTarget(const std::string& path) {
     absl::StatusOr<DiskIdentity> id = IdentifyDisk(path);
     return id.ok() && !id->anchor.empty() ? id->anchor : path;
+  }
+
+  // The file resource `r`'s locks go on: "" for its state file (lockdir
+  // mode, leases), else the image. A disk named by its identity locks the
+  // anchor. A disk named by its path (the scheme of a latchd before
+  // identities, which latchd takes beside the identity name while older
+  // hosts may remain) locks the path, as that latchd did, so the two still
+  // exclude each other; but when the path is the anchor's very inode the
+  // identity name's lock already stands there, and a second lock of the
+  // same owner on it would conflict with the first: then the state file.
+  std::string ImageTarget(const Resource& r) const {
+    if (!lock_image_ || r.kind != ResourceKind::kDisk) return "";
+    const std::string anchor = ImageTarget(r.path);
+    if (r.name != DiskResourceName(r.path, r.name.size())) return anchor;
+    struct stat a, p;
+    if (stat(anchor.c_str(), &a) == 0 && stat(r.path.c_str(), &p) == 0 && a.st_dev == p.st_dev &&
+        a.st_ino == p.st_ino) {
+      return "";
+    }
+    return r.path;
   }
 
   // Opens the lock target and, in image mode, the state file. Both stay
@@ -526,7 +548,7 @@ class PosixFdBackend final : public Backend {
       return absl::OkStatus();
     }
     h->state = Fd(state);
-    const std::string target = ImageTarget(r.path);
+    const std::string target = ImageTarget(r);
     const int image = open(target.c_str(), O_RDWR | O_CLOEXEC);
     if (image < 0) {
       const int err = errno;
@@ -541,7 +563,8 @@ class PosixFdBackend final : public Backend {
 
   // The path inotify watches for a resource's releases.
   std::string WatchPath(const Resource& r) const {
-    return UsesImage(r) ? ImageTarget(r.path) : absl::StrCat(lock_dir_, "/", StateFileName(r));
+    const std::string image = ImageTarget(r);
+    return !image.empty() ? image : absl::StrCat(lock_dir_, "/", StateFileName(r));
   }
 
   // Acquires into *h (fresh, no descriptors). On failure h holds nothing.
@@ -898,7 +921,7 @@ class PosixFdBackend final : public Backend {
     const std::pair<dev_t, ino_t> state_id(st.st_dev, st.st_ino);
     std::pair<dev_t, ino_t> target_id = state_id;
     if (UsesImage(r)) {
-      if (stat(ImageTarget(r.path).c_str(), &st) != 0) return false;
+      if (stat(ImageTarget(r).c_str(), &st) != 0) return false;
       target_id = {st.st_dev, st.st_ino};
     }
     auto find = [&](bool state_file, std::pair<dev_t, ino_t> id, size_t from) {
@@ -983,7 +1006,7 @@ class PosixFdBackend final : public Backend {
     } else {
       return std::nullopt;  // No settled posixfd hold.
     }
-    Fd fresh(UsesImage(r) ? open(ImageTarget(r.path).c_str(), O_RDONLY | O_CLOEXEC)
+    Fd fresh(UsesImage(r) ? open(ImageTarget(r).c_str(), O_RDONLY | O_CLOEXEC)
                           : openat(dir_fd_.get(), StateFileName(r).c_str(),
                                    O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (!fresh.valid()) return std::nullopt;
@@ -1105,7 +1128,7 @@ class PosixFdBackend final : public Backend {
     Fd image;
     int target = state.get();
     if (UsesImage(r)) {
-      image = Fd(open(ImageTarget(r.path).c_str(), O_RDONLY | O_CLOEXEC));
+      image = Fd(open(ImageTarget(r).c_str(), O_RDONLY | O_CLOEXEC));
       if (!image.valid()) {
         return ErrnoStatus(errno, absl::StrCat("cannot open disk image ", r.path));
       }
