@@ -405,6 +405,7 @@ std::vector<LockView> FoldDiskNames(std::vector<LockView> views) {
         continue;
       }
       views[i].path_name = o.name;
+      views[i].path_fencing_token = views[j].fencing_token;
       folded[j] = true;
       break;
     }
@@ -420,19 +421,24 @@ std::vector<LockView> FoldDiskNames(std::vector<LockView> views) {
 ReleaseResult Agent::Released(const std::vector<Held>& held) {
   ReleaseResult r;
   for (const Held& h : held) {
-    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token, ""});
+    r.released.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0});
   }
-  // The hand-off state carries every name (the next host checks each).
-  r.state = HandoffState(r.released);
   r.released = FoldDiskNames(std::move(r.released));
+  r.state = HandoffState(r.released);
   return r;
 }
 
 std::string HandoffState(const std::vector<LockView>& locks) {
+  // Every name a lock took: the next holder checks each (a folded disk
+  // carries its path name and that name's token).
   std::vector<HandoffEntry> entries;
   for (const LockView& l : locks) {
     entries.push_back({l.backend, l.resource.lockspace, l.resource.name, l.mode,
                        l.fencing_token});
+    if (!l.path_name.empty()) {
+      entries.push_back({l.backend, l.resource.lockspace, l.path_name, l.mode,
+                         l.path_fencing_token});
+    }
   }
   return EncodeHandoff(entries);
 }
@@ -441,7 +447,7 @@ std::vector<LockView> Agent::Views(const OwnerEntry& e) const {
   std::vector<LockView> out;
   for (const auto& [key, h] : e.locks) {
     if (h.state != Held::State::kHeld) continue;
-    out.push_back(LockView{h.backend, h.resource, h.mode, h.token, ""});
+    out.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0});
   }
   return FoldDiskNames(std::move(out));
 }
@@ -1139,7 +1145,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
         h.token = grants[i].fencing_token;
         h.backend_token = grants[i].backend_token;
         h.state = Held::State::kHeld;
-        out.push_back(LockView{h.backend, h.resource, h.mode, h.token, ""});
+        out.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0});
       }
       success = FoldDiskNames(std::move(out));
     }

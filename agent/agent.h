@@ -117,6 +117,7 @@ struct LockView {
   LockMode mode = LockMode::kExclusive;
   uint64_t fencing_token = 0;
   std::string path_name;
+  uint64_t path_fencing_token = 0;  // the path name's own grant
 };
 
 struct OwnerView {

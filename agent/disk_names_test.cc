@@ -218,6 +218,33 @@ TEST_F(DiskNamesTest, ImageLockTargetTakesBothNamesWithoutConflictingWithItself)
   ExpectBusy(a_.Acquire(vm, img_), "an upgraded host against an older one, image mode");
 }
 
+// The hand-off state (inquire, release) names every name a disk took, so a
+// migration target checks the path name's grants too.
+TEST_F(DiskNamesTest, HandOffStateCarriesBothNames) {
+  ASSERT_TRUE(StartHost(&a_, "a").ok());
+  Vm vm("vm-h");
+  a_.Register(vm);
+  ASSERT_TRUE(a_.Acquire(vm, img_).ok());
+  std::vector<json> held = a_.LocksOf("vm-h");
+  ASSERT_EQ(held.size(), 1u);
+  const std::string id_name = held[0]["name"], path_name = DiskResourceName(img_);
+  absl::StatusOr<json> in = a_.Call({{"op", "inquire"}, {"uuid", vm.uuid}});
+  ASSERT_TRUE(in.ok()) << in.status();
+  const std::string state = (*in)["state"];
+  EXPECT_THAT(state, HasSubstr(":" + id_name + ":"));
+  EXPECT_THAT(state, HasSubstr(":" + path_name + ":"));
+  absl::StatusOr<json> rel = a_.Call({{"op", "release"}, {"uuid", vm.uuid}});
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_EQ((*rel)["released"].size(), 1u);
+  EXPECT_THAT((*rel)["state"].get<std::string>(), HasSubstr(":" + path_name + ":"));
+  // The state is accepted back: nobody took either name since.
+  absl::StatusOr<json> again = a_.Call({{"op", "acquire"},
+                                        {"uuid", vm.uuid},
+                                        {"state", (*rel)["state"]},
+                                        {"resources", {{{"disk", img_}}}}});
+  EXPECT_TRUE(again.ok()) << again.status();
+}
+
 TEST_F(DiskNamesTest, AWeakIdentityIsAnnounced) {
   ASSERT_TRUE(StartHost(&a_, "a").ok());
   Vm vm("vm");

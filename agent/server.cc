@@ -319,7 +319,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
         }
         holders.push_back(std::move(one));
       }
-      json r = LockJson(LockView{v.backend, v.resource, LockMode::kExclusive, 0, ""});
+      json r = LockJson(LockView{v.backend, v.resource, LockMode::kExclusive, 0, "", 0});
       r.erase("mode");
       r.erase("fencing_token");
       out.push_back(json{{"request_index", v.request_index}, {"resource", r}, {"holders", holders}});
