@@ -96,27 +96,18 @@ JournalLock Row(const Owner& owner, const std::string& backend, const Resource& 
 }
 
 // Fills what the journal does not keep about an adopted disk lock: which
-// scheme named it and, for messages and status, its identity as the path
-// shows it now.
+// scheme named it. Its identity is not looked up again: adoption must not
+// touch storage (a dead NFS server would stall latchd's restart), and the
+// name is what was locked; status shows identity_kind "unknown" until the
+// disk is locked anew.
 void FillDiskIdentity(Resource* r, size_t max_len) {
   if (r->kind != ResourceKind::kDisk) return;
   r->naming = r->name == DiskResourceName(r->path, max_len) ? DiskNaming::kPath
                                                             : DiskNaming::kIdentity;
-  absl::StatusOr<DiskIdentity> id = IdentifyDisk(r->path);
-  if (!id.ok()) return;
-  if (r->naming == DiskNaming::kIdentity && DiskIdentityName(id->id, max_len) != r->name) {
-    // Locked under an identity a client found in its own mount namespace,
-    // or the path now leads elsewhere: the name stays what was locked.
+  if (r->naming == DiskNaming::kIdentity) {
     r->identity_kind = "unknown";
-    r->identity_reason = absl::StrCat(
-        "locked under an identity latchd cannot recompute here: in its mount namespace the "
-        "path is ", id->id, id->reason.empty() ? "" : absl::StrCat(" (", id->reason, ")"));
-    return;
+    r->identity_reason = "adopted after a restart; its identity was not looked up again";
   }
-  r->identity = std::move(id->id);
-  r->identity_kind = std::move(id->kind);
-  r->identity_reason = std::move(id->reason);
-  r->anchor = std::move(id->anchor);
 }
 
 JournalOwner OwnerRow(const Owner& owner, FailurePolicy policy, absl::Duration grace,
@@ -617,9 +608,12 @@ absl::Status Agent::Recover() {
   }
   // A disk held under two names counts once, as clients see it.
   size_t names = 0, locks = 0;
-  for (const auto& [uuid, e] : live) {
-    names += e->locks.size();
-    locks += Views(*e).size();
+  {
+    absl::MutexLock l(&mu_);  // owner watches run already
+    for (const auto& [uuid, e] : live) {
+      names += e->locks.size();
+      locks += Views(*e).size();
+    }
   }
   spdlog::info("adopted {} locks of {} owners ({} backend names) in {} ms", locks, live.size(),
                names,
@@ -1471,6 +1465,7 @@ AgentStatus Agent::Status() {
 void Agent::LockLost(const std::string& uuid, const std::string& backend,
                      const Resource& resource, const std::string& reason) {
   std::shared_ptr<OwnerEntry> entry;
+  std::vector<Held> siblings;
   {
     absl::MutexLock l(&mu_);
     auto it = owners_.find(uuid);
@@ -1489,8 +1484,33 @@ void Agent::LockLost(const std::string& uuid, const std::string& backend,
     JournalChange c;
     c.remove_locks.push_back(Row(entry->owner, backend, resource, h->second.mode, 0, "",
                                  JournalLockState::kHeld));
-    if (!Journal(c).ok()) Owe(c);
+    const std::string path = h->second.resource.path;
+    const bool disk = h->second.resource.kind == ResourceKind::kDisk;
     entry->locks.erase(h);
+    // A disk is one lock whatever number of names it took: its other names
+    // go with the lost one (a request in flight on them ends them itself).
+    for (auto it = entry->locks.begin(); disk && it != entry->locks.end();) {
+      const Held& o = it->second;
+      if (o.state == Held::State::kHeld && o.backend == backend &&
+          o.resource.kind == ResourceKind::kDisk && o.resource.lockspace == resource.lockspace &&
+          o.resource.path == path) {
+        c.remove_locks.push_back(Row(entry->owner, o.backend, o.resource, o.mode, 0, "",
+                                     JournalLockState::kHeld));
+        siblings.push_back(o);
+        it = entry->locks.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!Journal(c).ok()) Owe(c);
+  }
+  for (const Held& o : siblings) {
+    absl::StatusOr<LoadedBackend*> b = FindBackend(o.backend);
+    if (!b.ok()) continue;
+    if (absl::Status s = (*b)->backend->Release(entry->owner, o.resource); !s.ok()) {
+      spdlog::error("releasing {} with its lost sibling name: {}", o.resource.Describe(),
+                    s.ToString());
+    }
   }
   spdlog::error("LOCK FAILURE: {} lost {}: {}", entry->owner.Describe(), resource.Describe(),
                 reason);
