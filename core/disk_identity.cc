@@ -231,15 +231,14 @@ absl::StatusOr<DiskIdentity> IdentifyBlock(const std::string& path, dev_t rdev,
                            ") has no WWID, serial, device-mapper or MD UUID"));
 }
 
-// open(path) read-only, without following any symlink on the way (openat2
+// open(path, flags) without following any symlink on the way (openat2
 // RESOLVE_NO_SYMLINKS; on kernels before 5.6, O_NOFOLLOW for the last
-// component only). -1 on failure.
-int OpenNoSymlinks(const std::string& path) {
-  for (int noatime : {O_NOATIME, 0}) {
+// component only), with O_NOATIME where allowed. -1 on failure.
+int OpenNoSymlinks(const std::string& path, int flags) {
+  for (int noatime : {(flags & O_PATH) ? 0 : O_NOATIME, 0}) {
     struct open_how how;
     memset(&how, 0, sizeof how);
-    how.flags = static_cast<uint64_t>(O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW |
-                                      noatime);
+    how.flags = static_cast<uint64_t>(flags | O_CLOEXEC | O_NOFOLLOW | noatime);
     how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
     long fd = syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how);
     if (fd < 0 && errno == ENOSYS) {
@@ -253,13 +252,36 @@ int OpenNoSymlinks(const std::string& path) {
 
 absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct stat& st,
                                           const IdentityEnv& env) {
+  // Everything is asked of one descriptor of exactly the inode that was
+  // stat'ed, so a rename or swap meanwhile cannot mix two files into one
+  // identity. The path is canonical, so no symlink may appear on the way:
+  // one that does was swapped in since, perhaps towards a device whose
+  // open() acts (a tape rewinds). Without read access (latchctl run by a
+  // user), an O_PATH descriptor still gives the handle, not the UUID.
+  bool readable = true;
+  int fd = OpenNoSymlinks(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    readable = false;
+    fd = OpenNoSymlinks(path, O_PATH);
+  }
+  if (fd < 0) return PathIdentity(path, absl::StrCat("cannot open it: ", strerror(errno)));
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat again;
+  if (fstat(fd, &again) != 0 || !S_ISREG(again.st_mode) || again.st_dev != st.st_dev ||
+      again.st_ino != st.st_ino) {
+    return PathIdentity(path, "it changed while it was being identified");
+  }
+
   // The handle: inode and generation on local file systems, the server's
   // own handle on NFS.
   std::vector<unsigned char> buf(sizeof(struct file_handle) + MAX_HANDLE_SZ);
   auto* fh = reinterpret_cast<struct file_handle*>(buf.data());
   fh->handle_bytes = MAX_HANDLE_SZ;
   int mount_id = 0;
-  if (name_to_handle_at(AT_FDCWD, path.c_str(), fh, &mount_id, 0) != 0) {
+  if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) {
     return PathIdentity(path, absl::StrCat("its file system gives no file handles (",
                                            strerror(errno), ")"));
   }
@@ -267,7 +289,7 @@ absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct 
       absl::StrCat("fh:", fh->handle_type, ":", Hex(fh->f_handle, fh->handle_bytes));
 
   struct statfs fs;
-  if (statfs(path.c_str(), &fs) != 0) {
+  if (fstatfs(fd, &fs) != 0) {
     return PathIdentity(path, absl::StrCat("statfs failed: ", strerror(errno)));
   }
   DiskIdentity d;
@@ -279,23 +301,12 @@ absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct 
     d.kind = "nfs-file";
     return d;
   }
-  // The file system's UUID. Opening the file to ask is harmless to locks:
-  // latchkey's own are OFD locks, which close() of another descriptor keeps.
+  // The file system's UUID. Asking through a descriptor of our own is
+  // harmless to locks: latchkey's are OFD locks, which another descriptor's
+  // close() keeps.
   latchkey_fsuuid2 u{};
-  // The path is canonical, so no symlink may appear on the way: one that
-  // does was swapped in since, perhaps towards a device whose open() acts
-  // (a tape rewinds). Open only what was stat'ed: a regular file, the same
-  // inode. O_NOATIME when allowed: asking changes nothing.
-  const int fd2 = OpenNoSymlinks(path);
-  bool have_uuid = false;
-  if (fd2 >= 0) {
-    struct stat again;
-    if (fstat(fd2, &again) == 0 && S_ISREG(again.st_mode) && again.st_dev == st.st_dev &&
-        again.st_ino == st.st_ino) {
-      have_uuid = ioctl(fd2, FS_IOC_GETFSUUID, &u) == 0 && u.len > 0 && u.len <= sizeof u.uuid;
-    }
-    close(fd2);
-  }
+  bool have_uuid = readable && ioctl(fd, FS_IOC_GETFSUUID, &u) == 0 && u.len > 0 &&
+                   u.len <= sizeof u.uuid;
   // An all-zero UUID (mke2fs -U null, some image builders) names nothing.
   bool zero = true;
   for (size_t i = 0; have_uuid && i < u.len; ++i) zero &= u.uuid[i] == 0;
@@ -305,7 +316,8 @@ absl::StatusOr<DiskIdentity> IdentifyFile(const std::string& path, const struct 
     d.kind = "file";
     return d;
   }
-  // No UUID (tmpfs, overlay, ...): the file is one on this host only.
+  // No UUID (tmpfs, overlay, a kernel before 6.5, no read access): the file
+  // is one on this host only.
   d.id = absl::StrCat("host:", MachineId(env), ":dev=", major(st.st_dev), ":", minor(st.st_dev),
                       ":", handle);
   d.kind = "host-file";
