@@ -380,6 +380,14 @@ absl::Status Agent::MayAct(const OwnerEntry& e, const Caller& caller, const char
 
 namespace {
 
+// True when `a` in backend `ba` and `b` in backend `bb` are names of one
+// disk lock (its identity and path names share backend, lockspace and path).
+bool SameDisk(const std::string& ba, const Resource& a, const std::string& bb,
+              const Resource& b) {
+  return a.kind == ResourceKind::kDisk && b.kind == ResourceKind::kDisk && ba == bb &&
+         a.lockspace == b.lockspace && a.path == b.path;
+}
+
 // Folds the scheme-1 (path) name of a disk into the view of the same disk's
 // identity name, taken with it for the same owner: one view per disk.
 std::vector<LockView> FoldDiskNames(std::vector<LockView> views) {
@@ -390,9 +398,8 @@ std::vector<LockView> FoldDiskNames(std::vector<LockView> views) {
     if (r.kind != ResourceKind::kDisk || r.naming != DiskNaming::kIdentity) continue;
     for (size_t j = 0; j < views.size(); ++j) {
       const Resource& o = views[j].resource;
-      if (j == i || folded[j] || o.kind != ResourceKind::kDisk ||
-          o.naming != DiskNaming::kPath || views[j].backend != views[i].backend ||
-          o.lockspace != r.lockspace || o.path != r.path) {
+      if (j == i || folded[j] || o.naming != DiskNaming::kPath ||
+          !SameDisk(views[j].backend, o, views[i].backend, r)) {
         continue;
       }
       views[i].path_name = o.name;
@@ -566,24 +573,12 @@ absl::Status Agent::Recover() {
   // A disk is one lock whatever number of names it took: when one name
   // was lost, the others go too (nothing may look held that is not).
   for (const auto& [owner_entry, what] : lost_disks) {
-    for (auto it = owner_entry->locks.begin(); it != owner_entry->locks.end();) {
-      const Held& h = it->second;
-      if (h.resource.kind == ResourceKind::kDisk && h.backend == what.backend &&
-          h.resource.lockspace == what.resource.lockspace && h.resource.path == what.resource.path) {
-        absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
-        if (b.ok()) {
-          absl::Status s = (*b)->backend->Release(owner_entry->owner, h.resource);
-          if (!s.ok()) spdlog::error("cannot release {}: {}", h.resource.Describe(), s.ToString());
-        }
-        fix.remove_locks.push_back(Row(owner_entry->owner, h.backend, h.resource, h.mode, h.token,
-                                       h.backend_token, JournalLockState::kHeld));
-        spdlog::info("released {} of {}: another name of the same disk was lost",
-                     h.resource.Describe(), owner_entry->owner.Describe());
-        it = owner_entry->locks.erase(it);
-      } else {
-        ++it;
-      }
+    std::vector<Held> names = DetachDiskNames(owner_entry.get(), what.backend, what.resource);
+    for (const Held& h : names) {
+      fix.remove_locks.push_back(Row(owner_entry->owner, h.backend, h.resource, h.mode, h.token,
+                                     h.backend_token, JournalLockState::kHeld));
     }
+    ReleaseInBackends(owner_entry->owner, names);
   }
   for (LoadedBackend& b : backends_) b.backend->FinishAdoption();
   UpgradeDiskNames(live, &fix);
@@ -638,11 +633,8 @@ void Agent::UpgradeDiskNames(std::map<std::string, std::shared_ptr<OwnerEntry>>&
       // cannot recompute here): nothing to upgrade.
       bool has_identity = false;
       for (const auto& [k2, other] : e->locks) {
-        has_identity |= other.resource.kind == ResourceKind::kDisk &&
-                        other.resource.naming == DiskNaming::kIdentity &&
-                        other.backend == h.backend &&
-                        other.resource.lockspace == h.resource.lockspace &&
-                        other.resource.path == h.resource.path;
+        has_identity |= other.resource.naming == DiskNaming::kIdentity &&
+                        SameDisk(other.backend, other.resource, h.backend, h.resource);
       }
       if (has_identity) continue;
       absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
@@ -1384,6 +1376,35 @@ std::vector<std::pair<std::string, Resource>> Agent::FindHeldDisk(const std::str
   return out;
 }
 
+std::vector<Agent::Held> Agent::DetachDiskNames(OwnerEntry* e, const std::string& backend,
+                                                const Resource& disk) {
+  std::vector<Held> out;
+  for (auto it = e->locks.begin(); it != e->locks.end();) {
+    if (it->second.state == Held::State::kHeld &&
+        SameDisk(it->second.backend, it->second.resource, backend, disk)) {
+      out.push_back(std::move(it->second));
+      it = e->locks.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
+
+void Agent::ReleaseInBackends(const Owner& owner, const std::vector<Held>& names) {
+  for (const Held& h : names) {
+    absl::StatusOr<LoadedBackend*> b = FindBackend(h.backend);
+    absl::Status s = b.ok() ? (*b)->backend->Release(owner, h.resource) : b.status();
+    if (s.ok()) {
+      spdlog::info("released {} of {}: another name of the same disk was lost",
+                   h.resource.Describe(), owner.Describe());
+    } else {
+      spdlog::error("cannot release {} of {} with the lost name of its disk: {}",
+                    h.resource.Describe(), owner.Describe(), s.ToString());
+    }
+  }
+}
+
 std::string Agent::AliasNote(const std::string& key, const Resource& r) {
   std::vector<std::string> notes;
   for (const auto& [uuid, e] : owners_) {
@@ -1484,34 +1505,18 @@ void Agent::LockLost(const std::string& uuid, const std::string& backend,
     JournalChange c;
     c.remove_locks.push_back(Row(entry->owner, backend, resource, h->second.mode, 0, "",
                                  JournalLockState::kHeld));
-    const std::string path = h->second.resource.path;
-    const bool disk = h->second.resource.kind == ResourceKind::kDisk;
+    const Resource lost = h->second.resource;
     entry->locks.erase(h);
     // A disk is one lock whatever number of names it took: its other names
     // go with the lost one (a request in flight on them ends them itself).
-    for (auto it = entry->locks.begin(); disk && it != entry->locks.end();) {
-      const Held& o = it->second;
-      if (o.state == Held::State::kHeld && o.backend == backend &&
-          o.resource.kind == ResourceKind::kDisk && o.resource.lockspace == resource.lockspace &&
-          o.resource.path == path) {
-        c.remove_locks.push_back(Row(entry->owner, o.backend, o.resource, o.mode, 0, "",
-                                     JournalLockState::kHeld));
-        siblings.push_back(o);
-        it = entry->locks.erase(it);
-      } else {
-        ++it;
-      }
+    siblings = DetachDiskNames(entry.get(), backend, lost);
+    for (const Held& o : siblings) {
+      c.remove_locks.push_back(Row(entry->owner, o.backend, o.resource, o.mode, 0, "",
+                                   JournalLockState::kHeld));
     }
     if (!Journal(c).ok()) Owe(c);
   }
-  for (const Held& o : siblings) {
-    absl::StatusOr<LoadedBackend*> b = FindBackend(o.backend);
-    if (!b.ok()) continue;
-    if (absl::Status s = (*b)->backend->Release(entry->owner, o.resource); !s.ok()) {
-      spdlog::error("releasing {} with its lost sibling name: {}", o.resource.Describe(),
-                    s.ToString());
-    }
-  }
+  ReleaseInBackends(entry->owner, siblings);
   spdlog::error("LOCK FAILURE: {} lost {}: {}", entry->owner.Describe(), resource.Describe(),
                 reason);
   ApplyPolicy(*entry, resource.Describe());

@@ -259,6 +259,12 @@ class Agent {
   // (journaled into `fix`); run by Recover before any request is served.
   void UpgradeDiskNames(std::map<std::string, std::shared_ptr<OwnerEntry>>& live,
                         JournalChange* fix);
+  // Takes out of `e` every held name of the disk `disk` in `backend` (its
+  // identity and path names), for releasing together.
+  std::vector<Held> DetachDiskNames(OwnerEntry* e, const std::string& backend,
+                                    const Resource& disk);
+  // Releases `names` of `owner` in their backends, logging failures.
+  void ReleaseInBackends(const Owner& owner, const std::vector<Held>& names);
   // For a refusal of `r`: the local holders of the same backend resource
   // that reached it by another path ("the same disk as ..."), or "".
   std::string AliasNote(const std::string& key, const Resource& r)

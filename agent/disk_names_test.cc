@@ -49,6 +49,23 @@ struct Host {
     return absl::OkStatus();
   }
   absl::StatusOr<json> Call(const json& req) { return c->Call(req); }
+  // Waits until latchd has logged its `n`th "ready:" line (a re-exec logs
+  // one more; the old program may still answer hello just before it execs)
+  // and answers hello on a new connection.
+  bool AwaitReady(size_t n) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      const std::string log = d->Log();
+      size_t seen = 0;
+      for (size_t at = log.find("] info: ready: "); at != std::string::npos;
+           at = log.find("] info: ready: ", at + 1)) {
+        ++seen;
+      }
+      if (seen >= n && Reconnect().ok() && Call({{"op", "hello"}}).ok()) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
   void Register(const Vm& vm) {
     ASSERT_TRUE(Call({{"op", "register"}, {"owner", vm.Owner()}}).ok());
   }
@@ -191,14 +208,7 @@ TEST_F(DiskNamesTest, ImageLockTargetTakesBothNamesWithoutConflictingWithItself)
       ASSERT_TRUE(a_.Reconnect().ok());
     } else {
       ASSERT_TRUE(a_.Call({{"op", "reexec"}}).ok());
-      const absl::Time deadline = absl::Now() + absl::Seconds(10);
-      bool ready = false;
-      while (!ready && absl::Now() < deadline) {
-        absl::SleepFor(absl::Milliseconds(50));
-        ready = a_.Reconnect().ok() && a_.Call({{"op", "hello"}}).ok() &&
-                a_.d->Log().find("re-executing") != std::string::npos;
-      }
-      ASSERT_TRUE(ready);
+      ASSERT_TRUE(a_.AwaitReady(3)) << "no answer after the re-exec";  // start, restart, re-exec
     }
     EXPECT_THAT(a_.d->Log(), ::testing::Not(HasSubstr("LOCK FAILURE")));
     std::vector<json> held = a_.LocksOf("vm-img");
@@ -319,28 +329,8 @@ TEST_P(UpgradeTest, LocksTakenByPathGainTheirIdentity) {
     a_.d = std::make_unique<LatchdProcess>(dir_ + "/a", "", locks_);
     ASSERT_TRUE(a_.d->Start().ok());
   }
-  // The first answer after the restart already sees the upgraded lock. (A
-  // re-exec keeps the listening socket: a connection made while the new
-  // program starts is closed by the old one; connect again until hello.)
-  // The old program may still answer in the moment before it execs: wait
-  // for the new one's "ready:" line.
-  auto readies = [&] {
-    const std::string log = a_.d->Log();
-    size_t n = 0;
-    for (size_t at = log.find("] info: ready: "); at != std::string::npos;
-         at = log.find("] info: ready: ", at + 1)) {
-      ++n;
-    }
-    return n;
-  };
-  const size_t want = reexec ? 2 : 1;
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  bool ready = false;
-  while (!ready && absl::Now() < deadline) {
-    ready = readies() >= want && a_.Reconnect().ok() && a_.Call({{"op", "hello"}}).ok();
-    if (!ready) absl::SleepFor(absl::Milliseconds(20));
-  }
-  ASSERT_TRUE(ready) << "latchd did not answer after the restart";
+  // The first answer after the restart already sees the upgraded lock.
+  ASSERT_TRUE(a_.AwaitReady(reexec ? 2 : 1)) << "latchd did not answer after the restart";
   absl::StatusOr<json> r = a_.Acquire(other, dir_ + "/hard.img");
   ASSERT_FALSE(r.ok()) << "after the upgrade the hard link must conflict";
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();

@@ -501,8 +501,6 @@ class PosixFdBackend final : public Backend {
     return key;
   }
 
-  bool UsesImage(const Resource& r) const { return !ImageTarget(r).empty(); }
-
   // What lock_target = "image" locks for a disk path: the storage itself
   // (DiskIdentity::anchor), so every alias of it locks one inode: a hard
   // link or bind mount is the file, a loop device over the whole file is
@@ -543,12 +541,12 @@ class PosixFdBackend final : public Backend {
       return ErrnoStatus(errno, absl::StrCat("cannot open lock file ", lock_dir_, "/", file,
                                              " for ", r.Describe()));
     }
-    if (!UsesImage(r)) {
+    const std::string target = ImageTarget(r);  // once: it asks the storage
+    if (target.empty()) {
       h->target = Fd(state);
       return absl::OkStatus();
     }
     h->state = Fd(state);
-    const std::string target = ImageTarget(r);
     const int image = open(target.c_str(), O_RDWR | O_CLOEXEC);
     if (image < 0) {
       const int err = errno;
@@ -920,8 +918,10 @@ class PosixFdBackend final : public Backend {
     if (fstatat(dir_fd_.get(), file.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
     const std::pair<dev_t, ino_t> state_id(st.st_dev, st.st_ino);
     std::pair<dev_t, ino_t> target_id = state_id;
-    if (UsesImage(r)) {
-      if (stat(ImageTarget(r).c_str(), &st) != 0) return false;
+    const std::string image = ImageTarget(r);  // once: it asks the storage
+    const bool uses_image = !image.empty();
+    if (uses_image) {
+      if (stat(image.c_str(), &st) != 0) return false;
       target_id = {st.st_dev, st.st_ino};
     }
     auto find = [&](bool state_file, std::pair<dev_t, ino_t> id, size_t from) {
@@ -932,14 +932,14 @@ class PosixFdBackend final : public Backend {
       return inherited_.size();
     };
     std::string mismatch;
-    for (size_t i = find(!UsesImage(r), target_id, 0); i < inherited_.size();
-         i = find(!UsesImage(r), target_id, i + 1)) {
+    for (size_t i = find(!uses_image, target_id, 0); i < inherited_.size();
+         i = find(!uses_image, target_id, i + 1)) {
       // Where the records are: the target itself, or (image mode) the
       // state file, through an inherited descriptor when there is one.
       size_t state_index = inherited_.size();
       Fd state;
       int state_fd = inherited_[i].fd.get();
-      if (UsesImage(r)) {
+      if (uses_image) {
         state_index = find(true, state_id, 0);
         if (state_index == inherited_.size()) {
           state = Fd(openat(dir_fd_.get(), file.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
@@ -1006,9 +1006,10 @@ class PosixFdBackend final : public Backend {
     } else {
       return std::nullopt;  // No settled posixfd hold.
     }
-    Fd fresh(UsesImage(r) ? open(ImageTarget(r).c_str(), O_RDONLY | O_CLOEXEC)
-                          : openat(dir_fd_.get(), StateFileName(r).c_str(),
-                                   O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    const std::string image = ImageTarget(r);
+    Fd fresh(!image.empty() ? open(image.c_str(), O_RDONLY | O_CLOEXEC)
+                            : openat(dir_fd_.get(), StateFileName(r).c_str(),
+                                     O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (!fresh.valid()) return std::nullopt;
     for (off_t b : written) {
       if (ProbeLock(fresh.get(), b, 1) != F_WRLCK || ProbeLock(fd, b, 1) != F_UNLCK) {
@@ -1127,8 +1128,8 @@ class PosixFdBackend final : public Backend {
     }
     Fd image;
     int target = state.get();
-    if (UsesImage(r)) {
-      image = Fd(open(ImageTarget(r).c_str(), O_RDONLY | O_CLOEXEC));
+    if (const std::string path = ImageTarget(r); !path.empty()) {
+      image = Fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
       if (!image.valid()) {
         return ErrnoStatus(errno, absl::StrCat("cannot open disk image ", r.path));
       }
