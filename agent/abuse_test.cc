@@ -1,6 +1,7 @@
 // latchd under hostile traffic: garbage, oversize and deeply nested lines,
 // slow and idle connections, waiting acquires abandoned mid-wait, floods of
-// connections, and valid requests naming other owners. Throughout, a
+// connections, and valid requests naming other owners, from an unprivileged
+// allowed uid. Throughout, a
 // witness checks that every lock the victims hold stays held (an
 // independent posixfd contender on latchd's lock directory is refused, and
 // status shows the same fencing tokens), latchd's RSS stays bounded, and a
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -156,23 +158,14 @@ TEST(AbuseTest, LocksStayHeldStatusAnswersAndMemoryIsBoundedUnderHostileTraffic)
   std::atomic<uint64_t> hostile_requests{0}, hostile_connections{0};
   const std::string sock = d.socket();
   std::vector<std::thread> attackers;
-  struct Joiner {  // stops the attackers however the test ends
-    std::atomic<bool>* stop;
-    std::vector<std::thread>* threads;
-    ~Joiner() {
-      *stop = true;
-      for (std::thread& t : *threads) {
-        if (t.joinable()) t.join();
-      }
-    }
-  } joiner{&stop, &attackers};
 
-  // Garbage: random bytes, mutated valid requests, NULs, bad UTF-8, and
-  // valid requests naming the victims, sent by an unprivileged peer (root
-  // may release anyone's locks: that is administration, not abuse).
+  // The raw attackers run as an unprivileged allowed uid, in children of
+  // their own: that is the threat (root may release anyone's locks and
+  // kill latchd: that is administration, not abuse), and it leaves root's
+  // status probe below to compete only under the administrator's reserve.
   struct SharedCounters {
     std::atomic<bool> stop;
-    std::atomic<uint64_t> requests, connections, accepted;
+    std::atomic<uint64_t> requests, connections;
   };
   auto* shared = static_cast<SharedCounters*>(mmap(nullptr, sizeof(SharedCounters),
                                                    PROT_READ | PROT_WRITE,
@@ -181,9 +174,43 @@ TEST(AbuseTest, LocksStayHeldStatusAnswersAndMemoryIsBoundedUnderHostileTraffic)
   new (shared) SharedCounters{};
   chmod(d.socket_dir().c_str(), 0755);
   chmod(sock.c_str(), 0666);
-  const pid_t garbage = fork();
-  if (garbage == 0) {
-    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);
+  std::vector<pid_t> children;
+  struct Stopper {  // stops the attackers however the test ends
+    std::atomic<bool>* stop;
+    std::vector<std::thread>* threads;
+    SharedCounters* shared;
+    std::vector<pid_t>* children;
+    std::vector<int> statuses;
+    void operator()() {
+      *stop = true;
+      for (std::thread& t : *threads) {
+        if (t.joinable()) t.join();
+      }
+      threads->clear();
+      shared->stop = true;
+      for (pid_t c : *children) {
+        int st = 0;
+        waitpid(c, &st, 0);
+        statuses.push_back(st);
+      }
+      children->clear();
+    }
+    ~Stopper() { (*this)(); }
+  } stopper{&stop, &attackers, shared, &children, {}};
+  const auto fork_as_nobody = [&](const std::function<void()>& attack) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);
+      attack();
+      _exit(0);
+    }
+    ASSERT_GT(pid, 0);
+    children.push_back(pid);
+  };
+
+  // Garbage: random bytes, mutated valid requests, NULs, bad UTF-8, and
+  // valid requests naming the victims.
+  fork_as_nobody([&] {
     std::mt19937_64 rng(1);
     const std::vector<std::string> seeds = {
         R"({"v":1,"op":"status"})",
@@ -219,36 +246,34 @@ TEST(AbuseTest, LocksStayHeldStatusAnswersAndMemoryIsBoundedUnderHostileTraffic)
       Drain(fd, 20);
       close(fd);
     }
-    _exit(0);
-  }
-  ASSERT_GT(garbage, 0);
-
+  });
   // Oversize lines and deep nesting.
-  attackers.emplace_back([&] {
-    while (!stop) {
+  fork_as_nobody([&] {
+    while (!shared->stop) {
       const int fd = RawConnect(sock);
       if (fd < 0) continue;
-      ++hostile_connections;
+      ++shared->connections;
       SendAll(fd, std::string(70000, 'x') + "\n");
       SendAll(fd, absl::StrCat(R"({"v":1,"op":"hello","id":)", std::string(20000, '['),
                                std::string(20000, ']'), "}\n"));
       SendAll(fd, std::string(30000, '{') + "\n");
       SendAll(fd, std::string(300000, 'y'));  // never ends its line
-      hostile_requests += 4;
+      shared->requests += 4;
       Drain(fd, 30);
       close(fd);
     }
   });
-  // Idle connections, then slow ones trickling a byte at a time.
-  attackers.emplace_back([&] {
+  // Idle connections, then slow ones trickling a byte at a time: more than
+  // max_clients_per_uid, so this uid keeps closing its own for room.
+  fork_as_nobody([&] {
     std::vector<int> fds;
-    while (!stop) {
-      for (int i = 0; i < 100 && !stop; ++i) {
+    while (!shared->stop) {
+      for (int i = 0; i < 100 && !shared->stop; ++i) {
         const int fd = RawConnect(sock);
         if (fd >= 0) fds.push_back(fd);
-        ++hostile_connections;
+        ++shared->connections;
       }
-      for (int t = 0; t < 20 && !stop; ++t) {
+      for (int t = 0; t < 20 && !shared->stop; ++t) {
         for (int fd : fds) send(fd, "{", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
         absl::SleepFor(absl::Milliseconds(50));
       }
@@ -308,16 +333,12 @@ TEST(AbuseTest, LocksStayHeldStatusAnswersAndMemoryIsBoundedUnderHostileTraffic)
     rss_max = std::max(rss_max, RssKiB(d.pid()));
     absl::SleepFor(absl::Milliseconds(50));
   }
-  stop = true;
-  for (std::thread& t : attackers) t.join();
-  attackers.clear();
-  shared->stop = true;
-  int garbage_status = 0;
-  waitpid(garbage, &garbage_status, 0);
-  EXPECT_TRUE(WIFEXITED(garbage_status) && WEXITSTATUS(garbage_status) == 0) << garbage_status;
+  stopper();
+  for (int st : stopper.statuses) {
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "an attacker ended with " << st;
+  }
   hostile_requests += shared->requests;
   hostile_connections += shared->connections;
-  munmap(shared, sizeof(SharedCounters));
 
   std::sort(status_times.begin(), status_times.end());
   const auto ms = [](absl::Duration x) { return absl::ToDoubleMilliseconds(x); };

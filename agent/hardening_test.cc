@@ -16,7 +16,9 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -583,6 +585,51 @@ TEST_F(HardeningTest, IdleAndSlowConnectionsCannotLockOthersOut) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
   EXPECT_TRUE(slow.ClosedWithin(absl::Seconds(1)));
   idle.clear();
+}
+
+// Found by the abuse test in CI: at max_clients, a flood of connections
+// from an unprivileged uid closed root's idle connections for room, so
+// `latchctl status` could be cut before latchd read its request; and a
+// blank line was answered as bad JSON instead of skipped.
+TEST_F(HardeningTest, UnprivilegedFloodNeverClosesAnAdministratorsConnection) {
+  StartLatchd(absl::StrCat("allowed_uids = [ 0, ", kNobody,
+                           " ]\nmax_clients = 6\nmax_clients_per_uid = 16\n"
+                           "idle_timeout_ms = 60000\n"));
+  chmod(d_->socket_dir().c_str(), 0755);
+  chmod(d_->socket().c_str(), 0666);
+  Raw admin(d_->socket());  // with client_, the oldest idle connections
+  ASSERT_TRUE(admin.ok());
+  ASSERT_TRUE(Call({{"op", "status"}}).ok());  // latchd has admitted both
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  const pid_t flood = fork();
+  if (flood == 0) {
+    close(p[0]);
+    if (setgid(kNobody) != 0 || setuid(kNobody) != 0) _exit(3);
+    std::vector<std::unique_ptr<Raw>> held;
+    for (int i = 0; i < 20; ++i) held.push_back(std::make_unique<Raw>(d_->socket()));
+    // One round trip on the newest, so latchd has admitted all of them.
+    held.back()->Send(Req({{"op", "hello"}}) + "\n");
+    const std::string answer = held.back()->Line();
+    (void)!write(p[1], answer.data(), answer.size());
+    close(p[1]);
+    for (;;) pause();
+  }
+  close(p[1]);
+  std::string flood_answer;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(p[0], buf, sizeof buf)) > 0) flood_answer.append(buf, static_cast<size_t>(n));
+  close(p[0]);
+  // The flood got in by closing its own idle connections...
+  EXPECT_THAT(flood_answer, HasSubstr("\"ok\":true"));
+  // ...and root's two are still served; blank lines are skipped.
+  ASSERT_TRUE(admin.Send("\n \r\n\t\n" + Req({{"op", "status"}}) + "\n"));
+  const std::string status = admin.Line();
+  EXPECT_THAT(status, HasSubstr("\"ok\":true"));
+  EXPECT_THAT(status, HasSubstr("\"owners\""));
+  EXPECT_TRUE(Call({{"op", "status"}}).ok());
+  KillAndReap(flood);
 }
 
 TEST_F(HardeningTest, IdleConnectionsAreClosed) {

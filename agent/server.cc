@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -572,13 +573,21 @@ void Server::Stop(bool keep_listening) {
   }
 }
 
-std::shared_ptr<Server::Conn> Server::IdlestLocked(uid_t uid, bool any_uid) const {
+std::shared_ptr<Server::Conn> Server::IdlestLocked(const Caller& newcomer, bool any_uid) const {
   // `last` is when the connection was accepted or last had a request
   // answered: an idle connection and one trickling a request in age alike,
-  // and a client that just connected is the last to go.
+  // and a client that just connected is the last to go. Never closed to
+  // make room: a connection whose request is being answered, one whose
+  // bytes have arrived but not yet been read (its request is on the way
+  // in: a client that connected and wrote at once, like `latchctl status`,
+  // must not lose to a flood that connects faster than latchd reads), and a
+  // privileged peer's connection for an unprivileged newcomer.
   std::shared_ptr<Conn> best;
   for (const auto& [fd, c] : conns_) {
-    if (c->busy || c->evicted || (!any_uid && c->caller.uid != uid)) continue;
+    if (c->busy || c->evicted || (!any_uid && c->caller.uid != newcomer.uid)) continue;
+    if (c->caller.privileged && !newcomer.privileged) continue;
+    int unread = 0;
+    if (ioctl(fd, FIONREAD, &unread) == 0 && unread > 0) continue;
     if (best == nullptr || c->last < best->last) best = c;
   }
   return best;
@@ -594,7 +603,7 @@ std::shared_ptr<Server::Conn> Server::Admit(int fd, const Caller& caller, std::s
     const bool uid_full = mine >= options_.max_clients_per_uid;
     const bool all_full = conns_.size() >= options_.max_clients;
     if (!uid_full && !all_full) break;
-    std::shared_ptr<Conn> victim = IdlestLocked(caller.uid, /*any_uid=*/!uid_full);
+    std::shared_ptr<Conn> victim = IdlestLocked(caller, /*any_uid=*/!uid_full);
     if (victim == nullptr) break;
     spdlog::info("closing an idle connection of uid {} to make room for uid {} (pid {})",
                  victim->caller.uid, caller.uid, caller.pid);
@@ -714,7 +723,8 @@ void Server::Serve(std::shared_ptr<Conn> conn) {
       }
       const std::string line = buf.substr(start, nl - start);
       start = nl + 1;
-      line_start = absl::Now();  // the next line, if any, starts now      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      line_start = absl::Now();  // the next line, if any, starts now
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       {
         std::lock_guard<std::mutex> l(conn_mu_);
         if (conn->evicted) {

@@ -12,8 +12,10 @@
 // `send_timeout`, and one uid holds at most `max_clients_per_uid`
 // connections. When a limit is reached, the connection of that uid (or, at
 // `max_clients`, of anyone) that has gone longest without an answered
-// request, idle or trickling one in, is closed to make room; when
-// none is idle, privileged peers (root, latchd's uid) still get one of
+// request, idle or trickling one in, is closed to make room. Never closed
+// for room: a connection being answered, one whose request bytes wait
+// unread, and a privileged peer's (root, latchd's uid) for an unprivileged
+// newcomer. When none can go, privileged peers still get one of
 // kAdminReserve extra connections, so an administrator can always ask for
 // `status`.
 //
@@ -91,7 +93,7 @@ class Server {
   // The connection to close to make room (nothing in flight, longest
   // without an answered request), of `uid` only unless `any_uid`.
   // REQUIRES: conn_mu_ held.
-  std::shared_ptr<Conn> IdlestLocked(uid_t uid, bool any_uid) const;
+  std::shared_ptr<Conn> IdlestLocked(const Caller& newcomer, bool any_uid) const;
   void Serve(std::shared_ptr<Conn> conn);
   // The error line (with its newline) for a request over max_request_bytes.
   std::string TooLong() const;
