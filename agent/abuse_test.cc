@@ -50,13 +50,17 @@ using testing::Vm;
 
 constexpr int kVictims = 6;
 constexpr int kDisksPerVictim = 3;
-// A fresh `status` connection must be answered within this. Under
-// AddressSanitizer every instruction costs 2-5 times as much: the product's
-// bound is checked by the normal build, the sanitizer run by 3 times it.
+// A fresh `status` connection must be answered within this, every time.
+// Under AddressSanitizer every instruction costs 2-5 times as much and CI
+// runs another sanitized suite beside this one on 2 cores: the product's
+// bound is checked by the normal build; the sanitizer run checks 3 times it
+// for the 99th percentile and only starvation (1 s) for the slowest probe.
 #if defined(__SANITIZE_ADDRESS__)
-constexpr absl::Duration kStatusBound = absl::Milliseconds(300);
+constexpr absl::Duration kStatusBound = absl::Seconds(1);
+constexpr absl::Duration kStatusP99Bound = absl::Milliseconds(300);
 #else
 constexpr absl::Duration kStatusBound = absl::Milliseconds(100);
+constexpr absl::Duration kStatusP99Bound = kStatusBound;
 #endif
 // latchd's resident memory must stay under this. Under AddressSanitizer
 // freed memory sits in a quarantine (256 MiB by default) and every byte
@@ -360,6 +364,8 @@ TEST(AbuseTest, LocksStayHeldStatusAnswersAndMemoryIsBoundedUnderHostileTraffic)
   EXPECT_GT(hostile_requests.load(), 1000u) << "the abuse proved nothing";
   EXPECT_EQ(witness_failures, 0u) << "a victim's lock moved or was gone";
   EXPECT_LT(status_times.back(), kStatusBound) << "status was slow under abuse";
+  EXPECT_LT(status_times[status_times.size() * 99 / 100], kStatusP99Bound)
+      << "status was slow under abuse (99th percentile)";
   EXPECT_LT(rss_max, kRssBoundKiB) << "latchd's memory grew without bound";
   // Still alive, nothing lost, no owner touched.
   EXPECT_TRUE(d.running());
