@@ -23,11 +23,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "lab/dlm_lab.h"
+#include "lab/cluster_lab.h"
 
 namespace {
 
-using latchkey::lab::DlmLab;
+using latchkey::lab::ClusterLab;
 
 std::string Runfile(const std::string& rel) {
   for (const char* base : {getenv("RUNFILES_DIR"), getenv("TEST_SRCDIR")}) {
@@ -80,9 +80,9 @@ int main(int argc, char** argv) {
   }
   fprintf(stderr, "starting a 3-node lab...\n");
   const absl::Time t0 = absl::Now();
-  absl::StatusOr<std::unique_ptr<DlmLab>> lab = DlmLab::Start({});
+  absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start({});
   if (!lab.ok()) return Fail(lab.status().ToString());
-  DlmLab& L = **lab;
+  ClusterLab& L = **lab;
   fprintf(stderr, "lab ready in %.1f s\n", absl::ToDoubleSeconds(absl::Now() - t0));
   if (absl::Status st = L.Install({Runfile("backends/dlm/dlm_bench_node"),
                                    Runfile("backends/dlm/latchkey-dlm.so")});
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
                                pid.ok() ? *pid : pid.status().ToString()));
     }
     fprintf(stderr, "cycles, resources mastered on node %d...\n", master);
-    absl::StatusOr<DlmLab::Result> r =
+    absl::StatusOr<ClusterLab::Result> r =
         L.Run(1, {bin, "cycles", "/shared/bin", "bench", name, absl::StrCat(cycles),
                   absl::StrCat(rounds)},
               absl::Minutes(30));

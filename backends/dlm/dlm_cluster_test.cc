@@ -16,14 +16,14 @@
 #include "core/owner.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "lab/dlm_lab.h"
+#include "lab/cluster_lab.h"
 
 namespace latchkey {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-using lab::DlmLab;
+using lab::ClusterLab;
 
 constexpr char kLatchdConf[] = R"(backends = [ "dlm" ]
 plugin_path = [ "/shared/bin" ]
@@ -41,12 +41,12 @@ std::string Runfile(const std::string& rel) {
   return absl::StrCat(srcdir ? srcdir : ".", "/latchkey/", rel);
 }
 
-DlmLab* g_lab = nullptr;
+ClusterLab* g_lab = nullptr;
 
 class DlmClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<DlmLab>> lab = lab::DlmLab::Start({});
+    absl::StatusOr<std::unique_ptr<ClusterLab>> lab = lab::ClusterLab::Start({});
     ASSERT_TRUE(lab.ok()) << lab.status();
     g_lab = lab->release();
     ASSERT_TRUE(g_lab
@@ -91,12 +91,12 @@ class DlmClusterTest : public ::testing::Test {
     ASSERT_TRUE(pid.ok()) << pid.status();
   }
 
-  static DlmLab::Result Ctl(int node, const std::vector<std::string>& args) {
+  static ClusterLab::Result Ctl(int node, const std::vector<std::string>& args) {
     std::vector<std::string> argv = {"/shared/bin/latchctl"};
     argv.insert(argv.end(), args.begin(), args.end());
-    absl::StatusOr<DlmLab::Result> r = g_lab->Run(node, argv);
+    absl::StatusOr<ClusterLab::Result> r = g_lab->Run(node, argv);
     EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : DlmLab::Result{-1, "", r.status().ToString()};
+    return r.ok() ? *r : ClusterLab::Result{-1, "", r.status().ToString()};
   }
 
   // An owner process ("VM") on a node, registered with that node's latchd.
@@ -112,18 +112,18 @@ class DlmClusterTest : public ::testing::Test {
         g_lab->Sh(node, "sleep 100000 >/dev/null 2>&1 </dev/null & echo $!");
     EXPECT_TRUE(pid.ok()) << pid.status();
     vm.pid = std::string(absl::StripAsciiWhitespace(pid.ok() ? *pid : ""));
-    DlmLab::Result r = Ctl(node, {"register", "--owner", name, "--uuid", vm.uuid, "--pid", vm.pid,
+    ClusterLab::Result r = Ctl(node, {"register", "--owner", name, "--uuid", vm.uuid, "--pid", vm.pid,
                                   "--policy", policy});
     EXPECT_EQ(r.status, 0) << r.err;
     return vm;
   }
-  static DlmLab::Result Acquire(const Vm& vm, const std::string& lease, const std::string& mode,
+  static ClusterLab::Result Acquire(const Vm& vm, const std::string& lease, const std::string& mode,
                                 const std::string& wait = "") {
     std::vector<std::string> a = {"acquire", "--lease", lease, "--mode", mode, "--uuid", vm.uuid};
     if (!wait.empty()) a.insert(a.end(), {"--wait", wait});
     return Ctl(vm.node, a);
   }
-  static DlmLab::Result Release(const Vm& vm, const std::string& lease) {
+  static ClusterLab::Result Release(const Vm& vm, const std::string& lease) {
     return Ctl(vm.node, {"release", "--lease", lease, "--uuid", vm.uuid});
   }
   static std::string Unique(const std::string& base) {
@@ -132,7 +132,7 @@ class DlmClusterTest : public ::testing::Test {
 };
 
 TEST_F(DlmClusterTest, ContractSuitePassesOnALabNode) {
-  absl::StatusOr<DlmLab::Result> r = g_lab->Run(
+  absl::StatusOr<ClusterLab::Result> r = g_lab->Run(
       2,
       {"/bin/sh", "-c",
        "t=$(mktemp -d) && cd $t && TEST_SRCDIR=/shared/srcdir "
@@ -151,9 +151,9 @@ TEST_F(DlmClusterTest, ExclusiveConflictAcrossNodesNamesTheHolder) {
   const std::string res = Unique("disk-ex");
   Vm a = NewVm(1, "vm-alpha");
   Vm b = NewVm(2, "vm-bravo");
-  DlmLab::Result g = Acquire(a, res, "exclusive");
+  ClusterLab::Result g = Acquire(a, res, "exclusive");
   ASSERT_EQ(g.status, 0) << g.err;
-  DlmLab::Result refused = Acquire(b, res, "exclusive");
+  ClusterLab::Result refused = Acquire(b, res, "exclusive");
   EXPECT_EQ(refused.status, 1) << refused.out << refused.err;
   EXPECT_THAT(refused.err, HasSubstr("vm-alpha"));
   EXPECT_THAT(refused.err, HasSubstr("node 1"));
@@ -176,7 +176,7 @@ TEST_F(DlmClusterTest, SharedModesFollowTheMatrixAcrossNodes) {
   Vm c = NewVm(3, "vm-c");
   EXPECT_EQ(Acquire(a, pr, "shared-read").status, 0);
   EXPECT_EQ(Acquire(b, pr, "shared-read").status, 0);  // PR + PR
-  DlmLab::Result r = Acquire(c, pr, "shared-write");   // PR vs CW
+  ClusterLab::Result r = Acquire(c, pr, "shared-write");   // PR vs CW
   EXPECT_EQ(r.status, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("not available"));
   EXPECT_EQ(Acquire(a, cw, "shared-write").status, 0);
@@ -278,7 +278,7 @@ TEST_F(DlmClusterTest, LatchdKilledWhileHoldingAdoptsWithoutAWindow) {
   const std::string res = Unique("disk-adopt");
   Vm a = NewVm(1, "vm-survivor");
   Vm b = NewVm(2, "vm-thief");
-  DlmLab::Result g = Acquire(a, res, "exclusive");
+  ClusterLab::Result g = Acquire(a, res, "exclusive");
   ASSERT_EQ(g.status, 0) << g.err;
   // A thief on node 2 hammers the resource the whole time.
   ASSERT_TRUE(g_lab
@@ -317,13 +317,13 @@ TEST_F(DlmClusterTest, LatchdKilledWhileHoldingAdoptsWithoutAWindow) {
 TEST_F(DlmClusterTest, BadInputGetsClearErrors) {
   Vm a = NewVm(1, "vm-bad");
   const std::string long_ls(65, 'l');
-  DlmLab::Result r =
+  ClusterLab::Result r =
       Ctl(1, {"acquire", "--lease", "x", "--lockspace", long_ls, "--uuid", a.uuid});
   EXPECT_EQ(r.status, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("lockspace"));
   EXPECT_THAT(r.err, HasSubstr("64"));
   // A lockspace that does not exist, with creation off.
-  absl::StatusOr<DlmLab::Result> probe = g_lab->Run(
+  absl::StatusOr<ClusterLab::Result> probe = g_lab->Run(
       1, {"/bin/sh", "-c",
           "printf 'backends = [ \"dlm\" ]\\nplugin_path = [ \"/shared/bin\" ]\\n"
           "lockspace = \"nosuchls\"\\nstate_dir = \"/tmp/l2\"\\nlog_syslog = 0\\n"
@@ -443,7 +443,7 @@ TEST_F(DlmClusterTest, DaemonsNotRunningGiveClearErrors) {
       "state_dir = \"/tmp/l3\"\\nlog_syslog = 0\\ndlm_lockspaces = [ \"latchkey\" ]\\n' "
       ">/tmp/l3.conf; latchd --config /tmp/l3.conf --check-config";
   ASSERT_TRUE(g_lab->Sh(3, "kill $(pidof latchd) 2>/dev/null; true").ok());
-  absl::StatusOr<DlmLab::Result> r = g_lab->Run(3, {"/bin/sh", "-c", check});
+  absl::StatusOr<ClusterLab::Result> r = g_lab->Run(3, {"/bin/sh", "-c", check});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 0) << r->err << r->out;
   // dlm_controld ignores SIGTERM while a lockspace exists, so leave

@@ -1,0 +1,293 @@
+// The cluster lab itself (lab/uml/uml-cluster with --storage): three nodes
+// and a storage node on two wires. Checks that the shared storage is what
+// the backends will rely on (one LUN seen as the same device by every node,
+// SCSI-3 persistent reservations from each node, one NFS export whose locks
+// conflict across nodes, one disk identity on every node), and that every
+// fault command has the effect it claims and is written to the event log.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "lab/cluster_lab.h"
+#include "nlohmann/json.hpp"
+
+namespace latchkey {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using lab::ClusterLab;
+using lab::kStorage;
+using json = nlohmann::json;
+
+std::string Runfile(const std::string& rel) {
+  const char* srcdir = getenv("TEST_SRCDIR");
+  return absl::StrCat(srcdir ? srcdir : ".", "/latchkey/", rel);
+}
+
+ClusterLab* g_lab = nullptr;
+
+class ClusterLabTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    lab::ClusterLabOptions o;
+    o.nodes = 3;
+    o.storage = true;
+    o.luns = {"lease:64", "vm:256"};
+    absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start(o);
+    ASSERT_TRUE(lab.ok()) << lab.status();
+    g_lab = lab->release();
+    ASSERT_TRUE(g_lab->Install({Runfile("tools/latchctl")}).ok());
+  }
+
+  static void TearDownTestSuite() {
+    if (g_lab == nullptr) return;
+    const char* out = getenv("TEST_UNDECLARED_OUTPUTS_DIR");
+    (void)g_lab->CollectLogs(out ? absl::StrCat(out, "/lab-logs") : "");
+    EXPECT_TRUE(g_lab->Stop().ok());
+    delete g_lab;
+    g_lab = nullptr;
+  }
+
+  void SetUp() override { ASSERT_NE(g_lab, nullptr) << "the lab did not start"; }
+
+  // The script's stdout on the node; a test failure (and "") otherwise.
+  static std::string Sh(int node, const std::string& script,
+                        absl::Duration timeout = absl::Seconds(60)) {
+    absl::StatusOr<std::string> r = g_lab->Sh(node, script, timeout);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? std::string(absl::StripAsciiWhitespace(*r)) : "";
+  }
+  // The exit status of the script on the node.
+  static int Status(int node, const std::string& script,
+                    absl::Duration timeout = absl::Seconds(60)) {
+    absl::StatusOr<ClusterLab::Result> r = g_lab->Run(node, {"/bin/sh", "-c", script}, timeout);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->status : -1;
+  }
+  // Whether `node` gets an answer to one ping of addr within 2 s.
+  static bool Reaches(int node, const std::string& addr) {
+    return Status(node, absl::StrCat("ping -c 1 -W 2 ", addr, " >/dev/null 2>&1")) == 0;
+  }
+  // The last event of the log, which must be `event` on `target`.
+  static void ExpectLastEvent(const std::string& event, const std::string& target) {
+    absl::StatusOr<std::vector<lab::LabEvent>> ev = g_lab->Events();
+    ASSERT_TRUE(ev.ok()) << ev.status();
+    ASSERT_FALSE(ev->empty());
+    EXPECT_EQ(ev->back().event, event);
+    EXPECT_EQ(ev->back().target, target);
+    EXPECT_NEAR(static_cast<double>(ev->back().unix_ms),
+                static_cast<double>(absl::ToUnixMillis(absl::Now())), 60000.0);
+  }
+};
+
+TEST_F(ClusterLabTest, EveryNodeSeesEachLunAsOneDeviceWithPersistentReservations) {
+  std::set<std::string> wwids;
+  for (int n = 1; n <= 3; ++n) {
+    const std::string wwid = Sh(n, "cat /sys/block/$(basename $(readlink /dev/lab/vm))/device/wwid");
+    EXPECT_TRUE(absl::StartsWith(wwid, "naa.6001405")) << "node" << n << ": " << wwid;
+    wwids.insert(wwid);
+  }
+  EXPECT_EQ(wwids.size(), 1u) << "the nodes see different devices";
+  // A write on one node is read on another (one device, no cache between).
+  Sh(1, "echo lab-block-$$ > /tmp/m; dd if=/tmp/m of=/dev/lab/vm bs=512 count=1 conv=sync "
+        "oflag=direct 2>/dev/null; cat /tmp/m");
+  const std::string written = Sh(1, "dd if=/dev/lab/vm bs=512 count=1 iflag=direct 2>/dev/null | head -c 40 | tr -d '\\0'");
+  EXPECT_EQ(Sh(3, "dd if=/dev/lab/vm bs=512 count=1 iflag=direct 2>/dev/null | head -c 40 | tr -d '\\0'"),
+            written);
+  // SCSI-3 PR, on the LUN "vm" (the LUN "lease" holds the lab's sanlock
+  // lockspace, whose renewals a reservation would stop): every node
+  // registers its own key; every node reads all three. PR OUT commands are
+  // retried once: the first command after another node's PR change gets a
+  // unit attention.
+  auto pr = [](int node, const std::string& args) {
+    return Sh(node, absl::StrCat("sg_persist ", args, " /dev/lab/vm || sg_persist ", args,
+                                 " /dev/lab/vm"));
+  };
+  for (int n = 1; n <= 3; ++n) pr(n, absl::StrCat("--out --register --param-sark=0x1a", n));
+  for (int n = 1; n <= 3; ++n) {
+    const std::string keys = pr(n, "--in --read-keys");
+    EXPECT_THAT(keys, HasSubstr("0x1a1")) << "node" << n;
+    EXPECT_THAT(keys, HasSubstr("0x1a2")) << "node" << n;
+    EXPECT_THAT(keys, HasSubstr("0x1a3")) << "node" << n;
+  }
+  // A write-exclusive-registrants-only reservation by node1, then node3
+  // preempts node2's registration (what fence_scsi does to a lost node):
+  // node2 can no longer write, node3 still can. Writes go 4 MiB in.
+  const std::string write = "dd if=/dev/zero of=/dev/lab/vm bs=512 seek=8192 count=1 oflag=direct 2>/dev/null";
+  pr(1, "--out --reserve --param-rk=0x1a1 --prout-type=5");
+  EXPECT_THAT(pr(2, "--in --read-reservation"), HasSubstr("0x1a1"));
+  EXPECT_EQ(Status(2, write), 0) << "a registrant could not write";
+  pr(3, "--out --preempt-abort --param-rk=0x1a3 --param-sark=0x1a2 --prout-type=5");
+  EXPECT_NE(Status(2, write), 0) << "a preempted node could still write";
+  EXPECT_EQ(Status(3, write), 0);
+  EXPECT_THAT(pr(1, "--in --read-keys"), Not(HasSubstr("0x1a2")));
+  // Clean up: the holder (node3 since the preempt) clears every registration.
+  pr(3, "--out --clear --param-rk=0x1a3");
+  EXPECT_THAT(pr(1, "--in --read-keys"), HasSubstr("NO registered"));
+  EXPECT_EQ(Status(2, write), 0) << "node2 still fenced after the clear";
+}
+
+TEST_F(ClusterLabTest, NfsExportIsSharedAndLocksConflictAcrossNodes) {
+  Sh(1, "echo from-node1 > /mnt/nfs/shared.txt");
+  EXPECT_EQ(Sh(2, "cat /mnt/nfs/shared.txt"), "from-node1");
+  // node1 holds a POSIX lock (flock(2) is a whole-file POSIX lock on NFS);
+  // node2 is refused, and granted once node1 lets go.
+  absl::StatusOr<int> holder =
+      g_lab->Spawn(1, "/shared/node1/flock.log", {"flock", "-x", "/mnt/nfs/shared.txt", "sleep", "600"});
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  bool refused = false;
+  for (int i = 0; i < 50 && !refused; ++i) {  // until node1's lock is in place
+    refused = Status(2, "flock -n -x /mnt/nfs/shared.txt true") != 0;
+    if (!refused) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(refused) << "node2 took the lock node1 holds";
+  Sh(1, absl::StrCat("pkill -KILL -x sleep; true"));
+  EXPECT_EQ(Status(2, "flock -w 20 -x /mnt/nfs/shared.txt true"), 0);
+}
+
+TEST_F(ClusterLabTest, DiskIdentityIsTheSameOnEveryNodeWhateverThePath) {
+  auto identify = [](int node, const std::string& path) {
+    const std::string out =
+        Sh(node, absl::StrCat("latchctl identify --disk ", path, " --json"));
+    json j = json::parse(out, nullptr, false);
+    if (!j.is_array() || j.empty()) {
+      ADD_FAILURE() << "node" << node << ": " << out;
+      return json::object();
+    }
+    return j[0];
+  };
+  // One LUN: its stable path on node1, its /dev/sdX on node2 (whatever
+  // letter it got there), its by-wwn path on node3.
+  const json a = identify(1, "/dev/lab/vm");
+  const json b = identify(2, "$(readlink /dev/lab/vm)");
+  const json c = identify(3, "/dev/lab/by-wwn/$(cat /sys/block/$(basename $(readlink /dev/lab/vm))/device/wwid)");
+  EXPECT_EQ(a.value("identity_kind", ""), "wwid");
+  EXPECT_EQ(a.value("identity", "a"), b.value("identity", "b"));
+  EXPECT_EQ(a.value("identity", "a"), c.value("identity", "c"));
+  EXPECT_FALSE(a.contains("identity_weak"));
+  // One NFS file, reached through the export's mount on node1 and through a
+  // second mount under another path and server name on node2.
+  Sh(1, "dd if=/dev/zero of=/mnt/nfs/disk.img bs=1M count=1 2>/dev/null");
+  Sh(2, "mkdir -p /mnt/other && mount -t nfs4 -o vers=4.2 storage:/srv/nfs /mnt/other");
+  const json f1 = identify(1, "/mnt/nfs/disk.img");
+  const json f2 = identify(2, "/mnt/other/disk.img");
+  EXPECT_EQ(f1.value("identity_kind", ""), "nfs-file");
+  EXPECT_EQ(f1.value("identity", "1"), f2.value("identity", "2"));
+  EXPECT_FALSE(f1.contains("identity_weak"));
+  Sh(2, "umount /mnt/other");
+}
+
+TEST_F(ClusterLabTest, NetworkFaultsHitOneWireAndAreLogged) {
+  const std::string node1 = "10.77.0.1", node2 = "10.77.0.2", node3 = "10.77.0.3",
+                    storage = "10.78.0.100";
+  ASSERT_TRUE(Reaches(3, node1));
+  ASSERT_TRUE(g_lab->Partition({{1, 2}, {3}}).ok());
+  ExpectLastEvent("partition", "1,2|3");
+  EXPECT_FALSE(Reaches(3, node1)) << "the partition let node3 through";
+  EXPECT_FALSE(Reaches(1, node3));
+  EXPECT_TRUE(Reaches(3, storage)) << "the partition cut the storage wire";
+  EXPECT_TRUE(Reaches(2, node1)) << "the partition split one side";
+  ASSERT_TRUE(g_lab->Unpartition().ok());
+  ExpectLastEvent("unpartition", "all");
+  EXPECT_TRUE(Reaches(3, node1));
+
+  // A storage-wire cut leaves the cluster wire alone.
+  ASSERT_TRUE(g_lab->Cut(3, "storage").ok());
+  ExpectLastEvent("cut", "node3");
+  EXPECT_FALSE(Reaches(3, storage));
+  EXPECT_TRUE(Reaches(3, node1));
+  ASSERT_TRUE(g_lab->Heal(3, "storage").ok());
+  ExpectLastEvent("heal", "node3");
+  EXPECT_TRUE(Reaches(3, storage));
+
+  // netem: node2 delays every packet it sends on the cluster wire by 300 ms;
+  // its storage wire is untouched.
+  auto rtt_ms = [](int from, const std::string& to) {
+    const std::string out = Sh(from, absl::StrCat(
+        "ping -c 3 -i 0.2 -q ", to, " | sed -n 's|.*= [0-9.]*/\\([0-9.]*\\)/.*|\\1|p'"));
+    double v = -1;
+    EXPECT_TRUE(absl::SimpleAtod(out, &v)) << "ping summary: " << out;
+    return v;
+  };
+  ASSERT_TRUE(g_lab->Netem(2, "cluster", {"delay", "300ms"}).ok());
+  ExpectLastEvent("netem", "node2");
+  EXPECT_GE(rtt_ms(1, node2), 290.0);
+  EXPECT_LT(rtt_ms(2, storage), 200.0);
+  ASSERT_TRUE(g_lab->NetemClear(2, "cluster").ok());
+  ExpectLastEvent("netem-clear", "node2");
+  EXPECT_LT(rtt_ms(1, node2), 200.0);
+  // Bad input is refused and changes nothing.
+  EXPECT_FALSE(g_lab->Netem(2, "cluster", {"delay;reboot"}).ok());
+  EXPECT_FALSE(g_lab->Partition({{1, 2}}).ok()) << "a partition that leaves node3 out";
+  EXPECT_TRUE(Reaches(3, node1));
+}
+
+TEST_F(ClusterLabTest, StorageFaultsStallOrFailTheNodesIoAndAreLogged) {
+  const std::string read = "dd if=/dev/lab/vm of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null";
+  ASSERT_EQ(Status(2, read), 0);
+  // A stall: node2's reads hang (not fail) while node1's go on.
+  ASSERT_TRUE(g_lab->StorageStall(2).ok());
+  ExpectLastEvent("storage-stall", "node2");
+  EXPECT_EQ(Status(2, absl::StrCat("timeout 3 ", read)), 124) << "a stalled read returned";
+  EXPECT_EQ(Status(1, read), 0);
+  ASSERT_TRUE(g_lab->StorageResume(2).ok());
+  ExpectLastEvent("storage-resume", "node2");
+  // The session comes back (a read queued meanwhile may have failed, if the
+  // stall outlasted the replacement timeout).
+  EXPECT_EQ(Status(2, absl::StrCat("for i in $(seq 30); do ", read, " && exit 0; sleep 1; done; exit 1"),
+                   absl::Seconds(60)),
+            0)
+      << "node2's I/O did not come back";
+  // Errors: node2's reads of one LUN fail at once; the other LUN works.
+  ASSERT_TRUE(g_lab->StorageErrors(2, "vm").ok());
+  ExpectLastEvent("storage-errors", "node2");
+  EXPECT_NE(Status(2, absl::StrCat("timeout 5 ", read)), 0);
+  EXPECT_NE(Status(2, absl::StrCat("timeout 5 ", read)), 124) << "an offline device hung";
+  EXPECT_EQ(Status(2, "dd if=/dev/lab/lease of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null"), 0);
+  ASSERT_TRUE(g_lab->StorageErrorsClear(2, "vm").ok());
+  ExpectLastEvent("storage-errors-clear", "node2");
+  EXPECT_EQ(Status(2, read), 0);
+  EXPECT_FALSE(g_lab->StorageErrors(2, "no-such-lun").ok());
+}
+
+TEST_F(ClusterLabTest, DaemonClockAndNfsServerFaultsAreLogged) {
+  // daemon-kill: the named process is gone; a missing one is an error.
+  ASSERT_EQ(Status(3, "pgrep -x iscsid >/dev/null"), 0);
+  ASSERT_TRUE(g_lab->DaemonKill(3, "iscsid").ok());
+  ExpectLastEvent("daemon-kill", "node3");
+  EXPECT_NE(Status(3, "pgrep -x iscsid >/dev/null"), 0);
+  EXPECT_FALSE(g_lab->DaemonKill(3, "iscsid").ok()) << "killing what is not running succeeded";
+  ASSERT_TRUE(g_lab->Spawn(3, "/shared/node3/iscsid.log", {"iscsid", "-f"}).ok());
+  // clock-jump: node3's clock moves, node1's does not.
+  const auto clock = [](int n) {
+    int64_t t = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(Sh(n, "date +%s"), &t));
+    return t;
+  };
+  ASSERT_TRUE(g_lab->ClockJump(3, 3600).ok());
+  ExpectLastEvent("clock-jump", "node3");
+  EXPECT_NEAR(static_cast<double>(clock(3) - clock(1)), 3600.0, 30.0);
+  ASSERT_TRUE(g_lab->ClockJump(3, -3600).ok());
+  EXPECT_NEAR(static_cast<double>(clock(3) - clock(1)), 0.0, 30.0);
+  // nfs-restart: the server comes back and the clients' mounts work again.
+  ASSERT_TRUE(g_lab->NfsRestart().ok());
+  ExpectLastEvent("nfs-restart", "storage");
+  EXPECT_EQ(Status(1, "timeout 60 sh -c 'echo after > /mnt/nfs/after-restart.txt'"), 0);
+  EXPECT_EQ(Sh(2, "cat /mnt/nfs/after-restart.txt"), "after");
+}
+
+}  // namespace
+}  // namespace latchkey

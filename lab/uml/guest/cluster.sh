@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# latchkey UML lab, guest side: a cluster node's corosync and DLM.
+# Sourced by node-init (lk_role=node) from /shared/lab/; uses its helpers
+# (say, phase, hang, nap) and variables (node, nodes, members, out).
+#
+# cluster_setup    writes /etc/hosts, corosync.conf and dlm.conf
+# cluster_bringup  starts corosync, waits for quorum, starts dlm_controld,
+#                  waits until the DLM has `members` members; records the
+#                  phases corosync-quorate and dlm-ready
+
+cluster_setup() {
+  mkdir -p /etc/corosync /etc/dlm /var/log/corosync /var/log/dlm_controld
+  {
+    echo "totem {"
+    echo "    version: 2"
+    echo "    cluster_name: latchkey"
+    echo "    transport: knet"
+    echo "    crypto_cipher: none"
+    echo "    crypto_hash: none"
+    echo "    token: 3000"
+    echo "}"
+    echo "nodelist {"
+    local k
+    for ((k = 1; k <= nodes; k++)); do
+      echo "    node {"
+      echo "        name: node$k"
+      echo "        nodeid: $k"
+      echo "        ring0_addr: $cluster_net.$k"
+      echo "    }"
+    done
+    echo "}"
+    echo "quorum {"
+    echo "    provider: corosync_votequorum"
+    ((nodes == 2)) && echo "    two_node: 1"
+    echo "}"
+    echo "logging {"
+    echo "    to_logfile: yes"
+    echo "    logfile: /var/log/corosync/corosync.log"
+    echo "    to_stderr: no"
+    echo "    to_syslog: no"
+    echo "    timestamp: hires"
+    echo "}"
+  } >/etc/corosync/corosync.conf
+  printf 'enable_fencing=0\nprotocol=tcp\n' >/etc/dlm/dlm.conf
+  ln -sfn "$out/corosync.log" /var/log/corosync/corosync.log
+  ln -sfn "$out/dlm_controld.log" /var/log/dlm_controld/dlm_controld.log
+}
+
+cluster_bringup() {
+  say "starting corosync"
+  corosync -f </dev/null >>"$out/corosync.out" 2>&1 &
+  local i
+  for ((i = 0; ; i++)); do
+    corosync-quorumtool -s 2>/dev/null | grep -q '^Quorate: *Yes' && break
+    ((i % 40 == 39)) && say "still waiting for corosync quorum"
+    nap 0.25
+  done
+  phase corosync-quorate
+  say "starting dlm_controld"
+  dlm_controld -D </dev/null >>"$out/dlm_controld.log" 2>&1 &
+  local status count
+  for ((i = 0; ; i++)); do
+    status=$(dlm_tool status 2>/dev/null)
+    if [[ $status == *"quorate 1"* ]]; then
+      count=$(grep -c '^node [0-9]* M ' <<<"$status")
+      ((count >= members)) && break
+    fi
+    ((i % 40 == 39)) && say "still waiting for dlm_controld (members wanted: $members)"
+    nap 0.25
+  done
+  phase dlm-ready "dlm members $count"
+}
