@@ -59,6 +59,29 @@ all_nodes() {
   for ((k = 1; k <= LAB_NODES; k++)); do echo "$k"; done
 }
 
+# Has the keeper (lib/keeper, in the lab's network namespace) start argv
+# in a session of its own with stdout and stderr to OUT; prints its pid.
+keeper_launch() {
+  local out=$1 q=$lab/run/keeper id i
+  shift
+  holder_alive || { log "error: the keeper (pid ${LAB_HOLDER_PID:-?}) is gone"; return 1; }
+  id=$(now)-$$-$RANDOM
+  printf '%s\0' "$@" >"$q/$id.argv"
+  echo "$out" >"$q/$id.out"
+  # (A FIFO without its reader would block the open forever.)
+  timeout 5 sh -c 'echo "$1" >"$2"' sh "$id" "$q/requests" || { rm -f "$q/$id".*; return 1; }
+  for ((i = 0; i < 500; i++)); do
+    if [[ -s $q/$id.pid ]]; then
+      cat "$q/$id.pid"
+      rm -f "$q/$id".*
+      return 0
+    fi
+    sleep 0.01
+  done
+  rm -f "$q/$id".*
+  return 1
+}
+
 # Boots machine K in the background (a cluster node wanting M dlm members
 # before "ready", or the storage node for K = 0).
 boot_node() {
@@ -97,16 +120,12 @@ boot_node() {
       ${LATCHKEY_LAB_NFS_VERS:+lk_nfs_vers=$LATCHKEY_LAB_NFS_VERS})
     [[ $(getv LAB_STORAGE) == 1 ]] && args+=("$wire_storage")
   fi
-  (
-    close_fds
-    exec setsid nsenter -t "$LAB_HOLDER_PID" -n -- "$(getv LAB_KERNEL)" \
-      mem="$node_mem" umid="$name" uml_dir="$lab/run" \
-      ubd0="$lab/n$k.cow,$image" root=/dev/ubda rw init=/sbin/latchkey-node-init \
-      "${args[@]}" con=null con0=null,fd:1 ssl=null lk_shared="$lab/shared" \
-      </dev/null >"$lab/n$k.console" 2>&1
-  ) &
-  local pid=$! start=
-  disown "$pid"
+  local pid start=
+  pid=$(keeper_launch "$lab/n$k.console" "$(getv LAB_KERNEL)" \
+    mem="$node_mem" umid="$name" uml_dir="$lab/run" \
+    ubd0="$lab/n$k.cow,$image" root=/dev/ubda rw init=/sbin/latchkey-node-init \
+    "${args[@]}" con=null con0=null,fd:1 ssl=null lk_shared="$lab/shared") ||
+    die "cannot boot $name: the keeper (pid $LAB_HOLDER_PID) did not start it (see $lab/keeper.log)"
   start=$(proc_start "$pid")
   setv "LAB_NODE${k}_PID" "$pid"
   setv "LAB_NODE${k}_START" "$start"
