@@ -319,6 +319,15 @@ absl::Status ClusterLab::DaemonKill(int node, const std::string& name, const std
   if (!signal.empty()) args.push_back(signal);
   return ToolOk(args);
 }
+absl::StatusOr<std::string> ClusterLab::Status() {
+  absl::StatusOr<Result> r = Tool({"status", dir_});
+  if (!r.ok()) return r.status();
+  if (r->status != 0) {
+    return absl::InternalError(absl::StrCat("uml-cluster status failed (exit ", r->status,
+                                            "): ", r->err));
+  }
+  return r->out;
+}
 absl::Status ClusterLab::NfsRestart() { return ToolOk({"nfs-restart", dir_}); }
 absl::Status ClusterLab::ClockJump(int node, int64_t seconds) {
   return ToolOk({"clock-jump", dir_, absl::StrCat(node), absl::StrCat(seconds)});

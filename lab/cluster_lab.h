@@ -112,6 +112,8 @@ class ClusterLab {
   absl::Status NfsRestart();
   absl::Status ClockJump(int node, int64_t seconds);
 
+  // `uml-cluster status`: one line per machine ("node3 dead ...").
+  absl::StatusOr<std::string> Status();
   // Every node's logs into `out` (default DIR/logs).
   absl::Status CollectLogs(const std::string& out = "");
   // DIR/events.log, oldest first.

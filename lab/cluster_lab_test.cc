@@ -46,6 +46,7 @@ class ClusterLabTest : public ::testing::Test {
     o.nodes = 3;
     o.storage = true;
     o.luns = {"lease:64", "vm:256"};
+    o.sanlock = true;
     absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start(o);
     ASSERT_TRUE(lab.ok()) << lab.status();
     g_lab = lab->release();
@@ -141,21 +142,24 @@ TEST_F(ClusterLabTest, EveryNodeSeesEachLunAsOneDeviceWithPersistentReservations
 }
 
 TEST_F(ClusterLabTest, NfsExportIsSharedAndLocksConflictAcrossNodes) {
-  Sh(1, "echo from-node1 > /mnt/nfs/shared.txt");
-  EXPECT_EQ(Sh(2, "cat /mnt/nfs/shared.txt"), "from-node1");
-  // node1 holds a POSIX lock (flock(2) is a whole-file POSIX lock on NFS);
-  // node2 is refused, and granted once node1 lets go.
-  absl::StatusOr<int> holder =
-      g_lab->Spawn(1, "/shared/node1/flock.log", {"flock", "-x", "/mnt/nfs/shared.txt", "sleep", "600"});
+  const std::string file =
+      absl::StrCat("/mnt/nfs/shared-", absl::ToUnixMicros(absl::Now()) % 1000000000, ".txt");
+  Sh(1, absl::StrCat("echo from-node1 > ", file));
+  EXPECT_EQ(Sh(2, absl::StrCat("cat ", file)), "from-node1");
+  // node1 holds a POSIX lock (flock(2) is a whole-file POSIX lock on NFS)
+  // and says so once it has it; then node2 is refused, and granted once
+  // node1 lets go.
+  absl::StatusOr<int> holder = g_lab->Spawn(
+      1, "/shared/node1/flock.log",
+      {"flock", "-x", file, "sh", "-c", "echo held >/tmp/nfs-lock-held; exec sleep 600"});
   ASSERT_TRUE(holder.ok()) << holder.status();
-  bool refused = false;
-  for (int i = 0; i < 50 && !refused; ++i) {  // until node1's lock is in place
-    refused = Status(2, "flock -n -x /mnt/nfs/shared.txt true") != 0;
-    if (!refused) absl::SleepFor(absl::Milliseconds(100));
-  }
-  EXPECT_TRUE(refused) << "node2 took the lock node1 holds";
-  Sh(1, absl::StrCat("pkill -KILL -x sleep; true"));
-  EXPECT_EQ(Status(2, "flock -w 20 -x /mnt/nfs/shared.txt true"), 0);
+  ASSERT_EQ(Status(1, "for i in $(seq 100); do [ -e /tmp/nfs-lock-held ] && exit 0; sleep 0.1; done; exit 1"),
+            0)
+      << "node1 did not get the lock within 10 s";
+  EXPECT_EQ(Status(2, absl::StrCat("flock -n -x ", file, " true")), 1)
+      << "node2 took the lock node1 holds";
+  Sh(1, absl::StrCat("kill ", *holder, "; pkill -x sleep; rm -f /tmp/nfs-lock-held; true"));
+  EXPECT_EQ(Status(2, absl::StrCat("flock -w 20 -x ", file, " true")), 0);
 }
 
 TEST_F(ClusterLabTest, DiskIdentityIsTheSameOnEveryNodeWhateverThePath) {
@@ -287,6 +291,32 @@ TEST_F(ClusterLabTest, DaemonClockAndNfsServerFaultsAreLogged) {
   ExpectLastEvent("nfs-restart", "storage");
   EXPECT_EQ(Status(1, "timeout 60 sh -c 'echo after > /mnt/nfs/after-restart.txt'"), 0);
   EXPECT_EQ(Sh(2, "cat /mnt/nfs/after-restart.txt"), "after");
+}
+
+// UML's harddog: wdmd pets it from inside the node, its timer runs in a host
+// process (uml_watchdog). A frozen node cannot pet it, and the host kills
+// the node about 60 s after the last pet: what resets a node whose sanlock
+// leases cannot be renewed, even when its kernel is stuck.
+TEST_F(ClusterLabTest, AFrozenNodeIsKilledByItsWatchdogFromTheHost) {
+  ASSERT_EQ(Status(3, "pgrep -x wdmd >/dev/null"), 0) << "wdmd is not running on node3";
+  const absl::Time frozen = absl::Now();
+  ASSERT_TRUE(g_lab->Freeze(3).ok());
+  absl::Duration dead_after = absl::InfiniteDuration();
+  while (absl::Now() - frozen < absl::Seconds(150)) {
+    absl::StatusOr<std::string> st = g_lab->Status();
+    ASSERT_TRUE(st.ok()) << st.status();
+    if (absl::StrContains(*st, "node3 dead")) {
+      dead_after = absl::Now() - frozen;
+      break;
+    }
+    absl::SleepFor(absl::Seconds(1));
+  }
+  std::printf("node3 frozen: killed by its watchdog after %.1f s (harddog timeout 60 s, wdmd "
+              "pets every 10 s)\n", absl::ToDoubleSeconds(dead_after));
+  EXPECT_GE(dead_after, absl::Seconds(49)) << "killed before the watchdog could have fired";
+  EXPECT_LE(dead_after, absl::Seconds(75)) << "the watchdog did not kill the frozen node";
+  ASSERT_TRUE(g_lab->Restart(3).ok());
+  EXPECT_EQ(Status(3, "pgrep -x wdmd >/dev/null"), 0);
 }
 
 }  // namespace

@@ -5,8 +5,8 @@
 #
 # sanlock_bringup  starts wdmd on UML's harddog and a sanlock daemon that
 #                  uses it (-w 1, host name nodeK); node1 initializes the
-#                  lockspace "latchkey" at offset 0 of the LUN "lease" when
-#                  it holds none; every node waits until it does. Records
+#                  lockspace "latchkey" at offset 0 of the LUN "lease" (io
+#                  timeout 2 s) when it holds none; every node waits until it does. Records
 #                  the phase sanlock-ready.
 #
 # harddog's timer runs in a host process (uml_watchdog), so a node that
@@ -18,6 +18,10 @@
 # output) and /var/log/sanlock.log in the node.
 
 sanlock_lockspace=latchkey
+# The lockspace's io_timeout, written into every host slot at init: a host
+# joins in about 2 x 2 + 1 s, and its renewal fails 8 x 2 = 16 s after its
+# storage stops answering (sanlock's default, 10 s, would make that 80 s).
+sanlock_io_timeout=2
 
 # The watchdog device of harddog (a misc device named "watchdog"), or "".
 harddog_device() {
@@ -48,7 +52,7 @@ sanlock_bringup() {
   done
   local ls=$sanlock_lockspace:1:/dev/lab/lease:0
   if ((node == 1)) && ! sanlock direct read_leader -s "$ls" >/dev/null 2>&1; then
-    sanlock direct init -s "$sanlock_lockspace:0:/dev/lab/lease:0" >>"$out/sanlock.log" 2>&1 ||
+    sanlock direct init -o "$sanlock_io_timeout" -s "$sanlock_lockspace:0:/dev/lab/lease:0" >>"$out/sanlock.log" 2>&1 ||
       { phase failed "sanlock direct init of lockspace $sanlock_lockspace on /dev/lab/lease failed"; return 1; }
   fi
   for ((i = 0; ; i++)); do

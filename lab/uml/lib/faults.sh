@@ -16,8 +16,9 @@
 #       -x); an error when there is none. On the storage node "nfsd" stops
 #       the NFS server (rpc.nfsd 0).
 #   nfs-restart
-#       stops and starts the NFS server: clients reclaim their state within
-#       the grace period (lk_nfs_lease seconds).
+#       stops and starts the NFS server; every running node then talks to
+#       it, so it reclaims its state within the grace period (lk_nfs_lease
+#       seconds), and the command returns when that period is over.
 #   clock-jump NODE SECONDS
 #       steps the node's wall clock by SECONDS (negative: back).
 # Slow storage I/O is netem on the storage wire (network.sh).
@@ -120,7 +121,22 @@ cmd_nfs_restart() {
   node_must nfs-restart 0 rpc.nfsd 0
   event_log daemon-kill storage daemon=nfsd signal=stop
   node_must nfs-restart 0 rpc.nfsd -N 3 --no-udp 8
-  event_log nfs-restart storage "grace=$(getv LAB_NFS_LEASE)s"
+  local t0 lease k
+  t0=$(now)
+  lease=$(getv LAB_NFS_LEASE)
+  event_log nfs-restart storage "grace=${lease}s"
+  # Every running node talks to the server within the grace period, so it
+  # learns of the restart and reclaims its locks in time (a client that
+  # stays silent until the grace period is over loses them: "NFS: ADDR:
+  # lost N locks" in its kernel log). Then wait out the grace period, so
+  # the next user sees a server that grants new locks.
+  for ((k = 1; k <= LAB_NODES; k++)); do
+    [[ $(node_state "$k") == running ]] && probe "$k" "$lease" sh -c 'ls /mnt/nfs >/dev/null' &
+  done
+  wait
+  local left=$((lease * 1000 + 500 - ($(now) - t0)))
+  ((left > 0)) && sleep "$(secs "$left")"
+  return 0
 }
 
 cmd_clock_jump() {
