@@ -164,6 +164,12 @@ class HardeningTest : public ::testing::Test {
     ASSERT_TRUE(d_->Start(env).ok()) << d_->Log();
     Reconnect();
   }
+  // latchd that uid 65534 may use too (its socket open to all).
+  void StartLatchdForNobody(const std::string& extra) {
+    StartLatchd(absl::StrCat("allowed_uids = [ 0, ", kNobody, " ]\n", extra));
+    chmod(d_->socket_dir().c_str(), 0755);
+    chmod(d_->socket().c_str(), 0666);
+  }
   void Reconnect() {
     absl::StatusOr<LatchdClient> c = d_->Connect();
     ASSERT_TRUE(c.ok()) << c.status();
@@ -556,11 +562,8 @@ TEST_F(HardeningTest, OwnersFromAnOlderJournalBelongToRoot) {
 // status included. Idle and half-written connections time out, one uid
 // cannot take the server, and an administrator always gets status.
 TEST_F(HardeningTest, IdleAndSlowConnectionsCannotLockOthersOut) {
-  StartLatchd(absl::StrCat("allowed_uids = [ 0, ", kNobody,
-                           " ]\nmax_clients = 24\nmax_clients_per_uid = 8\n"
-                           "idle_timeout_ms = 60000\nrequest_timeout_ms = 700\n"));
-  chmod(d_->socket_dir().c_str(), 0755);
-  chmod(d_->socket().c_str(), 0666);
+  StartLatchdForNobody("max_clients = 24\nmax_clients_per_uid = 8\n"
+                       "idle_timeout_ms = 60000\nrequest_timeout_ms = 700\n");
   // Root fills every slot with idle connections: a new root client still
   // gets in (the idlest is closed for it).
   std::vector<std::unique_ptr<Raw>> idle;
@@ -592,11 +595,7 @@ TEST_F(HardeningTest, IdleAndSlowConnectionsCannotLockOthersOut) {
 // `latchctl status` could be cut before latchd read its request; and a
 // blank line was answered as bad JSON instead of skipped.
 TEST_F(HardeningTest, UnprivilegedFloodNeverClosesAnAdministratorsConnection) {
-  StartLatchd(absl::StrCat("allowed_uids = [ 0, ", kNobody,
-                           " ]\nmax_clients = 6\nmax_clients_per_uid = 16\n"
-                           "idle_timeout_ms = 60000\n"));
-  chmod(d_->socket_dir().c_str(), 0755);
-  chmod(d_->socket().c_str(), 0666);
+  StartLatchdForNobody("max_clients = 6\nmax_clients_per_uid = 16\nidle_timeout_ms = 60000\n");
   Raw admin(d_->socket());  // with client_, the oldest idle connections
   ASSERT_TRUE(admin.ok());
   ASSERT_TRUE(Call({{"op", "status"}}).ok());  // latchd has admitted both
@@ -709,9 +708,7 @@ TEST_F(HardeningTest, ZombiesThreadsNulBytesAndOutOfRangeIntegersAreRefused) {
 // policy terminate, and release or unregister other people's VMs. Owners
 // are bound to the uid that registered them, across restarts.
 TEST_F(HardeningTest, PeersActOnlyOnTheirOwnProcessesAndOwners) {
-  StartLatchd(absl::StrCat("allowed_uids = [ 0, ", kNobody, " ]\n"));
-  chmod(d_->socket_dir().c_str(), 0755);
-  chmod(d_->socket().c_str(), 0666);
+  StartLatchdForNobody("");
   Vm root_vm("root-vm");
   Register(root_vm);
   ASSERT_TRUE(Acquire(root_vm, Disk("r")).ok());

@@ -55,22 +55,32 @@ node_must() {
   ((run_rc == 0)) || die "$what: '$*' on $(node_name "$k") exited $run_rc"
 }
 
-cmd_cut_heal() {
+# For CMD DIR NODE [--wire W] REST...: loads the lab and sets `k` (the
+# machine), `wires` (default: its cluster wire; the storage node's storage
+# wire) and `rest`.
+machine_and_wires() {
   local what=$1
   set_lab "${2:-}"
   (($# >= 3)) || usage
   load_env || exit 1
-  local k
   k=$(node_num "$3") || exit 1
   local default=cluster
   ((k == 0)) && default=storage
   parse_wire "$what" "$default" "${@:4}"
+  if ((k == 0)) && [[ " ${wires[*]} " == *" cluster "* ]]; then
+    die "$what: the storage node is not on the cluster wire"
+  fi
+}
+
+cmd_cut_heal() {
+  local what=$1 k
+  shift
+  machine_and_wires "$what" "$@"
   ((${#rest[@]} == 0)) || die "$what: unexpected argument '${rest[0]}'"
   [[ $(node_state "$k") == running ]] || die "$what: $(node_name "$k") is $(node_state "$k")"
   local updown=down w
   [[ $what == heal ]] && updown=up
   for w in "${wires[@]}"; do
-    ((k == 0)) && [[ $w == cluster ]] && die "$what: the storage node is not on the cluster wire"
     node_must "$what" "$k" ip link set "$(wire_dev "$w")" "$updown"
     if [[ $what == cut ]]; then touch "$lab/n$k.cut.$w"; else rm -f "$lab/n$k.cut.$w"; fi
     event_log "$what" "$(node_name "$k")" "wire=$w"
@@ -143,16 +153,9 @@ cmd_unpartition() {
 }
 
 cmd_netem() {
-  set_lab "${1:-}"
-  (($# >= 3)) || usage
-  load_env || exit 1
   local k
-  k=$(node_num "$2") || exit 1
-  local default=cluster
-  ((k == 0)) && default=storage
-  parse_wire netem "$default" "${@:3}"
+  machine_and_wires netem "$@"
   ((${#wires[@]} == 1)) || die "netem: name one wire"
-  ((k == 0)) && [[ ${wires[0]} == cluster ]] && die "netem: the storage node is not on the cluster wire"
   ((${#rest[@]})) || die "netem: give a netem spec (e.g. delay 100ms 20ms loss 5%) or --clear"
   [[ $(node_state "$k") == running ]] || die "netem: $(node_name "$k") is $(node_state "$k")"
   local dev w=${wires[0]}
