@@ -105,6 +105,16 @@ class Raw {
   std::string buf_;
 };
 
+// Everything a pipe's other end writes until it closes it.
+std::string ReadAllAndClose(int fd) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+
 // Runs `lines` (one request each) on one connection as `uid`, from a forked
 // child; the response lines, joined by '\n'.
 std::string CallAs(uid_t uid, const std::string& socket, const std::vector<std::string>& lines) {
@@ -124,11 +134,7 @@ std::string CallAs(uid_t uid, const std::string& socket, const std::vector<std::
     _exit(0);
   }
   close(p[1]);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(p[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  close(p[0]);
+  std::string out = ReadAllAndClose(p[0]);
   int st;
   waitpid(child, &st, 0);
   return out;
@@ -615,11 +621,7 @@ TEST_F(HardeningTest, UnprivilegedFloodNeverClosesAnAdministratorsConnection) {
     for (;;) pause();
   }
   close(p[1]);
-  std::string flood_answer;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(p[0], buf, sizeof buf)) > 0) flood_answer.append(buf, static_cast<size_t>(n));
-  close(p[0]);
+  const std::string flood_answer = ReadAllAndClose(p[0]);
   // The flood got in by closing its own idle connections...
   EXPECT_THAT(flood_answer, HasSubstr("\"ok\":true"));
   // ...and root's two are still served; blank lines are skipped.

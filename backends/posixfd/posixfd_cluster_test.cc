@@ -98,6 +98,25 @@ class PosixfdClusterTest : public ::testing::Test {
     EXPECT_EQ(r.status, 0) << r.err;
     return vm;
   }
+  // `latchctl acquire --wait` of `img` for `vm`, in the background on its
+  // node; WaiterStatus reads its exit status ("none" while it waits).
+  static void StartWaiter(const Vm& vm, const std::string& img, int wait_seconds) {
+    absl::StatusOr<int> waiter = g_lab->Spawn(
+        vm.node, "/tmp/waiter.log",
+        {"sh", "-c", absl::StrCat("latchctl --socket ", kSocket, " acquire --disk ", img,
+                                  " --uuid ", vm.uuid, " --wait ", wait_seconds,
+                                  "; echo $? >/tmp/waiter.rc")});
+    ASSERT_TRUE(waiter.ok()) << waiter.status();
+  }
+  static std::string WaiterStatus(const Vm& vm, absl::Duration within) {
+    absl::StatusOr<std::string> rc = g_lab->Sh(
+        vm.node, absl::StrCat("for i in $(seq ", absl::ToInt64Milliseconds(within) / 100,
+                              "); do [ -s /tmp/waiter.rc ] && { cat /tmp/waiter.rc; exit 0; }; "
+                              "sleep 0.1; done; echo none"),
+        within + absl::Seconds(60));
+    EXPECT_TRUE(rc.ok()) << rc.status();
+    return std::string(absl::StripAsciiWhitespace(rc.ok() ? *rc : ""));
+  }
   static std::string Image(const std::string& base) {
     const std::string path =
         absl::StrCat("/mnt/nfs/", base, "-", absl::ToUnixMicros(absl::Now()) % 100000000, ".img");
@@ -158,20 +177,11 @@ TEST_F(PosixfdClusterTest, WaitingAcquireIsGrantedWhenTheOtherNodeReleases) {
   Vm a = NewVm(1, "vm-holder");
   Vm b = NewVm(3, "vm-waiter");
   ASSERT_EQ(Ctl(1, {"acquire", "--disk", img, "--uuid", a.uuid}).status, 0);
-  absl::StatusOr<int> waiter = g_lab->Spawn(
-      3, "/tmp/waiter.log",
-      {"sh", "-c", absl::StrCat("latchctl --socket ", kSocket, " acquire --disk ", img,
-                                " --uuid ", b.uuid, " --wait 60; echo $? >/tmp/waiter.rc")});
-  ASSERT_TRUE(waiter.ok()) << waiter.status();
-  absl::SleepFor(absl::Seconds(2));
-  EXPECT_NE(g_lab->Run(3, {"test", "-e", "/tmp/waiter.rc"})->status, 0) << "granted while held";
+  StartWaiter(b, img, 60);
+  EXPECT_EQ(WaiterStatus(b, absl::Seconds(2)), "none") << "granted while held";
   const absl::Time released = absl::Now();
   ASSERT_EQ(Ctl(1, {"release", "--uuid", a.uuid}).status, 0);
-  absl::StatusOr<std::string> rc = g_lab->Sh(
-      3, "for i in $(seq 300); do [ -s /tmp/waiter.rc ] && { cat /tmp/waiter.rc; exit 0; }; "
-         "sleep 0.1; done; echo none");
-  ASSERT_TRUE(rc.ok()) << rc.status();
-  EXPECT_EQ(absl::StripAsciiWhitespace(*rc), "0");
+  EXPECT_EQ(WaiterStatus(b, absl::Seconds(30)), "0");
   std::printf("posixfd on NFS: waiter on node3 granted %.1f s after node1's release\n",
               absl::ToDoubleSeconds(absl::Now() - released));
   EXPECT_EQ(Ctl(3, {"release", "--uuid", b.uuid}).status, 0);
@@ -186,20 +196,12 @@ TEST_F(PosixfdClusterTest, AKilledNodesLocksAreFreedWhenItsNfsLeaseExpires) {
   Vm a = NewVm(1, "vm-on-killed-node");
   Vm b = NewVm(2, "vm-survivor");
   ASSERT_EQ(Ctl(1, {"acquire", "--disk", img, "--uuid", a.uuid}).status, 0);
-  absl::StatusOr<int> waiter = g_lab->Spawn(
-      2, "/tmp/waiter.log",
-      {"sh", "-c", absl::StrCat("latchctl --socket ", kSocket, " acquire --disk ", img,
-                                " --uuid ", b.uuid, " --wait 120; echo $? >/tmp/waiter.rc")});
-  ASSERT_TRUE(waiter.ok()) << waiter.status();
-  absl::SleepFor(absl::Seconds(1));
+  StartWaiter(b, img, 120);
+  EXPECT_EQ(WaiterStatus(b, absl::Seconds(1)), "none") << "granted while held";
   const absl::Time killed = absl::Now();
   ASSERT_TRUE(g_lab->Kill(1).ok());
-  absl::StatusOr<std::string> rc = g_lab->Sh(
-      2, "for i in $(seq 1200); do [ -s /tmp/waiter.rc ] && { cat /tmp/waiter.rc; exit 0; }; "
-         "sleep 0.1; done; echo none", absl::Seconds(180));
+  EXPECT_EQ(WaiterStatus(b, absl::Seconds(120)), "0");
   const absl::Duration after = absl::Now() - killed;
-  ASSERT_TRUE(rc.ok()) << rc.status();
-  EXPECT_EQ(absl::StripAsciiWhitespace(*rc), "0");
   std::printf("posixfd on NFS: node1 killed while holding; node2's waiter granted %.1f s later "
               "(NFSv4 lease 10 s)\n", absl::ToDoubleSeconds(after));
   // Not before the server could have known: a lease has to run out.
