@@ -2,7 +2,8 @@
 // locks on the storage node's NFSv4 export (lab/examples/
 // latchd-posixfd-nfs.conf: lock_target = "image", disk images on /mnt/nfs),
 // driven with latchctl. What libvirt's lockd deployment relies on: POSIX
-// locks that one NFS server grants to every host.
+// locks that one NFS server grants to every host. Then the same on GFS2 on
+// a shared LUN, whose POSIX locks are DLM plocks (dlm_controld).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -37,6 +38,7 @@ class PosixfdClusterTest : public ::testing::Test {
     lab::ClusterLabOptions o;
     o.nodes = 3;
     o.storage = true;
+    o.luns = {"lease:64", "vm:256", "gfs:256"};
     absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start(o);
     ASSERT_TRUE(lab.ok()) << lab.status();
     g_lab = lab->release();
@@ -66,6 +68,10 @@ class PosixfdClusterTest : public ::testing::Test {
 
   static void TearDownTestSuite() {
     if (g_lab == nullptr) return;
+    for (int n = 1; n <= 3; ++n) {
+      (void)g_lab->Sh(n, "pkill -x latchd; for i in $(seq 50); do pgrep -x latchd >/dev/null || break; "
+                         "sleep 0.1; done; umount /mnt/gfs 2>/dev/null; true");
+    }
     const char* out = getenv("TEST_UNDECLARED_OUTPUTS_DIR");
     if (out != nullptr) (void)g_lab->CollectLogs(absl::StrCat(out, "/lab-logs"));
     EXPECT_TRUE(g_lab->Stop().ok());
@@ -185,6 +191,75 @@ TEST_F(PosixfdClusterTest, WaitingAcquireIsGrantedWhenTheOtherNodeReleases) {
   std::printf("posixfd on NFS: waiter on node3 granted %.1f s after node1's release\n",
               absl::ToDoubleSeconds(absl::Now() - released));
   EXPECT_EQ(Ctl(3, {"release", "--uuid", b.uuid}).status, 0);
+}
+
+// GFS2 on the LUN "gfs", mounted on every node, a second latchd per node
+// with posixfd's lock directory on it. Made once, by the first GFS2 case.
+constexpr char kGfsSocket[] = "/run/latchkey-gfs/latchd.sock";
+void MakeGfs2Once() {
+  static bool made = false;
+  if (made) return;
+  made = true;
+  ASSERT_TRUE(g_lab->Sh(1, "mkfs.gfs2 -O -p lock_dlm -t latchkey:gfs0 -j 3 -J 16 /dev/lab/gfs "
+                           ">/dev/null 2>&1 || { echo mkfs.gfs2 failed >&2; exit 1; }")
+                  .ok());
+  for (int n = 1; n <= 3; ++n) {
+    absl::StatusOr<std::string> m = g_lab->Sh(
+        n, "mkdir -p /mnt/gfs && mount -t gfs2 /dev/lab/gfs /mnt/gfs && mkdir -p /mnt/gfs/locks");
+    ASSERT_TRUE(m.ok()) << m.status();
+  }
+  ASSERT_EQ(system(absl::StrCat(
+                "sed -e 's|/run/latchkey-posixfd|/run/latchkey-gfs|g' -e "
+                "'s|^posixfd_lock_dir = .*|posixfd_lock_dir = \"/mnt/gfs/locks\"|' -e "
+                "'s|^posixfd_lock_target = .*|posixfd_lock_target = \"lockdir\"|' ",
+                Runfile("lab/examples/latchd-posixfd-nfs.conf"), " >", g_lab->shared(),
+                "/latchd-gfs.conf")
+                .c_str()),
+            0);
+  for (int n = 1; n <= 3; ++n) {
+    ASSERT_TRUE(g_lab->Spawn(n, absl::StrCat("/shared/node", n, "/latchd-gfs.log"),
+                             {"latchd", "--config", "/shared/latchd-gfs.conf"})
+                    .ok());
+    ASSERT_TRUE(g_lab
+                    ->Sh(n, absl::StrCat("for i in $(seq 100); do latchctl --socket ", kGfsSocket,
+                                         " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; "
+                                         "cat /shared/node", n, "/latchd-gfs.log; exit 1"))
+                    .ok());
+  }
+}
+
+TEST_F(PosixfdClusterTest, OnGfs2TheLocksAreDlmPlocksThatConflictAcrossNodes) {
+  MakeGfs2Once();
+  const std::string img =
+      absl::StrCat("/mnt/gfs/disk-", absl::ToUnixMicros(absl::Now()) % 100000000, ".img");
+  ASSERT_TRUE(g_lab->Sh(1, absl::StrCat("truncate -s 1M ", img)).ok());
+  auto ctl = [](int node, std::vector<std::string> args) {
+    args.insert(args.begin(), {"/shared/bin/latchctl", "--socket", kGfsSocket});
+    absl::StatusOr<ClusterLab::Result> r = g_lab->Run(node, args);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : ClusterLab::Result{-1, "", r.status().ToString()};
+  };
+  auto vm = [&](int node, const std::string& name) {
+    Vm v{node, RandomUuid()};
+    absl::StatusOr<int> pid = g_lab->Spawn(node, "/dev/null", {"sleep", "100000"});
+    EXPECT_TRUE(pid.ok()) << pid.status();
+    EXPECT_EQ(ctl(node, {"register", "--owner", name, "--uuid", v.uuid, "--pid",
+                         absl::StrCat(pid.ok() ? *pid : 0)})
+                  .status,
+              0);
+    return v;
+  };
+  Vm a = vm(1, "gfs-alpha"), b = vm(2, "gfs-bravo");
+  ClusterLab::Result g = ctl(1, {"acquire", "--disk", img, "--uuid", a.uuid});
+  ASSERT_EQ(g.status, 0) << g.err;
+  EXPECT_THAT(g.out, HasSubstr("identity: file"));  // GFS2's UUID + the file handle
+  ClusterLab::Result refused = ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid});
+  EXPECT_EQ(refused.status, 1) << refused.out << refused.err;
+  EXPECT_THAT(refused.err, HasSubstr("gfs-alpha"));
+  EXPECT_THAT(refused.err, HasSubstr("node1"));
+  EXPECT_EQ(ctl(1, {"release", "--uuid", a.uuid}).status, 0);
+  EXPECT_EQ(ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid}).status, 0);
+  EXPECT_EQ(ctl(2, {"release", "--uuid", b.uuid}).status, 0);
 }
 
 // Node failure comes last: it changes the lab (Stop's reset restarts it).

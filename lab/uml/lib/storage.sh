@@ -7,7 +7,7 @@
 # The cluster nodes log in to every LUN and mount the export
 # (guest/storage-client.sh).
 
-default_luns=lease:256,vm:1024
+default_luns=lease:256,vm:1024,gfs:256
 default_nfs_lease=10
 
 # Checks a --lun list "NAME:MIB,..." and prints it normalized.
