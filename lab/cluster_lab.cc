@@ -25,11 +25,8 @@ namespace {
 std::string FindTool(const std::string& given) {
   if (!given.empty()) return given;
   if (const char* env = getenv("LATCHKEY_UML_CLUSTER")) return env;
-  for (const char* base : {getenv("TEST_SRCDIR"), getenv("RUNFILES_DIR")}) {
-    if (base == nullptr) continue;
-    const std::string p = absl::StrCat(base, "/latchkey/lab/uml/uml-cluster");
-    if (access(p.c_str(), X_OK) == 0) return p;
-  }
+  const std::string in_runfiles = Runfile("lab/uml/uml-cluster");
+  if (in_runfiles[0] == '/' && access(in_runfiles.c_str(), X_OK) == 0) return in_runfiles;
   // `bazel run` starts in the runfiles tree; a source checkout has it too.
   for (const char* p : {"lab/uml/uml-cluster", "../latchkey/lab/uml/uml-cluster"}) {
     if (access(p, X_OK) == 0) {
@@ -92,6 +89,13 @@ std::string SharedLabMisfit(const std::string& dir, const ClusterLabOptions& o) 
 }
 
 }  // namespace
+
+std::string Runfile(const std::string& rel) {
+  for (const char* base : {getenv("TEST_SRCDIR"), getenv("RUNFILES_DIR")}) {
+    if (base != nullptr) return absl::StrCat(base, "/latchkey/", rel);
+  }
+  return rel;  // `bazel run` starts in the runfiles tree
+}
 
 absl::StatusOr<ClusterLab::Result> RunCaptured(const std::vector<std::string>& argv) {
   char out_tmpl[] = "/tmp/lk-run.XXXXXX";

@@ -137,6 +137,11 @@ class ClusterLab {
   bool running_ = false;
 };
 
+// The path of a file of this workspace in the runfiles of the running test
+// or `bazel run` binary ($TEST_SRCDIR or $RUNFILES_DIR), e.g.
+// Runfile("agent/latchd"); `rel` itself when neither is set.
+std::string Runfile(const std::string& rel);
+
 // Runs argv on the host with stdout and stderr captured apart.
 absl::StatusOr<ClusterLab::Result> RunCaptured(const std::vector<std::string>& argv);
 

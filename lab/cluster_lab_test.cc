@@ -29,13 +29,10 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using lab::ClusterLab;
+using lab::Runfile;
 using lab::kStorage;
 using json = nlohmann::json;
 
-std::string Runfile(const std::string& rel) {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return absl::StrCat(srcdir ? srcdir : ".", "/latchkey/", rel);
-}
 
 ClusterLab* g_lab = nullptr;
 

@@ -28,13 +28,8 @@
 namespace {
 
 using latchkey::lab::ClusterLab;
+using latchkey::lab::Runfile;
 
-std::string Runfile(const std::string& rel) {
-  for (const char* base : {getenv("RUNFILES_DIR"), getenv("TEST_SRCDIR")}) {
-    if (base != nullptr) return absl::StrCat(base, "/latchkey/", rel);
-  }
-  return rel;  // bazel run starts in the runfiles tree
-}
 
 int Fail(const std::string& what) {
   fprintf(stderr, "dlm_benchmark: %s\n", what.c_str());

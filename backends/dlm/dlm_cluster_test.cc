@@ -24,6 +24,7 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using lab::ClusterLab;
+using lab::Runfile;
 
 constexpr char kLatchdConf[] = R"(backends = [ "dlm" ]
 plugin_path = [ "/shared/bin" ]
@@ -36,10 +37,6 @@ dlm_lockspaces = [ "latchkey" ]
 dlm_poll_ms = 100
 )";
 
-std::string Runfile(const std::string& rel) {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return absl::StrCat(srcdir ? srcdir : ".", "/latchkey/", rel);
-}
 
 ClusterLab* g_lab = nullptr;
 

@@ -22,13 +22,11 @@ namespace {
 
 using ::testing::HasSubstr;
 using lab::ClusterLab;
+using lab::Runfile;
 
 constexpr char kSocket[] = "/run/latchkey-posixfd/latchd.sock";
+constexpr char kGfsSocket[] = "/run/latchkey-gfs/latchd.sock";  // the GFS2 latchd
 
-std::string Runfile(const std::string& rel) {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  return absl::StrCat(srcdir ? srcdir : ".", "/latchkey/", rel);
-}
 
 ClusterLab* g_lab = nullptr;
 
@@ -51,19 +49,7 @@ class PosixfdClusterTest : public ::testing::Test {
                                   g_lab->shared(), "/")
                          .c_str()),
               0);
-    for (int n = 1; n <= 3; ++n) {
-      absl::StatusOr<int> pid = g_lab->Spawn(
-          n, absl::StrCat("/shared/node", n, "/latchd-posixfd.log"),
-          {"latchd", "--config", "/shared/latchd-posixfd-nfs.conf"});
-      ASSERT_TRUE(pid.ok()) << pid.status();
-    }
-    for (int n = 1; n <= 3; ++n) {
-      ASSERT_TRUE(g_lab
-                      ->Sh(n, absl::StrCat("for i in $(seq 100); do latchctl --socket ", kSocket,
-                                           " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; "
-                                           "cat /shared/node", n, "/latchd-posixfd.log; exit 1"))
-                      .ok());
-    }
+    StartLatchds("latchd-posixfd-nfs", kSocket);
   }
 
   static void TearDownTestSuite() {
@@ -81,8 +67,29 @@ class PosixfdClusterTest : public ::testing::Test {
 
   void SetUp() override { ASSERT_NE(g_lab, nullptr) << "the lab did not start"; }
 
-  static ClusterLab::Result Ctl(int node, const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {"/shared/bin/latchctl", "--socket", kSocket};
+ public:
+  // latchd on every node with /shared/NAME.conf, logging to
+  // /shared/nodeK/NAME.log; returns when each answers at `socket`.
+  static void StartLatchds(const std::string& name, const std::string& socket) {
+    for (int n = 1; n <= 3; ++n) {
+      const std::string log = absl::StrCat("/shared/node", n, "/", name, ".log");
+      absl::StatusOr<int> pid =
+          g_lab->Spawn(n, log, {"latchd", "--config", absl::StrCat("/shared/", name, ".conf")});
+      ASSERT_TRUE(pid.ok()) << pid.status();
+      absl::StatusOr<std::string> up = g_lab->Sh(
+          n, absl::StrCat("for i in $(seq 100); do latchctl --socket ", socket,
+                          " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; cat ", log,
+                          "; exit 1"));
+      ASSERT_TRUE(up.ok()) << up.status();
+    }
+  }
+
+ protected:
+
+  // latchctl on the node, against the latchd at `socket` (default: the NFS one).
+  static ClusterLab::Result Ctl(int node, const std::vector<std::string>& args,
+                                const std::string& socket = kSocket) {
+    std::vector<std::string> argv = {"/shared/bin/latchctl", "--socket", socket};
     argv.insert(argv.end(), args.begin(), args.end());
     absl::StatusOr<ClusterLab::Result> r = g_lab->Run(node, argv);
     EXPECT_TRUE(r.ok()) << r.status();
@@ -94,13 +101,14 @@ class PosixfdClusterTest : public ::testing::Test {
     int node;
     std::string uuid;
   };
-  static Vm NewVm(int node, const std::string& name) {
+  static Vm NewVm(int node, const std::string& name, const std::string& socket = kSocket) {
     Vm vm{node, RandomUuid()};
     absl::StatusOr<int> pid =
         g_lab->Spawn(node, "/dev/null", {"sleep", "100000"});
     EXPECT_TRUE(pid.ok()) << pid.status();
     ClusterLab::Result r = Ctl(node, {"register", "--owner", name, "--uuid", vm.uuid, "--pid",
-                                      absl::StrCat(pid.ok() ? *pid : 0)});
+                                      absl::StrCat(pid.ok() ? *pid : 0)},
+                               socket);
     EXPECT_EQ(r.status, 0) << r.err;
     return vm;
   }
@@ -195,7 +203,6 @@ TEST_F(PosixfdClusterTest, WaitingAcquireIsGrantedWhenTheOtherNodeReleases) {
 
 // GFS2 on the LUN "gfs", mounted on every node, a second latchd per node
 // with posixfd's lock directory on it. Made once, by the first GFS2 case.
-constexpr char kGfsSocket[] = "/run/latchkey-gfs/latchd.sock";
 void MakeGfs2Once() {
   static bool made = false;
   if (made) return;
@@ -216,16 +223,7 @@ void MakeGfs2Once() {
                 "/latchd-gfs.conf")
                 .c_str()),
             0);
-  for (int n = 1; n <= 3; ++n) {
-    ASSERT_TRUE(g_lab->Spawn(n, absl::StrCat("/shared/node", n, "/latchd-gfs.log"),
-                             {"latchd", "--config", "/shared/latchd-gfs.conf"})
-                    .ok());
-    ASSERT_TRUE(g_lab
-                    ->Sh(n, absl::StrCat("for i in $(seq 100); do latchctl --socket ", kGfsSocket,
-                                         " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; "
-                                         "cat /shared/node", n, "/latchd-gfs.log; exit 1"))
-                    .ok());
-  }
+  PosixfdClusterTest::StartLatchds("latchd-gfs", kGfsSocket);
 }
 
 TEST_F(PosixfdClusterTest, OnGfs2TheLocksAreDlmPlocksThatConflictAcrossNodes) {
@@ -233,33 +231,17 @@ TEST_F(PosixfdClusterTest, OnGfs2TheLocksAreDlmPlocksThatConflictAcrossNodes) {
   const std::string img =
       absl::StrCat("/mnt/gfs/disk-", absl::ToUnixMicros(absl::Now()) % 100000000, ".img");
   ASSERT_TRUE(g_lab->Sh(1, absl::StrCat("truncate -s 1M ", img)).ok());
-  auto ctl = [](int node, std::vector<std::string> args) {
-    args.insert(args.begin(), {"/shared/bin/latchctl", "--socket", kGfsSocket});
-    absl::StatusOr<ClusterLab::Result> r = g_lab->Run(node, args);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : ClusterLab::Result{-1, "", r.status().ToString()};
-  };
-  auto vm = [&](int node, const std::string& name) {
-    Vm v{node, RandomUuid()};
-    absl::StatusOr<int> pid = g_lab->Spawn(node, "/dev/null", {"sleep", "100000"});
-    EXPECT_TRUE(pid.ok()) << pid.status();
-    EXPECT_EQ(ctl(node, {"register", "--owner", name, "--uuid", v.uuid, "--pid",
-                         absl::StrCat(pid.ok() ? *pid : 0)})
-                  .status,
-              0);
-    return v;
-  };
-  Vm a = vm(1, "gfs-alpha"), b = vm(2, "gfs-bravo");
-  ClusterLab::Result g = ctl(1, {"acquire", "--disk", img, "--uuid", a.uuid});
+  Vm a = NewVm(1, "gfs-alpha", kGfsSocket), b = NewVm(2, "gfs-bravo", kGfsSocket);
+  ClusterLab::Result g = Ctl(1, {"acquire", "--disk", img, "--uuid", a.uuid}, kGfsSocket);
   ASSERT_EQ(g.status, 0) << g.err;
   EXPECT_THAT(g.out, HasSubstr("identity: file"));  // GFS2's UUID + the file handle
-  ClusterLab::Result refused = ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid});
+  ClusterLab::Result refused = Ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid}, kGfsSocket);
   EXPECT_EQ(refused.status, 1) << refused.out << refused.err;
   EXPECT_THAT(refused.err, HasSubstr("gfs-alpha"));
   EXPECT_THAT(refused.err, HasSubstr("node1"));
-  EXPECT_EQ(ctl(1, {"release", "--uuid", a.uuid}).status, 0);
-  EXPECT_EQ(ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid}).status, 0);
-  EXPECT_EQ(ctl(2, {"release", "--uuid", b.uuid}).status, 0);
+  EXPECT_EQ(Ctl(1, {"release", "--uuid", a.uuid}, kGfsSocket).status, 0);
+  EXPECT_EQ(Ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid}, kGfsSocket).status, 0);
+  EXPECT_EQ(Ctl(2, {"release", "--uuid", b.uuid}, kGfsSocket).status, 0);
 }
 
 // Node failure comes last: it changes the lab (Stop's reset restarts it).
