@@ -1398,6 +1398,11 @@ void Agent::ReleaseInBackends(const Owner& owner, const std::vector<Held>& names
     if (s.ok()) {
       spdlog::info("released {} of {}: another name of the same disk was lost",
                    h.resource.Describe(), owner.Describe());
+    } else if (absl::IsNotFound(s)) {
+      // The backend lost this name too (a failed sanlock lockspace takes
+      // every lease in it): nothing is left to release.
+      spdlog::info("{} of {} was lost with the other name of its disk", h.resource.Describe(),
+                   owner.Describe());
     } else {
       spdlog::error("cannot release {} of {} with the lost name of its disk: {}",
                     h.resource.Describe(), owner.Describe(), s.ToString());

@@ -317,11 +317,13 @@ class SanlockBackend final : public Backend {
       // Already joined (a restart of ours, or the admin joined it): ready
       // now. Otherwise joining takes seconds: in the background.
       sanlk_lockspace probe = LockspaceOf(c);
-      if (sanlock_inq_lockspace(&probe, 0) == 0) {
-        Join(p);
-      } else {
-        p->joiner = std::thread([this, p] { Join(p); });
+      if (sanlock_inq_lockspace(&probe, 0) == 0) Join(p);
+      bool joined;
+      {
+        absl::MutexLock l(&p->mu);
+        joined = p->state == JoinState::kJoined;
       }
+      if (!joined) p->joiner = std::thread([this, p] { JoinUntilJoined(p); });
     }
     return absl::OkStatus();
   }
@@ -801,8 +803,20 @@ class SanlockBackend final : public Backend {
     const std::string path = absl::StrCat(dir, "/", resource.name);
     if (access(path.c_str(), F_OK) == 0 || !create) return std::make_pair(path, uint64_t{0});
     if (mkdir(dir.c_str(), 0770) != 0 && errno != EEXIST) {
+      const int err = errno;
+      // lease_dir itself is never created: missing, it is most likely a
+      // shared mount that is not there, and lease files on a local disk
+      // would exclude nothing across hosts.
+      struct stat st;
+      if (err == ENOENT && stat(s_.lease_dir.c_str(), &st) != 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sanlock: lease_dir ", s_.lease_dir,
+            " does not exist; create it on storage every host shares (an NFS mount), "
+            "latchkey does not, so that an unmounted share is never replaced by a local "
+            "directory"));
+      }
       return absl::FailedPreconditionError(
-          absl::StrCat("sanlock: cannot create lease directory ", dir, ": ", strerror(errno)));
+          absl::StrCat("sanlock: cannot create lease directory ", dir, ": ", strerror(err)));
     }
     // Initialise under a private name, then link() into place: link fails
     // with EEXIST for every creator but one, so a lease is never written
@@ -1034,6 +1048,26 @@ class SanlockBackend final : public Backend {
     return ls;
   }
 
+  // Joins until it works or the backend stops: a join fails while the
+  // storage or the daemon is away (a stalled LUN: -ENODEV), and both come
+  // back. The lockspace shows "error" with the last failure meanwhile.
+  void JoinUntilJoined(Lockspace* L) {
+    absl::Duration pause = absl::Seconds(1);
+    for (int attempt = 1; !stopping_; ++attempt) {
+      Join(L);
+      {
+        absl::MutexLock l(&L->mu);
+        if (L->state == JoinState::kJoined) return;
+        L->message = absl::StrCat(L->message, " (attempt ", attempt, "; next in ",
+                                  absl::FormatDuration(pause), ")");
+      }
+      for (absl::Time until = absl::Now() + pause; !stopping_ && absl::Now() < until;) {
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+      pause = std::min(pause * 2, absl::Seconds(10));
+    }
+  }
+
   // Joins one lockspace, then registers its client (killpath, restrict).
   void Join(Lockspace* L) {
     const absl::Time start = absl::Now();
@@ -1176,7 +1210,7 @@ class SanlockBackend final : public Backend {
         L.state = JoinState::kJoining;
         L.started = absl::Now();
       }
-      Join(&L);
+      JoinUntilJoined(&L);
     });
   }
 

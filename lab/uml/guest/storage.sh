@@ -14,7 +14,8 @@
 #     is the same after a storage restart.
 #   - NFSv4: /srv/nfs (an ext4 file system on /dev/ubdb, host file
 #     DIR/storage/nfs.img) exported to the storage wire (clients mount
-#     ADDR:/srv/nfs), with lease and grace time lk_nfs_lease seconds.
+#     ADDR:/srv/nfs), with lease and grace time lk_nfs_lease seconds, and
+#     the directory latchkey-sanlock in it for sanlock's automatic leases.
 #
 # Kernel command line words (from the host's uml-cluster):
 #   lk_luns=NAME:MIB,...   the LUNs, in ubd order
@@ -35,6 +36,9 @@ storage_nfs() {
   mkdir -p /srv/nfs
   mount -t ext4 /dev/ubdb /srv/nfs || hang "cannot mount the NFS export's file system (/dev/ubdb)"
   chmod 1777 /srv/nfs
+  # sanlock's automatic lease files (lab/examples/latchd-sanlock.conf's
+  # sanlock_lease_dir): the backend never creates lease_dir itself.
+  mkdir -p /srv/nfs/latchkey-sanlock
   mount -t nfsd nfsd /proc/fs/nfsd || hang "cannot mount the nfsd file system"
   local lease=${lk_nfs_lease:-10}
   echo "$lease" >/proc/fs/nfsd/nfsv4leasetime || hang "cannot set the NFSv4 lease time to $lease s"
