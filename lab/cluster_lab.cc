@@ -337,6 +337,10 @@ absl::Status ClusterLab::ClockJump(int node, int64_t seconds) {
   return ToolOk({"clock-jump", dir_, absl::StrCat(node), absl::StrCat(seconds)});
 }
 
+absl::Status ClusterLab::SetFencing(bool on) {
+  return ToolOk({"fencing", dir_, on ? "on" : "off"});
+}
+
 absl::StatusOr<std::vector<LabEvent>> ClusterLab::Events() const {
   std::vector<LabEvent> events;
   std::ifstream in(dir_ + "/events.log");

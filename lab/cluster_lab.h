@@ -111,6 +111,11 @@ class ClusterLab {
   absl::Status DaemonKill(int node, const std::string& name, const std::string& signal = "");
   absl::Status NfsRestart();
   absl::Status ClockJump(int node, int64_t seconds);
+  // DLM fencing (lab/uml/lib/fencing.sh): on (the default, and after every
+  // reset), a failed node is killed by the host before the survivors'
+  // dlm_controld recovers its locks; off, fence requests are acknowledged
+  // without killing anything (as without fencing).
+  absl::Status SetFencing(bool on);
 
   // `uml-cluster status`: one line per machine ("node3 dead ...").
   absl::StatusOr<std::string> Status();

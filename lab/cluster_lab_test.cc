@@ -79,10 +79,13 @@ class ClusterLabTest : public ::testing::Test {
   static bool Reaches(int node, const std::string& addr) {
     return Status(node, absl::StrCat("ping -c 1 -W 2 ", addr, " >/dev/null 2>&1")) == 0;
   }
-  // The last event of the log, which must be `event` on `target`.
+  // The last event of the log, which must be `event` on `target`. (Fence
+  // events are the DLM's answers to a fault, logged when they come: skipped
+  // unless asked for.)
   static void ExpectLastEvent(const std::string& event, const std::string& target) {
     absl::StatusOr<std::vector<lab::LabEvent>> ev = g_lab->Events();
     ASSERT_TRUE(ev.ok()) << ev.status();
+    while (!ev->empty() && event != "fence" && ev->back().event == "fence") ev->pop_back();
     ASSERT_FALSE(ev->empty());
     EXPECT_EQ(ev->back().event, event);
     EXPECT_EQ(ev->back().target, target);
@@ -194,6 +197,9 @@ TEST_F(ClusterLabTest, DiskIdentityIsTheSameOnEveryNodeWhateverThePath) {
 TEST_F(ClusterLabTest, NetworkFaultsHitOneWireAndAreLogged) {
   const std::string node1 = "10.77.0.1", node2 = "10.77.0.2", node3 = "10.77.0.3",
                     storage = "10.78.0.100";
+  // This checks the faults themselves: the DLM must not fence node3 for the
+  // partition (a fence request is acknowledged, nothing killed).
+  ASSERT_TRUE(g_lab->SetFencing(false).ok());
   ASSERT_TRUE(Reaches(3, node1));
   ASSERT_TRUE(g_lab->Partition({{1, 2}, {3}}).ok());
   ExpectLastEvent("partition", "1,2|3");
@@ -234,6 +240,66 @@ TEST_F(ClusterLabTest, NetworkFaultsHitOneWireAndAreLogged) {
   EXPECT_FALSE(g_lab->Netem(2, "cluster", {"delay;reboot"}).ok());
   EXPECT_FALSE(g_lab->Partition({{1, 2}}).ok()) << "a partition that leaves node3 out";
   EXPECT_TRUE(Reaches(3, node1));
+  ASSERT_TRUE(g_lab->SetFencing(true).ok());
+}
+
+// The DLM's fencing: every node's dlm_controld runs the lab's agent
+// (guest/fence-agent) for a failed node; it asks the host, whose fencer
+// kills the node (lib/fencing.sh). A node cut off from the cluster wire is
+// killed; `fence` spares an incarnation booted after the failure, and with
+// fencing off only acknowledges.
+TEST_F(ClusterLabTest, TheDlmFencesAFailedNodeThroughTheHost) {
+  absl::StatusOr<std::string> st = g_lab->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_THAT(*st, HasSubstr("fencing on fencer=up"));
+  const absl::Time cut = absl::Now();
+  ASSERT_TRUE(g_lab->Cut(2, "cluster").ok());
+  absl::Duration dead_after = absl::InfiniteDuration();
+  while (absl::Now() - cut < absl::Seconds(60)) {
+    st = g_lab->Status();
+    ASSERT_TRUE(st.ok()) << st.status();
+    if (absl::StrContains(*st, "node2 dead")) {
+      dead_after = absl::Now() - cut;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  std::printf("node2 cut off the cluster wire: fenced (killed by the host) after %.1f s "
+              "(corosync token 3000 ms)\n", absl::ToDoubleSeconds(dead_after));
+  EXPECT_LT(dead_after, absl::Seconds(30)) << "the cut node was never fenced";
+  ExpectLastEvent("fence", "node2");
+  absl::StatusOr<std::vector<lab::LabEvent>> ev = g_lab->Events();
+  ASSERT_TRUE(ev.ok());
+  EXPECT_THAT(ev->back().rest, HasSubstr("result=killed"));
+  EXPECT_THAT(ev->back().rest, testing::ContainsRegex("by=node[13]"));
+  // The agent's side, in the node that ran it.
+  EXPECT_THAT(Sh(1, "cat /shared/node1/fence.log /shared/node3/fence.log 2>/dev/null"),
+              HasSubstr("node2: fenced"));
+  ASSERT_TRUE(g_lab->Restart(2).ok());
+
+  // A failure from before node2's last boot: that incarnation is gone.
+  absl::StatusOr<ClusterLab::Result> r = lab::RunCaptured(
+      {Runfile("lab/uml/uml-cluster"), "fence", g_lab->dir(), "2", "--failed-at",
+       absl::StrCat(absl::ToUnixSeconds(cut)), "--by", "test"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 0) << r->err;
+  EXPECT_THAT(r->out, HasSubstr("that incarnation is gone"));
+  ExpectLastEvent("fence", "node2");
+  st = g_lab->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_THAT(*st, HasSubstr("node2 running"));
+  // Fencing off: acknowledged, nothing killed.
+  ASSERT_TRUE(g_lab->SetFencing(false).ok());
+  r = lab::RunCaptured({Runfile("lab/uml/uml-cluster"), "fence", g_lab->dir(), "2"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 0) << r->err;
+  ev = g_lab->Events();
+  ASSERT_TRUE(ev.ok());
+  EXPECT_THAT(ev->back().rest, HasSubstr("result=acked"));
+  ASSERT_TRUE(g_lab->SetFencing(true).ok());
+  st = g_lab->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_THAT(*st, HasSubstr("node2 running"));
 }
 
 TEST_F(ClusterLabTest, StorageFaultsStallOrFailTheNodesIoAndAreLogged) {
@@ -296,6 +362,8 @@ TEST_F(ClusterLabTest, DaemonClockAndNfsServerFaultsAreLogged) {
 // leases cannot be renewed, even when its kernel is stuck.
 TEST_F(ClusterLabTest, AFrozenNodeIsKilledByItsWatchdogFromTheHost) {
   ASSERT_EQ(Status(3, "pgrep -x wdmd >/dev/null"), 0) << "wdmd is not running on node3";
+  // The DLM would fence the frozen node within seconds: only the watchdog here.
+  ASSERT_TRUE(g_lab->SetFencing(false).ok());
   const absl::Time frozen = absl::Now();
   ASSERT_TRUE(g_lab->Freeze(3).ok());
   absl::Duration dead_after = absl::InfiniteDuration();
@@ -312,6 +380,7 @@ TEST_F(ClusterLabTest, AFrozenNodeIsKilledByItsWatchdogFromTheHost) {
               "pets every 10 s)\n", absl::ToDoubleSeconds(dead_after));
   EXPECT_GE(dead_after, absl::Seconds(49)) << "killed before the watchdog could have fired";
   EXPECT_LE(dead_after, absl::Seconds(75)) << "the watchdog did not kill the frozen node";
+  ASSERT_TRUE(g_lab->SetFencing(true).ok());
   ASSERT_TRUE(g_lab->Restart(3).ok());
   EXPECT_EQ(Status(3, "pgrep -x wdmd >/dev/null"), 0);
 }

@@ -49,7 +49,7 @@ class DlmClusterTest : public ::testing::Test {
     ASSERT_TRUE(g_lab
                     ->Install({Runfile("agent/latchd"), Runfile("tools/latchctl"),
                                Runfile("backends/dlm/latchkey-dlm.so"),
-                               Runfile("backends/dlm/dlm_contract_suite"),
+                               Runfile("tests/contract/contract_suite_main"),
                                Runfile("backends/dlm/dlm_bench_node"),
                                Runfile("tests/contract/lock_holder")})
                     .ok());
@@ -133,7 +133,7 @@ TEST_F(DlmClusterTest, ContractSuitePassesOnALabNode) {
       2,
       {"/bin/sh", "-c",
        "t=$(mktemp -d) && cd $t && TEST_SRCDIR=/shared/srcdir "
-       "TEST_TMPDIR=$t /shared/bin/dlm_contract_suite --backend=dlm "
+       "TEST_TMPDIR=$t /shared/bin/contract_suite_main --backend=dlm "
        "--plugin=/shared/bin/latchkey-dlm.so '--settings=lockspaces = [ \"contract\" ]' "
        "--holder=/shared/bin/lock_holder"},
       absl::Minutes(10));
@@ -359,7 +359,26 @@ void WaitInBackground(int node, const std::string& tag, const std::string& res,
   absl::SleepFor(absl::Milliseconds(500));
 }
 
-// Node failures: the cluster changes from here on.
+// The lab's fence event for `node` since `since` (lab/uml/lib/fencing.sh):
+// its time, and its result (killed, down, rebooted, acked) in `result`.
+absl::Time FencedAt(int node, absl::Time since, std::string* result) {
+  absl::StatusOr<std::vector<lab::LabEvent>> events = g_lab->Events();
+  EXPECT_TRUE(events.ok()) << events.status();
+  if (events.ok()) {
+    for (const lab::LabEvent& e : *events) {
+      if (e.event == "fence" && e.target == absl::StrCat("node", node) &&
+          absl::FromUnixMillis(e.unix_ms) >= since) {
+        *result = e.rest;
+        return absl::FromUnixMillis(e.unix_ms);
+      }
+    }
+  }
+  return absl::InfiniteFuture();
+}
+
+// Node failures: the cluster changes from here on. Fencing is on (the lab's
+// agent has the host kill a failed node): the survivors' dlm_controld
+// recovers a failed node's locks only after the host killed it.
 
 TEST_F(DlmClusterTest, SurvivorsGetTheLocksOfAKilledNode) {
   const std::string res = Unique("disk-dead");
@@ -370,9 +389,14 @@ TEST_F(DlmClusterTest, SurvivorsGetTheLocksOfAKilledNode) {
   const absl::Time killed = absl::Now();
   ASSERT_TRUE(g_lab->Kill(3).ok());
   auto [rc, secs] = AwaitBackground(1, "dead", killed);
-  std::printf("node 3 killed while holding: node 1 granted after %.2f s (corosync token 3000 ms)\n",
-              secs);
+  std::string how;
+  const absl::Time fenced = FencedAt(3, killed, &how);
+  std::printf("node 3 killed while holding: fenced (%s) after %.2f s, node 1 granted after %.2f s "
+              "(corosync token 3000 ms)\n",
+              how.c_str(), absl::ToDoubleSeconds(fenced - killed), secs);
   EXPECT_EQ(rc, "0");
+  EXPECT_THAT(how, HasSubstr("result=down"));
+  EXPECT_LE(absl::ToDoubleSeconds(fenced - killed), secs) << "granted before the fence";
   EXPECT_EQ(Release(waiter, res).status, 0);
   ASSERT_TRUE(g_lab->Restart(3).ok());
   StartLatchd(3);
@@ -387,17 +411,51 @@ TEST_F(DlmClusterTest, SurvivorsGetTheLocksOfAFrozenNode) {
   const absl::Time frozen_at = absl::Now();
   ASSERT_TRUE(g_lab->Freeze(2).ok());
   auto [rc, secs] = AwaitBackground(1, "frz", frozen_at);
-  std::printf("node 2 frozen while holding: node 1 granted after %.2f s\n", secs);
+  std::string how;
+  const absl::Time fenced = FencedAt(2, frozen_at, &how);
+  std::printf("node 2 frozen while holding: fenced (%s) after %.2f s, node 1 granted after "
+              "%.2f s\n", how.c_str(), absl::ToDoubleSeconds(fenced - frozen_at), secs);
   EXPECT_EQ(rc, "0");
+  EXPECT_THAT(how, HasSubstr("result=killed")) << "the frozen node was not fenced";
+  EXPECT_LE(absl::ToDoubleSeconds(fenced - frozen_at), secs) << "granted before the fence";
+  absl::StatusOr<std::string> st = g_lab->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_THAT(*st, HasSubstr("node2 dead"));
   EXPECT_EQ(Release(waiter, res).status, 0);
-  // A frozen node thawed merges back with stale state and dlm_controld then
-  // kills corosync on one side ("stateful merge"; fencing is off in the
-  // lab), which may be the survivors: reboot node 2 instead.
   ASSERT_TRUE(g_lab->Restart(2).ok());
   StartLatchd(2);
 }
 
-TEST_F(DlmClusterTest, ANodeCutOffReportsItsLocksLostAndSurvivorsTakeThem) {
+TEST_F(DlmClusterTest, ANodeCutOffIsFencedBeforeSurvivorsTakeItsLocks) {
+  const std::string res = Unique("disk-fence");
+  Vm cut = NewVm(3, "vm-fenced");
+  Vm waiter = NewVm(1, "vm-waiting4");
+  ASSERT_EQ(Acquire(cut, res, "exclusive").status, 0);
+  WaitInBackground(1, "fen", res, waiter.uuid);
+  const absl::Time cut_at = absl::Now();
+  ASSERT_TRUE(g_lab->Cut(3).ok());
+  auto [rc, secs] = AwaitBackground(1, "fen", cut_at);
+  std::string how;
+  const absl::Time fenced = FencedAt(3, cut_at, &how);
+  std::printf("node 3 cut off while holding (fencing on): fenced (%s) after %.2f s, node 1 "
+              "granted after %.2f s\n",
+              how.c_str(), absl::ToDoubleSeconds(fenced - cut_at), secs);
+  EXPECT_EQ(rc, "0");
+  EXPECT_THAT(how, HasSubstr("result=killed"));
+  EXPECT_LE(absl::ToDoubleSeconds(fenced - cut_at), secs) << "granted before the fence";
+  absl::StatusOr<std::string> st = g_lab->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_THAT(*st, HasSubstr("node3 dead"));
+  EXPECT_EQ(Release(waiter, res).status, 0);
+  ASSERT_TRUE(g_lab->Restart(3).ok());
+  StartLatchd(3);
+}
+
+// Without fencing (acknowledged, nothing killed), a cut node survives: its
+// latchd sees quorum lost and stops its owners by policy, while the
+// survivors take the locks. Only the policy separates the two in time.
+TEST_F(DlmClusterTest, WithoutFencingACutNodeStopsItsOwnersByPolicy) {
+  ASSERT_TRUE(g_lab->SetFencing(false).ok());
   const std::string res = Unique("disk-cut");
   Vm cut = NewVm(3, "vm-on-node3", "terminate");
   Vm waiter = NewVm(1, "vm-waiting3");
@@ -423,10 +481,14 @@ TEST_F(DlmClusterTest, ANodeCutOffReportsItsLocksLostAndSurvivorsTakeThem) {
   EXPECT_THAT(*log, HasSubstr(res));
   EXPECT_THAT(*log, HasSubstr("lost quorum"));
   auto [rc, secs] = AwaitBackground(1, "cut", cut_at);
-  std::printf("node 3 cut off while holding: its owner stopped within %.2f s, node 1 granted "
-              "after %.2f s\n", stopped, secs);
+  std::printf("node 3 cut off while holding (fencing off): its owner stopped within %.2f s, "
+              "node 1 granted after %.2f s\n", stopped, secs);
   EXPECT_EQ(rc, "0");
+  std::string how;
+  FencedAt(3, cut_at, &how);
+  EXPECT_THAT(how, HasSubstr("result=acked"));
   EXPECT_EQ(Release(waiter, res).status, 0);
+  ASSERT_TRUE(g_lab->SetFencing(true).ok());
   ASSERT_TRUE(g_lab->Restart(3).ok());  // a healed node would merge with stale state
   StartLatchd(3);
 }

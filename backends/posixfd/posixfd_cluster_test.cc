@@ -12,17 +12,19 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "core/owner.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lab/cluster_lab.h"
+#include "lab/node_latchd.h"
 
 namespace latchkey {
 namespace {
 
 using ::testing::HasSubstr;
 using lab::ClusterLab;
+using lab::NodeLatchd;
 using lab::Runfile;
+using Vm = NodeLatchd::Vm;
 
 constexpr char kSocket[] = "/run/latchkey-posixfd/latchd.sock";
 constexpr char kGfsSocket[] = "/run/latchkey-gfs/latchd.sock";  // the GFS2 latchd
@@ -72,64 +74,29 @@ class PosixfdClusterTest : public ::testing::Test {
   // /shared/nodeK/NAME.log; returns when each answers at `socket`.
   static void StartLatchds(const std::string& name, const std::string& socket) {
     for (int n = 1; n <= 3; ++n) {
-      const std::string log = absl::StrCat("/shared/node", n, "/", name, ".log");
-      absl::StatusOr<int> pid =
-          g_lab->Spawn(n, log, {"latchd", "--config", absl::StrCat("/shared/", name, ".conf")});
-      ASSERT_TRUE(pid.ok()) << pid.status();
-      absl::StatusOr<std::string> up = g_lab->Sh(
-          n, absl::StrCat("for i in $(seq 100); do latchctl --socket ", socket,
-                          " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; cat ", log,
-                          "; exit 1"));
-      ASSERT_TRUE(up.ok()) << up.status();
+      absl::Status s = NodeLatchd(g_lab, socket).Start(
+          n, absl::StrCat("/shared/", name, ".conf"), absl::StrCat("/shared/node", n, "/", name, ".log"));
+      ASSERT_TRUE(s.ok()) << s;
     }
   }
 
  protected:
-
   // latchctl on the node, against the latchd at `socket` (default: the NFS one).
   static ClusterLab::Result Ctl(int node, const std::vector<std::string>& args,
                                 const std::string& socket = kSocket) {
-    std::vector<std::string> argv = {"/shared/bin/latchctl", "--socket", socket};
-    argv.insert(argv.end(), args.begin(), args.end());
-    absl::StatusOr<ClusterLab::Result> r = g_lab->Run(node, argv);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : ClusterLab::Result{-1, "", r.status().ToString()};
+    return NodeLatchd(g_lab, socket).Ctl(node, args);
   }
-
-  // An owner process ("VM") on a node, registered with that node's latchd.
-  struct Vm {
-    int node;
-    std::string uuid;
-  };
   static Vm NewVm(int node, const std::string& name, const std::string& socket = kSocket) {
-    Vm vm{node, RandomUuid()};
-    absl::StatusOr<int> pid =
-        g_lab->Spawn(node, "/dev/null", {"sleep", "100000"});
-    EXPECT_TRUE(pid.ok()) << pid.status();
-    ClusterLab::Result r = Ctl(node, {"register", "--owner", name, "--uuid", vm.uuid, "--pid",
-                                      absl::StrCat(pid.ok() ? *pid : 0)},
-                               socket);
-    EXPECT_EQ(r.status, 0) << r.err;
-    return vm;
+    return NodeLatchd(g_lab, socket).NewVm(node, name);
   }
   // `latchctl acquire --wait` of `img` for `vm`, in the background on its
   // node; WaiterStatus reads its exit status ("none" while it waits).
   static void StartWaiter(const Vm& vm, const std::string& img, int wait_seconds) {
-    absl::StatusOr<int> waiter = g_lab->Spawn(
-        vm.node, "/tmp/waiter.log",
-        {"sh", "-c", absl::StrCat("latchctl --socket ", kSocket, " acquire --disk ", img,
-                                  " --uuid ", vm.uuid, " --wait ", wait_seconds,
-                                  "; echo $? >/tmp/waiter.rc")});
-    ASSERT_TRUE(waiter.ok()) << waiter.status();
+    absl::Status s = NodeLatchd(g_lab, kSocket).StartWaiter(vm, {"--disk", img}, wait_seconds, "waiter");
+    ASSERT_TRUE(s.ok()) << s;
   }
   static std::string WaiterStatus(const Vm& vm, absl::Duration within) {
-    absl::StatusOr<std::string> rc = g_lab->Sh(
-        vm.node, absl::StrCat("for i in $(seq ", absl::ToInt64Milliseconds(within) / 100,
-                              "); do [ -s /tmp/waiter.rc ] && { cat /tmp/waiter.rc; exit 0; }; "
-                              "sleep 0.1; done; echo none"),
-        within + absl::Seconds(60));
-    EXPECT_TRUE(rc.ok()) << rc.status();
-    return std::string(absl::StripAsciiWhitespace(rc.ok() ? *rc : ""));
+    return NodeLatchd(g_lab, kSocket).WaiterStatus(vm, "waiter", within);
   }
   static std::string Image(const std::string& base) {
     const std::string path =

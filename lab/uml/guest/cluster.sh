@@ -3,7 +3,8 @@
 # Sourced by node-init (lk_role=node) from /shared/lab/; uses its helpers
 # (say, phase, hang, nap) and variables (node, nodes, members, out).
 #
-# cluster_setup    writes /etc/hosts, corosync.conf and dlm.conf
+# cluster_setup    writes /etc/hosts, corosync.conf and dlm.conf (fencing
+#                  through fence-agent and the host's fencer)
 # cluster_bringup  starts corosync, waits for quorum, starts dlm_controld,
 #                  waits until the DLM has `members` members; records the
 #                  phases corosync-quorate and dlm-ready
@@ -41,7 +42,10 @@ cluster_setup() {
     echo "    timestamp: hires"
     echo "}"
   } >/etc/corosync/corosync.conf
-  printf 'enable_fencing=0\nprotocol=tcp\n' >/etc/dlm/dlm.conf
+  # Fencing through the lab's agent (fence-agent): a failed node's locks
+  # are recovered only once the host has killed it. No startup fencing:
+  # nodes boot seconds apart and each one joins by itself.
+  printf 'protocol=tcp\nenable_fencing=1\nenable_startup_fencing=0\nfence_all /shared/lab/fence-agent\n' >/etc/dlm/dlm.conf
   ln -sfn "$out/corosync.log" /var/log/corosync/corosync.log
   ln -sfn "$out/dlm_controld.log" /var/log/dlm_controld/dlm_controld.log
 }

@@ -8,7 +8,8 @@
 # "1796570130001 netem node2 wire=cluster delay=100ms". Events: start,
 # stop, boot, kill, freeze, thaw, cut, heal, partition, unpartition, netem,
 # netem-clear, storage-stall, storage-resume, storage-errors,
-# storage-errors-clear, daemon-kill, nfs-restart, clock-jump (docs/lab.md).
+# storage-errors-clear, daemon-kill, nfs-restart, clock-jump, fence,
+# fencing, reset (docs/lab.md).
 # Lines are whole (one write each, under O_APPEND), so concurrent commands
 # never interleave within a line. Benchmarks and the safety checker read it
 # to line their own records up with the faults.

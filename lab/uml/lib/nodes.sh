@@ -127,6 +127,7 @@ boot_node() {
     "${args[@]}" con=null con0=null,fd:1 ssl=null lk_shared="$lab/shared") ||
     die "cannot boot $name: the keeper (pid $LAB_HOLDER_PID) did not start it (see $lab/keeper.log)"
   start=$(proc_start "$pid")
+  setv "LAB_NODE${k}_BOOTED" "$(date +%s)"  # what `fence` compares a failure time with
   setv "LAB_NODE${k}_PID" "$pid"
   setv "LAB_NODE${k}_START" "$start"
   if ((k == 0)); then
@@ -220,6 +221,7 @@ teardown() {
     fi
   done
   ((${#halted[@]})) && wait "${halted[@]}" 2>/dev/null
+  stop_fencer
   for k in $machines; do kill_node "$k" || true; done
   if holder_alive; then
     kill -KILL "$LAB_HOLDER_PID" 2>/dev/null || true
