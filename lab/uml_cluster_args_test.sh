@@ -54,6 +54,12 @@ expect 1 "not a process name" daemon-kill "$tmp/lab" 1 'a b'
 expect 1 "has no storage node" storage-stall "$tmp/lab" 1
 expect 1 "is stopped, not running" reset "$tmp/lab"
 expect 125 "--log must be an absolute path" spawn "$tmp/lab" 1 --log rel.log -- true
+expect 1 "--failed-at must be seconds since the epoch" fence "$tmp/lab" 1 --failed-at yesterday
+expect 1 "--by must be a name" fence "$tmp/lab" 1 --by 'a;b'
+expect 1 "no node 'node7'" fence "$tmp/lab" node7
+expect 1 "has no storage node" fence "$tmp/lab" storage
+expect 2 "unknown argument '--now'" fence "$tmp/lab" 1 --now
+expect 1 "say on or off, not 'maybe'" fencing "$tmp/lab" maybe
 
 echo "$fails failed"
 ((fails == 0))

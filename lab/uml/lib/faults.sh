@@ -147,6 +147,6 @@ cmd_clock_jump() {
   k=$(node_num "$2") || exit 1
   [[ $s =~ ^[-+]?[0-9]{1,9}$ ]] || die "clock-jump: '$s' is not a whole number of seconds"
   running_or_die clock-jump "$k"
-  node_must clock-jump "$k" sh -c 'date -s "@$(( $(date +%s) + $1 ))" >/dev/null' sh "${s#+}"
+  node_must clock-jump "$k" sh -c 't=$(date +%s.%N); date -s "@$(( ${t%.*} + $1 )).${t#*.}" >/dev/null' sh "${s#+}"
   event_log clock-jump "$(node_name "$k")" "seconds=$s"
 }
