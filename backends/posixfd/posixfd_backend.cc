@@ -9,12 +9,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "backends/posixfd/lock_file.h"
+#include "backends/posixfd/nfs_lock_probe.h"
 #include "core/disk_identity.h"
 #include "core/plugin_export.h"
 
@@ -119,8 +122,11 @@ class Fd {
 
 // A lock this process holds for one owner on one resource.
 struct Held {
+  Owner owner;
+  Resource resource;
   Fd target;  // carries the OFD locks
   Fd state;   // the state file; invalid when it is `target`
+  bool on_nfs = false;  // target is on NFS: its locks can be lost (the checker)
   LockMode mode = LockMode::kExclusive;
   int slot = -1;  // shared holders' record slot
   uint64_t token = 0;
@@ -230,8 +236,39 @@ enum class Outcome { kGranted, kBusy, kTransient };
 
 class PosixFdBackend final : public Backend {
  public:
-  PosixFdBackend(std::string lock_dir, Fd dir_fd, bool lock_image)
-      : lock_dir_(std::move(lock_dir)), dir_fd_(std::move(dir_fd)), lock_image_(lock_image) {}
+  PosixFdBackend(std::string lock_dir, Fd dir_fd, bool lock_image, absl::Duration check_every)
+      : lock_dir_(std::move(lock_dir)),
+        dir_fd_(std::move(dir_fd)),
+        lock_image_(lock_image),
+        check_every_(check_every) {}
+
+  ~PosixFdBackend() override {
+    if (!checker_.joinable()) return;
+    bool probing;
+    {
+      std::lock_guard<std::mutex> l(watch_->mu);
+      watch_->stopping = true;
+      probing = watch_->probing;
+    }
+    watch_->wake.notify_all();
+    // A probe blocks as long as its NFS mount does; the checker then finds
+    // `stopping` when it returns and never touches this backend again.
+    if (probing) {
+      checker_.detach();
+    } else {
+      checker_.join();
+    }
+  }
+
+  // Locks on NFS can be lost behind our back (lease expiry, nfs_lock_probe.h):
+  // a checker probes each one every check_ms and reports the lost ones.
+  void WatchLockLoss(LockLossHandler handler) override {
+    std::lock_guard<std::mutex> l(watch_->mu);
+    watch_->handler = std::move(handler);
+    if (watch_->handler && check_every_ > absl::ZeroDuration() && !checker_.joinable()) {
+      checker_ = std::thread([this, w = watch_] { CheckLoop(w); });
+    }
+  }
 
   std::string name() const override { return "posixfd"; }
   Capabilities capabilities() const override {
@@ -472,6 +509,8 @@ class PosixFdBackend final : public Backend {
           "); use convert to change its mode"));
     }
     auto fresh = std::make_unique<Held>();
+    fresh->owner = owner;
+    fresh->resource = resource;
     fresh->pending = true;
     Held* h = fresh.get();
     held_[key] = std::move(fresh);
@@ -488,7 +527,76 @@ class PosixFdBackend final : public Backend {
     }
     h->pending = false;
     h->granted = true;
+    h->on_nfs = OnNfs(h->target.get());
     return Grant{mode, h->token, ""};
+  }
+
+  // What the lock-loss checker shares with its backend. The checker reads
+  // and changes the backend only under `mu` with `stopping` false, so a
+  // checker stuck in a probe may outlive the backend harmlessly.
+  struct Watch {
+    std::mutex mu;
+    std::condition_variable wake;
+    bool stopping = false;
+    bool probing = false;
+    LockLossHandler handler;
+  };
+
+  void CheckLoop(std::shared_ptr<Watch> w) {
+    struct Probe {
+      std::string key;
+      const Held* held;
+      Fd fd;  // a dup: the same open file description, so the same locks
+    };
+    std::unique_lock<std::mutex> wl(w->mu);
+    while (!w->stopping) {
+      w->wake.wait_for(wl, absl::ToChronoMilliseconds(check_every_));
+      if (w->stopping) return;
+      std::vector<Probe> probes;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        for (const auto& [key, h] : held_) {
+          if (!h->granted || h->pending || !h->on_nfs) continue;
+          Fd dup(fcntl(h->target.get(), F_DUPFD_CLOEXEC, 0));
+          if (dup.valid()) probes.push_back(Probe{key, h.get(), std::move(dup)});
+        }
+      }
+      if (probes.empty()) continue;
+      std::vector<std::pair<Probe*, std::string>> lost;
+      w->probing = true;
+      wl.unlock();
+      for (Probe& p : probes) {
+        std::string why;
+        if (ProbeNfsLocks(p.fd.get(), &why) == NfsLockState::kLost) lost.emplace_back(&p, why);
+      }
+      wl.lock();
+      w->probing = false;
+      if (w->stopping) return;
+      std::vector<std::unique_ptr<Held>> gone;
+      std::vector<LockLoss> losses;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        for (auto& [p, why] : lost) {
+          auto it = held_.find(p->key);
+          // Released (or released and taken again) meanwhile: not ours to report.
+          if (it == held_.end() || it->second.get() != p->held || it->second->pending) continue;
+          losses.push_back(LockLoss{it->second->owner, it->second->resource,
+                                    absl::StrCat("the NFS server no longer honours the lock on ",
+                                                 it->second->resource.path.empty()
+                                                     ? lock_dir_
+                                                     : it->second->resource.path,
+                                                 " (its client lease expired and the lock was "
+                                                 "given away or not reclaimed; ",
+                                                 why, ")")});
+          gone.push_back(std::move(it->second));
+          held_.erase(it);
+        }
+      }
+      gone.clear();  // closes their descriptors: what is left of the locks goes
+      if (w->handler) {
+        for (const LockLoss& loss : losses) w->handler(loss);
+      }
+    }
   }
 
   static std::string TableKey(const Owner& owner, const Resource& resource) {
@@ -1176,6 +1284,9 @@ class PosixFdBackend final : public Backend {
   const std::string lock_dir_;
   const Fd dir_fd_;
   const bool lock_image_;
+  const absl::Duration check_every_;  // zero: no lock-loss checker
+  const std::shared_ptr<Watch> watch_ = std::make_shared<Watch>();
+  std::thread checker_;
   // Guards held_ only; never held across I/O. (std::mutex: absl::Mutex in
   // Debian's debug-configured abseil runs deadlock detection on every lock.)
   std::mutex mu_;
@@ -1201,7 +1312,7 @@ absl::Status MakeDirs(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> NewPosixFdBackend(const Config& settings) {
-  if (absl::Status s = settings.CheckKeys({"lock_dir", "lock_target", "create_lock_dir"});
+  if (absl::Status s = settings.CheckKeys({"lock_dir", "lock_target", "create_lock_dir", "check_ms"});
       !s.ok()) {
     return s;
   }
@@ -1212,6 +1323,8 @@ absl::StatusOr<std::unique_ptr<Backend>> NewPosixFdBackend(const Config& setting
   if (!target.ok()) return target.status();
   absl::StatusOr<bool> create = settings.GetBool("create_lock_dir", true);
   if (!create.ok()) return create.status();
+  absl::StatusOr<int64_t> check_ms = settings.GetInt("check_ms", 2000, 0, 3600000);
+  if (!check_ms.ok()) return check_ms.status();
   if (dir->empty() || (*dir)[0] != '/') {
     const ConfigEntry* e = settings.Find("lock_dir");
     return absl::InvalidArgumentError(absl::StrCat(e ? e->Where() : "<default>",
@@ -1225,7 +1338,8 @@ absl::StatusOr<std::unique_ptr<Backend>> NewPosixFdBackend(const Config& setting
   if (!fd.valid()) {
     return ErrnoStatus(errno, absl::StrCat("posixfd lock directory ", *dir));
   }
-  auto backend = std::make_unique<PosixFdBackend>(*dir, std::move(fd), *target == "image");
+  auto backend = std::make_unique<PosixFdBackend>(*dir, std::move(fd), *target == "image",
+                                                  absl::Milliseconds(*check_ms));
   backend->TakeInherited();
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -44,8 +44,16 @@ class PosixfdClusterTest : public ::testing::Test {
     g_lab = lab->release();
     ASSERT_TRUE(g_lab
                     ->Install({Runfile("agent/latchd"), Runfile("tools/latchctl"),
-                               Runfile("backends/posixfd/latchkey-posixfd.so")})
+                               Runfile("backends/posixfd/latchkey-posixfd.so"),
+                               Runfile("tests/contract/contract_suite_main"),
+                               Runfile("tests/contract/lock_holder")})
                     .ok());
+    // The contract suite finds its fixture plugin under $TEST_SRCDIR.
+    const std::string fixtures = g_lab->shared() + "/srcdir/latchkey/tests/testdata";
+    ASSERT_EQ(system(absl::StrCat("mkdir -p ", fixtures, " && cp ",
+                                  Runfile("tests/testdata/latchkey-badabi.so"), " ", fixtures, "/")
+                         .c_str()),
+              0);
     // The shipped example, as a researcher would use it.
     ASSERT_EQ(system(absl::StrCat("cp ", Runfile("lab/examples/latchd-posixfd-nfs.conf"), " ",
                                   g_lab->shared(), "/")
@@ -105,6 +113,24 @@ class PosixfdClusterTest : public ::testing::Test {
     return path;
   }
 };
+
+// The contract suite on node2 with its lock directories (and the images of
+// its disk cases) on the NFS export.
+TEST_F(PosixfdClusterTest, ContractSuitePassesOnALabNodeOverNfs) {
+  absl::StatusOr<ClusterLab::Result> r = g_lab->Run(
+      2,
+      {"/bin/sh", "-c",
+       "t=$(mktemp -d /mnt/nfs/contract.XXXXXX) && cd $t && TEST_SRCDIR=/shared/srcdir "
+       "TEST_TMPDIR=$t /shared/bin/contract_suite_main --backend=posixfd "
+       "--plugin=/shared/bin/latchkey-posixfd.so '--settings=lock_dir = \"@TMP@\"' "
+       "--holder=/shared/bin/lock_holder; rc=$?; rm -rf $t; exit $rc"},
+      absl::Minutes(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::printf("%s\n", r->out.c_str());
+  EXPECT_EQ(r->status, 0) << r->out << r->err;
+  EXPECT_THAT(r->out, HasSubstr("[  PASSED  ]"));
+  EXPECT_THAT(r->out, testing::Not(HasSubstr("[  FAILED  ]")));
+}
 
 TEST_F(PosixfdClusterTest, ExclusiveConflictAcrossNodesThenGrantAfterRelease) {
   const std::string img = Image("ex");
@@ -209,6 +235,51 @@ TEST_F(PosixfdClusterTest, OnGfs2TheLocksAreDlmPlocksThatConflictAcrossNodes) {
   EXPECT_EQ(Ctl(1, {"release", "--uuid", a.uuid}, kGfsSocket).status, 0);
   EXPECT_EQ(Ctl(2, {"acquire", "--disk", img, "--uuid", b.uuid}, kGfsSocket).status, 0);
   EXPECT_EQ(Ctl(2, {"release", "--uuid", b.uuid}, kGfsSocket).status, 0);
+}
+
+// node1's storage wire stalls past its NFSv4 lease while it holds a disk;
+// node2 asks for it, and the server gives it away. When node1 reaches the
+// server again its client finds the lock lost; latchd's checker must see
+// it and apply the owner's policy (terminate), since fcntl still says held.
+TEST_F(PosixfdClusterTest, ALockLostWithAnExpiredNfsLeaseStopsItsOwner) {
+  const std::string img = Image("lease");
+  NodeLatchd latchd(g_lab, kSocket);
+  Vm a = NewVm(1, "vm-lost-lease");
+  Vm b = NewVm(2, "vm-taker");
+  ASSERT_EQ(Ctl(1, {"acquire", "--disk", img, "--uuid", a.uuid}).status, 0);
+  const absl::Time stalled = absl::Now();
+  ASSERT_TRUE(g_lab->StorageStall(1).ok());
+  StartWaiter(b, img, 120);
+  EXPECT_EQ(WaiterStatus(b, absl::Seconds(90)), "0") << "node2 never got the disk";
+  const absl::Duration granted = latchd.WaiterEndedAt(b, "waiter") - stalled;
+  EXPECT_GE(granted, absl::Seconds(5)) << "granted before node1's lease could expire";
+  EXPECT_TRUE(latchd.Alive(a)) << "node1's owner stopped while its storage was stalled";
+  const absl::Time resumed = absl::Now();
+  ASSERT_TRUE(g_lab->StorageResume(1).ok());
+  absl::Duration stopped_after = absl::InfiniteDuration();
+  while (absl::Now() - resumed < absl::Seconds(90)) {
+    if (!latchd.Alive(a)) {
+      stopped_after = absl::Now() - resumed;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  std::printf("posixfd on NFS: node1 stalled holding a disk; node2 granted %.1f s after the stall "
+              "(NFSv4 lease 10 s); node1's owner stopped %.1f s after its storage came back "
+              "(check_ms 2000)\n",
+              absl::ToDoubleSeconds(granted), absl::ToDoubleSeconds(stopped_after));
+  EXPECT_LT(stopped_after, absl::Seconds(60)) << "latchd never noticed the lost lock";
+  absl::StatusOr<std::string> log = g_lab->Sh(
+      1, "grep -h 'LOCK FAILURE' /shared/node1/latchd-posixfd-nfs.log | tail -n 1");
+  ASSERT_TRUE(log.ok());
+  EXPECT_THAT(*log, HasSubstr("vm-lost-lease"));
+  EXPECT_THAT(*log, HasSubstr("no longer honours the lock"));
+  // node1 holds nothing now; node2 still does.
+  ClusterLab::Result st = Ctl(1, {"status"});
+  EXPECT_THAT(st.out, testing::Not(HasSubstr(img)));
+  ClusterLab::Result refused = Ctl(1, {"acquire", "--disk", img, "--uuid", NewVm(1, "vm-again").uuid});
+  EXPECT_EQ(refused.status, 1) << refused.out << refused.err;
+  EXPECT_EQ(Ctl(2, {"release", "--uuid", b.uuid}).status, 0);
 }
 
 // Node failure comes last: it changes the lab (Stop's reset restarts it).
