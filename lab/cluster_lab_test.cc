@@ -272,9 +272,10 @@ TEST_F(ClusterLabTest, TheDlmFencesAFailedNodeThroughTheHost) {
   ASSERT_TRUE(ev.ok());
   EXPECT_THAT(ev->back().rest, HasSubstr("result=killed"));
   EXPECT_THAT(ev->back().rest, testing::ContainsRegex("by=node[13]"));
-  // The agent's side, in the node that ran it.
-  EXPECT_THAT(Sh(1, "cat /shared/node1/fence.log /shared/node3/fence.log 2>/dev/null"),
-              HasSubstr("node2: fenced"));
+  // The agent's side, in the node that ran it (lines since the cut).
+  EXPECT_THAT(Sh(1, absl::StrCat("cat /shared/node1/fence.log /shared/node3/fence.log 2>/dev/null "
+                                 "| awk -v t=", absl::ToUnixSeconds(cut), " '$1 >= t'")),
+              HasSubstr("node2: fenced (ok: node2 killed)"));
   ASSERT_TRUE(g_lab->Restart(2).ok());
 
   // A failure from before node2's last boot: that incarnation is gone.
