@@ -75,6 +75,15 @@ class ClusterLabTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->status : -1;
   }
+  // Waits until node1's dlm_controld sees all three nodes as members (a
+  // membership change ends token + consensus, ~8 s, after its fault).
+  static void ExpectWholeCluster() {
+    EXPECT_EQ(Status(1, "for i in $(seq 60); do [ $(dlm_tool status | grep -c '^node [0-9]* M ') "
+                        "-eq 3 ] && exit 0; sleep 0.5; done; dlm_tool status; exit 1",
+                     absl::Seconds(90)),
+              0)
+        << "node1's dlm_controld does not see 3 members";
+  }
   // Whether `node` gets an answer to one ping of addr within 2 s.
   static bool Reaches(int node, const std::string& addr) {
     return Status(node, absl::StrCat("ping -c 1 -W 2 ", addr, " >/dev/null 2>&1")) == 0;
@@ -201,6 +210,7 @@ TEST_F(ClusterLabTest, NetworkFaultsHitOneWireAndAreLogged) {
   // partition (a fence request is acknowledged, nothing killed).
   ASSERT_TRUE(g_lab->SetFencing(false).ok());
   ASSERT_TRUE(Reaches(3, node1));
+  const absl::Time partitioned = absl::Now();
   ASSERT_TRUE(g_lab->Partition({{1, 2}, {3}}).ok());
   ExpectLastEvent("partition", "1,2|3");
   EXPECT_FALSE(Reaches(3, node1)) << "the partition let node3 through";
@@ -240,6 +250,9 @@ TEST_F(ClusterLabTest, NetworkFaultsHitOneWireAndAreLogged) {
   EXPECT_FALSE(g_lab->Netem(2, "cluster", {"delay;reboot"}).ok());
   EXPECT_FALSE(g_lab->Partition({{1, 2}}).ok()) << "a partition that leaves node3 out";
   EXPECT_TRUE(Reaches(3, node1));
+  // The partition's membership change, if any, comes up to ~8 s after it.
+  absl::SleepFor(partitioned + absl::Seconds(10) - absl::Now());
+  ExpectWholeCluster();
   ASSERT_TRUE(g_lab->SetFencing(true).ok());
 }
 
@@ -249,6 +262,8 @@ TEST_F(ClusterLabTest, NetworkFaultsHitOneWireAndAreLogged) {
 // killed; `fence` spares an incarnation booted after the failure, and with
 // fencing off only acknowledges.
 TEST_F(ClusterLabTest, TheDlmFencesAFailedNodeThroughTheHost) {
+  ExpectWholeCluster();
+  if (HasFailure()) return;
   absl::StatusOr<std::string> st = g_lab->Status();
   ASSERT_TRUE(st.ok());
   EXPECT_THAT(*st, HasSubstr("fencing on fencer=up"));
@@ -297,7 +312,14 @@ TEST_F(ClusterLabTest, TheDlmFencesAFailedNodeThroughTheHost) {
   ev = g_lab->Events();
   ASSERT_TRUE(ev.ok());
   EXPECT_THAT(ev->back().rest, HasSubstr("result=acked"));
+  const int64_t off_at = absl::ToUnixSeconds(absl::Now());
   ASSERT_TRUE(g_lab->SetFencing(true).ok());
+  // A failure reported late, from while fencing was off: still acknowledged.
+  r = lab::RunCaptured({Runfile("lab/uml/uml-cluster"), "fence", g_lab->dir(), "2",
+                        "--failed-at", absl::StrCat(off_at), "--by", "node1"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 0) << r->err;
+  EXPECT_THAT(r->out, HasSubstr("while fencing was off"));
   st = g_lab->Status();
   ASSERT_TRUE(st.ok());
   EXPECT_THAT(*st, HasSubstr("node2 running"));

@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lab/cluster_lab.h"
+#include "lab/node_contract.h"
 
 namespace latchkey {
 namespace {
@@ -48,18 +49,11 @@ class DlmClusterTest : public ::testing::Test {
     g_lab = lab->release();
     ASSERT_TRUE(g_lab
                     ->Install({Runfile("agent/latchd"), Runfile("tools/latchctl"),
-                               Runfile("backends/dlm/latchkey-dlm.so"),
-                               Runfile("tests/contract/contract_suite_main"),
-                               Runfile("backends/dlm/dlm_bench_node"),
-                               Runfile("tests/contract/lock_holder")})
+                               Runfile("backends/dlm/dlm_bench_node")})
                     .ok());
-    // The contract suite finds its fixture plugin under $TEST_SRCDIR.
-    const std::string fixtures = g_lab->shared() + "/srcdir/latchkey/tests/testdata";
-    ASSERT_EQ(system(absl::StrCat("mkdir -p ", fixtures, " && cp ",
-                                  Runfile("tests/testdata/latchkey-badabi.so"), " ", fixtures,
-                                  "/ && mkdir -p ", g_lab->shared(), "/logs")
-                         .c_str()),
-              0);
+    absl::Status s = lab::InstallContractSuite(g_lab, "backends/dlm/latchkey-dlm.so");
+    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_EQ(system(absl::StrCat("mkdir -p ", g_lab->shared(), "/logs").c_str()), 0);
     FILE* f = fopen((g_lab->shared() + "/latchd.conf").c_str(), "w");
     ASSERT_NE(f, nullptr);
     fputs(kLatchdConf, f);
@@ -129,14 +123,8 @@ class DlmClusterTest : public ::testing::Test {
 };
 
 TEST_F(DlmClusterTest, ContractSuitePassesOnALabNode) {
-  absl::StatusOr<ClusterLab::Result> r = g_lab->Run(
-      2,
-      {"/bin/sh", "-c",
-       "t=$(mktemp -d) && cd $t && TEST_SRCDIR=/shared/srcdir "
-       "TEST_TMPDIR=$t /shared/bin/contract_suite_main --backend=dlm "
-       "--plugin=/shared/bin/latchkey-dlm.so '--settings=lockspaces = [ \"contract\" ]' "
-       "--holder=/shared/bin/lock_holder"},
-      absl::Minutes(10));
+  absl::StatusOr<ClusterLab::Result> r =
+      lab::RunContractSuite(g_lab, 2, "dlm", "lockspaces = [ \"contract\" ]");
   ASSERT_TRUE(r.ok()) << r.status();
   std::printf("%s\n", r->out.c_str());
   EXPECT_EQ(r->status, 0) << r->out << r->err;

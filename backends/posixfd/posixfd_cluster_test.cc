@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lab/cluster_lab.h"
+#include "lab/node_contract.h"
 #include "lab/node_latchd.h"
 
 namespace latchkey {
@@ -42,18 +43,9 @@ class PosixfdClusterTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start(o);
     ASSERT_TRUE(lab.ok()) << lab.status();
     g_lab = lab->release();
-    ASSERT_TRUE(g_lab
-                    ->Install({Runfile("agent/latchd"), Runfile("tools/latchctl"),
-                               Runfile("backends/posixfd/latchkey-posixfd.so"),
-                               Runfile("tests/contract/contract_suite_main"),
-                               Runfile("tests/contract/lock_holder")})
-                    .ok());
-    // The contract suite finds its fixture plugin under $TEST_SRCDIR.
-    const std::string fixtures = g_lab->shared() + "/srcdir/latchkey/tests/testdata";
-    ASSERT_EQ(system(absl::StrCat("mkdir -p ", fixtures, " && cp ",
-                                  Runfile("tests/testdata/latchkey-badabi.so"), " ", fixtures, "/")
-                         .c_str()),
-              0);
+    ASSERT_TRUE(g_lab->Install({Runfile("agent/latchd"), Runfile("tools/latchctl")}).ok());
+    absl::Status s = lab::InstallContractSuite(g_lab, "backends/posixfd/latchkey-posixfd.so");
+    ASSERT_TRUE(s.ok()) << s;
     // The shipped example, as a researcher would use it.
     ASSERT_EQ(system(absl::StrCat("cp ", Runfile("lab/examples/latchd-posixfd-nfs.conf"), " ",
                                   g_lab->shared(), "/")
@@ -117,14 +109,8 @@ class PosixfdClusterTest : public ::testing::Test {
 // The contract suite on node2 with its lock directories (and the images of
 // its disk cases) on the NFS export.
 TEST_F(PosixfdClusterTest, ContractSuitePassesOnALabNodeOverNfs) {
-  absl::StatusOr<ClusterLab::Result> r = g_lab->Run(
-      2,
-      {"/bin/sh", "-c",
-       "t=$(mktemp -d /mnt/nfs/contract.XXXXXX) && cd $t && TEST_SRCDIR=/shared/srcdir "
-       "TEST_TMPDIR=$t /shared/bin/contract_suite_main --backend=posixfd "
-       "--plugin=/shared/bin/latchkey-posixfd.so '--settings=lock_dir = \"@TMP@\"' "
-       "--holder=/shared/bin/lock_holder; rc=$?; rm -rf $t; exit $rc"},
-      absl::Minutes(10));
+  absl::StatusOr<ClusterLab::Result> r =
+      lab::RunContractSuite(g_lab, 2, "posixfd", "lock_dir = \"@TMP@\"", "/mnt/nfs");
   ASSERT_TRUE(r.ok()) << r.status();
   std::printf("%s\n", r->out.c_str());
   EXPECT_EQ(r->status, 0) << r->out << r->err;

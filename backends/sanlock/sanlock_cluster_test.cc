@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lab/cluster_lab.h"
+#include "lab/node_contract.h"
 #include "lab/node_latchd.h"
 
 namespace latchkey {
@@ -62,18 +63,9 @@ class SanlockClusterTest : public ::testing::Test {
     ASSERT_TRUE(lab.ok()) << lab.status();
     g_lab = lab->release();
     g_latchd = new NodeLatchd(g_lab, "/run/latchkey-sanlock/latchd.sock");
-    ASSERT_TRUE(g_lab
-                    ->Install({Runfile("agent/latchd"), Runfile("tools/latchctl"),
-                               Runfile("backends/sanlock/latchkey-sanlock.so"),
-                               Runfile("tests/contract/contract_suite_main"),
-                               Runfile("tests/contract/lock_holder")})
-                    .ok());
-    // The contract suite finds its fixture plugin under $TEST_SRCDIR.
-    const std::string fixtures = g_lab->shared() + "/srcdir/latchkey/tests/testdata";
-    ASSERT_EQ(system(absl::StrCat("mkdir -p ", fixtures, " && cp ",
-                                  Runfile("tests/testdata/latchkey-badabi.so"), " ", fixtures, "/")
-                         .c_str()),
-              0);
+    ASSERT_TRUE(g_lab->Install({Runfile("agent/latchd"), Runfile("tools/latchctl")}).ok());
+    absl::Status s = lab::InstallContractSuite(g_lab, "backends/sanlock/latchkey-sanlock.so");
+    ASSERT_TRUE(s.ok()) << s;
     // The shipped example, with each node's host_id, as its comment says.
     for (int n = 1; n <= 3; ++n) {
       ASSERT_EQ(system(absl::StrCat("sed 's/^sanlock_host_id = .*/sanlock_host_id = ", n, "/' ",
@@ -135,17 +127,11 @@ TEST_F(SanlockClusterTest, ContractSuitePassesOnALabNode) {
                   ->Sh(2, absl::StrCat("sanlock direct init -o ", kIoTimeout,
                                        " -s contract:0:/dev/lab/lease:8388608 >/dev/null"))
                   .ok());
-  absl::StatusOr<ClusterLab::Result> r = g_lab->Run(
-      2,
-      {"/bin/sh", "-c",
-       absl::StrCat(
-           "t=$(mktemp -d) && cd $t && TEST_SRCDIR=/shared/srcdir TEST_TMPDIR=$t "
-           "/shared/bin/contract_suite_main --backend=sanlock "
-           "--plugin=/shared/bin/latchkey-sanlock.so '--settings=host_id = 2\nio_timeout = ",
-           kIoTimeout,
-           "\nlockspaces = [ \"contract:/dev/lab/lease:8388608\" ]\nlease_dir = \"@TMP@\"\n"
-           "notify_dir = \"/tmp\"' --holder=/shared/bin/lock_holder")},
-      absl::Minutes(10));
+  absl::StatusOr<ClusterLab::Result> r = lab::RunContractSuite(
+      g_lab, 2, "sanlock",
+      absl::StrCat("host_id = 2\nio_timeout = ", kIoTimeout,
+                   "\nlockspaces = [ \"contract:/dev/lab/lease:8388608\" ]\n"
+                   "lease_dir = \"@TMP@\"\nnotify_dir = \"/tmp\""));
   ASSERT_TRUE(r.ok()) << r.status();
   std::printf("%s\n", r->out.c_str());
   EXPECT_EQ(r->status, 0) << r->out << r->err;

@@ -19,13 +19,26 @@
 #       acked), as `dlm_tool fence_ack` would: DLM recovery proceeds as if
 #       fencing were not configured. For lab tests of other faults, and to
 #       compare failover with and without fencing. `reset` turns it on.
+#       A failure from while fencing was off (its time within the last off
+#       period, to the second) is acknowledged too: corosync reports a
+#       failure up to token + consensus (~8 s) after the fault, so a test
+#       that partitioned with fencing off and then turned it on would
+#       otherwise have the node killed after all (seen in CI).
 #   fencer-serve DIR   (internal) the fencer's loop
 #
 # Requests: DIR/shared/fence/ID.req, lines node=K, fail_time=EPOCH, by=NAME;
 # answers: ID.res, one line "ok: ..." or "error: ...". Both are written
 # under a temporary name and renamed, so neither side reads half a file.
 
-fencing_mode() { cat "$lab/fencing" 2>/dev/null || echo on; }
+# DIR/fencing: "off OFF_EPOCH" or "on ON_EPOCH OFF_EPOCH": the mode, when it
+# was set, and (when on) when the last off period began.
+fencing_mode() { local m; read -r m _ <"$lab/fencing" 2>/dev/null && echo "$m" || echo on; }
+# "FROM TO" of the last off period, when fencing is on again.
+fencing_off_period() {
+  local m on off
+  read -r m on off <"$lab/fencing" 2>/dev/null || return 0
+  [[ $m == on && -n $off ]] && echo "$off $on"
+}
 
 cmd_fence() {
   set_lab "${1:-}"
@@ -48,6 +61,13 @@ cmd_fence() {
   if [[ $(fencing_mode) == off ]]; then
     event_log fence "$name" "by=$by" result=acked
     echo "fencing is off: $name acknowledged as fenced without killing it"
+    return 0
+  fi
+  local period
+  period=$(fencing_off_period)
+  if [[ -n $failed_at && -n $period ]] && ((failed_at >= ${period% *} && failed_at <= ${period#* })); then
+    event_log fence "$name" "by=$by" result=acked "failed_at=$failed_at" "fencing_off=${period/ /-}"
+    echo "$name failed at $failed_at, while fencing was off ($period): acknowledged without killing it"
     return 0
   fi
   booted=$(getv "LAB_NODE${k}_BOOTED")
@@ -73,9 +93,15 @@ cmd_fencing() {
   (($# == 2)) || usage
   load_env || exit 1
   case $2 in
-    on | off) echo "$2" >"$lab/fencing.tmp" && mv "$lab/fencing.tmp" "$lab/fencing" ;;
+    off) [[ $(fencing_mode) == off ]] || echo "off $(date +%s)" >"$lab/fencing.tmp" ;;
+    on)
+      local m t
+      read -r m t _ <"$lab/fencing" 2>/dev/null || m=on
+      [[ $m == off ]] && echo "on $(date +%s) $t" >"$lab/fencing.tmp"
+      ;;
     *) die "fencing: say on or off, not '$2'" ;;
   esac
+  if [[ -e $lab/fencing.tmp ]]; then mv "$lab/fencing.tmp" "$lab/fencing" || die "fencing: cannot write $lab/fencing"; fi
   event_log fencing lab "mode=$2"
 }
 
