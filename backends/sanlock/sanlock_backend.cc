@@ -108,6 +108,11 @@ std::string RvText(int rv) {
     case SANLK_ADDLS_INVALID_HOSTID: return "host_id out of range (SANLK_ADDLS_INVALID_HOSTID)";
     case SANLK_HOSTID_BUSY: return "host_id in use by another host (SANLK_HOSTID_BUSY)";
     case SANLK_WD_ERROR: return "the watchdog is not available (SANLK_WD_ERROR)";
+    case SANLK_AIO_TIMEOUT: return "the lease storage did not answer within io_timeout (SANLK_AIO_TIMEOUT)";
+    case SANLK_DBLOCK_READ: return "reading a ballot block failed (SANLK_DBLOCK_READ)";
+    case SANLK_DBLOCK_WRITE: return "writing a ballot block failed (SANLK_DBLOCK_WRITE)";
+    case SANLK_LEADER_READ: return "reading the lease leader failed (SANLK_LEADER_READ)";
+    case SANLK_LEADER_WRITE: return "writing the lease leader failed (SANLK_LEADER_WRITE)";
     default: break;
   }
   if (rv < 0 && rv > -200) return absl::StrCat(strerror(-rv), " (", rv, ")");
@@ -118,6 +123,15 @@ bool IsBusy(int rv) {
   return rv == -EEXIST || rv == -EAGAIN || rv == SANLK_ACQUIRE_IDLIVE ||
          rv == SANLK_ACQUIRE_OWNED || rv == SANLK_ACQUIRE_OTHER || rv == SANLK_ACQUIRE_SHRETRY ||
          rv == SANLK_ACQUIRE_OWNED_RETRY || rv == -EUCLEAN || rv == -EBUSY;
+}
+
+// The lease storage did not answer in time or failed one read or write: a
+// stalled or slow LUN or NFS server (seen in the cluster lab under load: an
+// acquire waiting out a dead host failed once with SANLK_AIO_TIMEOUT). A
+// waiting request retries; the lease itself is unchanged.
+bool IsTransientIo(int rv) {
+  return rv == SANLK_AIO_TIMEOUT || rv == SANLK_DBLOCK_READ || rv == SANLK_DBLOCK_WRITE ||
+         rv == SANLK_LEADER_READ || rv == SANLK_LEADER_WRITE || rv == -EIO;
 }
 
 bool DaemonGone(int rv) { return rv == -ENOENT || rv == -ECONNREFUSED || rv == -1; }
@@ -407,6 +421,10 @@ class SanlockBackend final : public Backend {
         return GrantLocal(L, pos->second, owner, mode, /*ballot=*/true);
       }
       if (rv == SANLK_ACQUIRE_LVER) return MovedSince(resource, *options.expect_token);
+      if (IsTransientIo(rv) && options.wait && absl::Now() < deadline) {
+        if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
+        continue;
+      }
       if (!IsBusy(rv)) return Failure(L, resource, rv, where->first, where->second);
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
@@ -476,6 +494,10 @@ class SanlockBackend final : public Backend {
         me.mode = new_mode;
         me.token = NextToken(L, lease);
         return latchkey::Grant{new_mode, me.token, absl::StrCat(lease.lver)};
+      }
+      if (IsTransientIo(rv) && options.wait && absl::Now() < deadline) {
+        if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
+        continue;
       }
       if (!IsBusy(rv)) return Failure(L, resource, rv, lease.path, lease.offset);
       if (!options.wait || absl::Now() >= deadline) {
@@ -1005,6 +1027,12 @@ class SanlockBackend final : public Backend {
           " is not joined on the daemon or is failing (", RvText(rv), ")"));
     }
     if (rv == SANLK_ACQUIRE_LVER) return MovedSince(resource, 0);
+    if (IsTransientIo(rv)) {
+      // Not kUnavailable: that says "held by someone", and nobody may hold it.
+      return absl::InternalError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": the lease storage at ", path, ":", offset,
+          " failed or timed out (", RvText(rv), "); nothing changed, try again"));
+    }
     if (rv == -EMSGSIZE || rv == -EINVAL || rv == SANLK_LEADER_MAGIC ||
         rv == SANLK_LEADER_LOCKSPACE || rv == SANLK_LEADER_RESOURCE ||
         rv == SANLK_LEADER_NUMHOSTS || (rv <= -220 && rv >= -229)) {

@@ -186,6 +186,14 @@ TEST_F(SanlockClusterTest, WaitingAcquireIsGrantedWhenTheOtherNodeReleases) {
   ASSERT_EQ(Acquire(a, img).status, 0);
   ASSERT_TRUE(g_latchd->StartWaiter(b, {"--disk", img}, 60, "wait").ok());
   EXPECT_EQ(g_latchd->WaiterStatus(b, "wait", absl::Seconds(2)), "none") << "granted while held";
+  // Slow storage for the waiter's node, past io_timeout (its retries read
+  // the lease and time out, SANLK_AIO_TIMEOUT), briefly enough that its own
+  // lockspace renewal does not fail: the wait goes on.
+  ASSERT_TRUE(g_lab->Netem(3, "storage", {"delay", "2500ms"}).ok());
+  absl::SleepFor(absl::Seconds(5));
+  ASSERT_TRUE(g_lab->NetemClear(3, "storage").ok());
+  EXPECT_EQ(g_latchd->WaiterStatus(b, "wait", absl::Seconds(1)), "none")
+      << "the waiter ended while its storage was slow";
   const absl::Time released = absl::Now();
   ASSERT_EQ(ReleaseAll(a).status, 0);
   EXPECT_EQ(g_latchd->WaiterStatus(b, "wait", absl::Seconds(30)), "0");
