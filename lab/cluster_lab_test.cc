@@ -282,14 +282,22 @@ TEST_F(ClusterLabTest, TheDlmFencesAFailedNodeThroughTheHost) {
   std::printf("node2 cut off the cluster wire: fenced (killed by the host) after %.1f s "
               "(corosync token 3000 ms)\n", absl::ToDoubleSeconds(dead_after));
   EXPECT_LT(dead_after, absl::Seconds(30)) << "the cut node was never fenced";
+  // The host logs the event, and the agent its answer, just after the kill.
+  absl::StatusOr<std::vector<lab::LabEvent>> ev;
+  for (int i = 0; i < 50; ++i) {
+    ev = g_lab->Events();
+    ASSERT_TRUE(ev.ok());
+    if (!ev->empty() && ev->back().event == "fence") break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
   ExpectLastEvent("fence", "node2");
-  absl::StatusOr<std::vector<lab::LabEvent>> ev = g_lab->Events();
-  ASSERT_TRUE(ev.ok());
   EXPECT_THAT(ev->back().rest, HasSubstr("result=killed"));
   EXPECT_THAT(ev->back().rest, testing::ContainsRegex("by=node[13]"));
   // The agent's side, in the node that ran it (lines since the cut).
-  EXPECT_THAT(Sh(1, absl::StrCat("cat /shared/node1/fence.log /shared/node3/fence.log 2>/dev/null "
-                                 "| awk -v t=", absl::ToUnixSeconds(cut), " '$1 >= t'")),
+  EXPECT_THAT(Sh(1, absl::StrCat("for i in $(seq 50); do cat /shared/node1/fence.log "
+                                 "/shared/node3/fence.log 2>/dev/null | awk -v t=",
+                                 absl::ToUnixSeconds(cut),
+                                 " '$1 >= t' | grep 'node2: fenced' && exit 0; sleep 0.1; done")),
               HasSubstr("node2: fenced (ok: node2 killed)"));
   ASSERT_TRUE(g_lab->Restart(2).ok());
 

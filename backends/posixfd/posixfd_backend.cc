@@ -122,6 +122,7 @@ class Fd {
 
 // A lock this process holds for one owner on one resource.
 struct Held {
+  uint64_t serial = 0;  // unique per entry of a backend (the checker's identity check)
   Owner owner;
   Resource resource;
   Fd target;  // carries the OFD locks
@@ -319,9 +320,17 @@ class PosixFdBackend final : public Backend {
       h = std::move(it->second);
       held_.erase(it);
     }
-    // Closing the descriptors drops every lock they carry, atomically per
-    // descriptor; waiters see IN_CLOSE and retry.
+    Unlock(*h);
+    // Closing the descriptors drops what is left; waiters see IN_CLOSE and
+    // retry.
     return absl::OkStatus();
+  }
+
+  // Drops every lock the held entry's open file description carries, at
+  // once. Closing would too, but only once no other descriptor shares that
+  // description, and the lock-loss checker may hold a dup mid-probe.
+  static void Unlock(const Held& h) {
+    if (h.target.valid()) SetLock(h.target.get(), F_UNLCK, 0, 0);
   }
 
   absl::StatusOr<std::vector<HolderInfo>> Inquire(
@@ -509,6 +518,7 @@ class PosixFdBackend final : public Backend {
           "); use convert to change its mode"));
     }
     auto fresh = std::make_unique<Held>();
+    fresh->serial = ++next_serial_;
     fresh->owner = owner;
     fresh->resource = resource;
     fresh->pending = true;
@@ -520,6 +530,9 @@ class PosixFdBackend final : public Backend {
   // Ends a Reserve: drops the entry when `s` failed, else marks it granted.
   absl::StatusOr<Grant> Settle(const std::string& key, Held* h, const absl::Status& s,
                                LockMode mode) {
+    // fstatfs on NFS asks the server: not under mu_ (h is still pending,
+    // so only this thread touches it).
+    const bool on_nfs = s.ok() && OnNfs(h->target.get());
     std::lock_guard<std::mutex> l(mu_);
     if (!s.ok()) {
       held_.erase(key);
@@ -527,7 +540,7 @@ class PosixFdBackend final : public Backend {
     }
     h->pending = false;
     h->granted = true;
-    h->on_nfs = OnNfs(h->target.get());
+    h->on_nfs = on_nfs;
     return Grant{mode, h->token, ""};
   }
 
@@ -545,8 +558,8 @@ class PosixFdBackend final : public Backend {
   void CheckLoop(std::shared_ptr<Watch> w) {
     struct Probe {
       std::string key;
-      const Held* held;
-      Fd fd;  // a dup: the same open file description, so the same locks
+      uint64_t serial;  // which entry: a key released and taken again is another
+      Fd fd;            // a dup: the same open file description, so the same locks
     };
     std::unique_lock<std::mutex> wl(w->mu);
     while (!w->stopping) {
@@ -558,7 +571,7 @@ class PosixFdBackend final : public Backend {
         for (const auto& [key, h] : held_) {
           if (!h->granted || h->pending || !h->on_nfs) continue;
           Fd dup(fcntl(h->target.get(), F_DUPFD_CLOEXEC, 0));
-          if (dup.valid()) probes.push_back(Probe{key, h.get(), std::move(dup)});
+          if (dup.valid()) probes.push_back(Probe{key, h->serial, std::move(dup)});
         }
       }
       if (probes.empty()) continue;
@@ -568,6 +581,7 @@ class PosixFdBackend final : public Backend {
       for (Probe& p : probes) {
         std::string why;
         if (ProbeNfsLocks(p.fd.get(), &why) == NfsLockState::kLost) lost.emplace_back(&p, why);
+        p.fd = Fd();  // no dup outlives its probe
       }
       wl.lock();
       w->probing = false;
@@ -579,7 +593,7 @@ class PosixFdBackend final : public Backend {
         for (auto& [p, why] : lost) {
           auto it = held_.find(p->key);
           // Released (or released and taken again) meanwhile: not ours to report.
-          if (it == held_.end() || it->second.get() != p->held || it->second->pending) continue;
+          if (it == held_.end() || it->second->serial != p->serial || it->second->pending) continue;
           losses.push_back(LockLoss{it->second->owner, it->second->resource,
                                     absl::StrCat("the NFS server no longer honours the lock on ",
                                                  it->second->resource.path.empty()
@@ -592,7 +606,8 @@ class PosixFdBackend final : public Backend {
           held_.erase(it);
         }
       }
-      gone.clear();  // closes their descriptors: what is left of the locks goes
+      for (const auto& h : gone) Unlock(*h);  // what the server may still grant us
+      gone.clear();
       if (w->handler) {
         for (const LockLoss& loss : losses) w->handler(loss);
       }
@@ -1291,6 +1306,7 @@ class PosixFdBackend final : public Backend {
   // Debian's debug-configured abseil runs deadlock detection on every lock.)
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Held>> held_;
+  uint64_t next_serial_ = 0;  // under mu_
   // Exec adoption: descriptors inherited from the program image before the
   // exec that no Adopt has claimed yet. Only Adopt and FinishAdoption take
   // this mutex, never the lock paths.

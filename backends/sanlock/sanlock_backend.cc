@@ -279,15 +279,16 @@ class SanlockBackend final : public Backend {
 
   ~SanlockBackend() override {
     stopping_ = true;
-    for (auto& [name, ls] : lockspaces_) {
-      if (ls->joiner.joinable()) ls->joiner.join();
-    }
+    // The notifier first: a lockspace failure it handles starts a joiner.
     if (notify_fd_ >= 0) {
       // Wake the reader with a line it ignores.
       const char stop[] = "\n";
       (void)!write(notify_fd_, stop, 1);
     }
     if (notifier_.joinable()) notifier_.join();
+    for (auto& [name, ls] : lockspaces_) {
+      if (ls->joiner.joinable()) ls->joiner.join();
+    }
     // Closing the clients leaves every held lease as an orphan for the next
     // instance to adopt (they are persistent).
     for (auto& [name, ls] : lockspaces_) {
@@ -355,6 +356,7 @@ class SanlockBackend final : public Backend {
     if (!where.ok()) return where.status();
     const bool shared = mode != LockMode::kExclusive;
     const absl::Time deadline = Deadline(options);
+    absl::Time io_failing_since = absl::InfiniteFuture();  // StillTransient
     Lockspace& L = **ls;
     absl::MutexLock l(&L.mu);
     while (true) {
@@ -421,10 +423,12 @@ class SanlockBackend final : public Backend {
         return GrantLocal(L, pos->second, owner, mode, /*ballot=*/true);
       }
       if (rv == SANLK_ACQUIRE_LVER) return MovedSince(resource, *options.expect_token);
-      if (IsTransientIo(rv) && options.wait && absl::Now() < deadline) {
+      if (IsTransientIo(rv) && options.wait && absl::Now() < deadline &&
+          StillTransient(&io_failing_since)) {
         if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
         continue;
       }
+      if (!IsTransientIo(rv)) io_failing_since = absl::InfiniteFuture();
       if (!IsBusy(rv)) return Failure(L, resource, rv, where->first, where->second);
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
@@ -440,6 +444,7 @@ class SanlockBackend final : public Backend {
     if (!ls.ok()) return ls.status();
     Lockspace& L = **ls;
     const absl::Time deadline = Deadline(options);
+    absl::Time io_failing_since = absl::InfiniteFuture();  // StillTransient
     absl::MutexLock l(&L.mu);
     while (true) {
       auto it = L.leases.find(resource.name);
@@ -495,10 +500,12 @@ class SanlockBackend final : public Backend {
         me.token = NextToken(L, lease);
         return latchkey::Grant{new_mode, me.token, absl::StrCat(lease.lver)};
       }
-      if (IsTransientIo(rv) && options.wait && absl::Now() < deadline) {
+      if (IsTransientIo(rv) && options.wait && absl::Now() < deadline &&
+          StillTransient(&io_failing_since)) {
         if (WaitForChange(L, deadline, options.cancel_fd)) return GaveUp(resource);
         continue;
       }
+      if (!IsTransientIo(rv)) io_failing_since = absl::InfiniteFuture();
       if (!IsBusy(rv)) return Failure(L, resource, rv, lease.path, lease.offset);
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
@@ -716,6 +723,16 @@ class SanlockBackend final : public Backend {
   // sanlock, whichever comes first.
   // Waits for a change in the lockspace, the deadline or the next poll;
   // true (at once, without waiting) when the caller gave up (cancel_fd).
+  // Whether storage failing since *since (InfiniteFuture: not failing; set
+  // to now) may still be a passing stall: for as long as sanlock itself
+  // would wait before failing a lockspace (8 x io_timeout). After that a
+  // waiting request ends with the storage error instead of waiting blind.
+  bool StillTransient(absl::Time* since) const {
+    const absl::Time now = absl::Now();
+    if (*since == absl::InfiniteFuture()) *since = now;
+    return now - *since < absl::Seconds(8 * s_.io_timeout);
+  }
+
   bool WaitForChange(Lockspace& L, absl::Time deadline, int cancel_fd)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(L.mu) {
     if (WaitCancelled(cancel_fd)) return true;

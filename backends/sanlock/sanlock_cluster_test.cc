@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -189,9 +190,18 @@ TEST_F(SanlockClusterTest, WaitingAcquireIsGrantedWhenTheOtherNodeReleases) {
   // Slow storage for the waiter's node, past io_timeout (its retries read
   // the lease and time out, SANLK_AIO_TIMEOUT), briefly enough that its own
   // lockspace renewal does not fail: the wait goes on.
+  auto timeouts = [] {  // acquires that failed with SANLK_AIO_TIMEOUT on node3
+    absl::StatusOr<std::string> n =
+        g_lab->Sh(3, "grep -c 'cmd_acquire.*result -202' /shared/node3/sanlock.log || true");
+    int v = 0;
+    EXPECT_TRUE(n.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*n), &v)) << n.status();
+    return v;
+  };
+  const int timeouts_before = timeouts();
   ASSERT_TRUE(g_lab->Netem(3, "storage", {"delay", "2500ms"}).ok());
   absl::SleepFor(absl::Seconds(5));
   ASSERT_TRUE(g_lab->NetemClear(3, "storage").ok());
+  EXPECT_GT(timeouts(), timeouts_before) << "the slow storage never timed an acquire out";
   EXPECT_EQ(g_latchd->WaiterStatus(b, "wait", absl::Seconds(1)), "none")
       << "the waiter ended while its storage was slow";
   const absl::Time released = absl::Now();

@@ -32,11 +32,11 @@
 
 # DIR/fencing: "off OFF_EPOCH" or "on ON_EPOCH OFF_EPOCH": the mode, when it
 # was set, and (when on) when the last off period began.
-fencing_mode() { local m; read -r m _ <"$lab/fencing" 2>/dev/null && echo "$m" || echo on; }
+fencing_mode() { local m; [[ -f $lab/fencing ]] && read -r m _ <"$lab/fencing" && echo "$m" || echo on; }
 # "FROM TO" of the last off period, when fencing is on again.
 fencing_off_period() {
   local m on off
-  read -r m on off <"$lab/fencing" 2>/dev/null || return 0
+  [[ -f $lab/fencing ]] && read -r m on off <"$lab/fencing" || return 0
   [[ $m == on && -n $off ]] && echo "$off $on"
 }
 
@@ -96,7 +96,7 @@ cmd_fencing() {
     off) [[ $(fencing_mode) == off ]] || echo "off $(date +%s)" >"$lab/fencing.tmp" ;;
     on)
       local m t
-      read -r m t _ <"$lab/fencing" 2>/dev/null || m=on
+      [[ -f $lab/fencing ]] && read -r m t _ <"$lab/fencing" || m=on
       [[ $m == off ]] && echo "on $(date +%s) $t" >"$lab/fencing.tmp"
       ;;
     *) die "fencing: say on or off, not '$2'" ;;
@@ -125,6 +125,8 @@ stop_fencer() {
 
 cmd_fencer_serve() {
   set_lab "${1:-}"
+  # A loop that must not end on one bad request (set -e would).
+  set +e
   local dir=$lab/shared/fence req id k v node fail by out res
   while [[ -f $lab/lab.env ]]; do
     for req in "$dir"/*.req; do
@@ -132,13 +134,14 @@ cmd_fencer_serve() {
       id=${req##*/}
       id=${id%.req}
       node= fail= by=node
-      while IFS='=' read -r k v; do
+      # (The agent removes a request it gave up on: it may be gone by now.)
+      { while IFS='=' read -r k v; do
         case $k in
           node) node=$v ;;
           fail_time) fail=$v ;;
           by) by=$v ;;
         esac
-      done <"$req"
+      done; } 2>/dev/null <"$req" || continue
       rm -f "$req"
       [[ $id =~ ^[A-Za-z0-9_.-]{1,80}$ ]] || continue
       if out=$("$here/uml-cluster" fence "$lab" "$node" ${fail:+--failed-at "$fail"} --by "$by" 2>&1); then
