@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -335,6 +336,17 @@ absl::StatusOr<std::string> ClusterLab::Status() {
 absl::Status ClusterLab::NfsRestart() { return ToolOk({"nfs-restart", dir_}); }
 absl::Status ClusterLab::ClockJump(int node, int64_t seconds) {
   return ToolOk({"clock-jump", dir_, absl::StrCat(node), absl::StrCat(seconds)});
+}
+
+absl::Duration ClusterLab::WaitDead(int node, absl::Time since, absl::Duration limit) {
+  const std::string dead = absl::StrCat(node == kStorage ? "storage" : absl::StrCat("node", node),
+                                        " dead");
+  while (absl::Now() - since < limit) {
+    absl::StatusOr<std::string> st = Status();
+    if (st.ok() && absl::StrContains(*st, dead)) return absl::Now() - since;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  return absl::InfiniteDuration();
 }
 
 absl::Status ClusterLab::SetFencing(bool on) {

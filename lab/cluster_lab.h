@@ -119,6 +119,9 @@ class ClusterLab {
 
   // `uml-cluster status`: one line per machine ("node3 dead ...").
   absl::StatusOr<std::string> Status();
+  // Polls Status() every 250 ms until `node` is dead; returns how long after
+  // `since` that was seen, or InfiniteDuration() if not within `limit`.
+  absl::Duration WaitDead(int node, absl::Time since, absl::Duration limit);
   // Every node's logs into `out` (default DIR/logs).
   absl::Status CollectLogs(const std::string& out = "");
   // DIR/events.log, oldest first.

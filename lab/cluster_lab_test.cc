@@ -269,16 +269,7 @@ TEST_F(ClusterLabTest, TheDlmFencesAFailedNodeThroughTheHost) {
   EXPECT_THAT(*st, HasSubstr("fencing on fencer=up"));
   const absl::Time cut = absl::Now();
   ASSERT_TRUE(g_lab->Cut(2, "cluster").ok());
-  absl::Duration dead_after = absl::InfiniteDuration();
-  while (absl::Now() - cut < absl::Seconds(60)) {
-    st = g_lab->Status();
-    ASSERT_TRUE(st.ok()) << st.status();
-    if (absl::StrContains(*st, "node2 dead")) {
-      dead_after = absl::Now() - cut;
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(250));
-  }
+  const absl::Duration dead_after = g_lab->WaitDead(2, cut, absl::Seconds(60));
   std::printf("node2 cut off the cluster wire: fenced (killed by the host) after %.1f s "
               "(corosync token 3000 ms)\n", absl::ToDoubleSeconds(dead_after));
   EXPECT_LT(dead_after, absl::Seconds(30)) << "the cut node was never fenced";
@@ -397,16 +388,7 @@ TEST_F(ClusterLabTest, AFrozenNodeIsKilledByItsWatchdogFromTheHost) {
   ASSERT_TRUE(g_lab->SetFencing(false).ok());
   const absl::Time frozen = absl::Now();
   ASSERT_TRUE(g_lab->Freeze(3).ok());
-  absl::Duration dead_after = absl::InfiniteDuration();
-  while (absl::Now() - frozen < absl::Seconds(150)) {
-    absl::StatusOr<std::string> st = g_lab->Status();
-    ASSERT_TRUE(st.ok()) << st.status();
-    if (absl::StrContains(*st, "node3 dead")) {
-      dead_after = absl::Now() - frozen;
-      break;
-    }
-    absl::SleepFor(absl::Seconds(1));
-  }
+  const absl::Duration dead_after = g_lab->WaitDead(3, frozen, absl::Seconds(150));
   std::printf("node3 frozen: killed by its watchdog after %.1f s (harddog timeout 60 s, wdmd "
               "pets every 10 s)\n", absl::ToDoubleSeconds(dead_after));
   EXPECT_GE(dead_after, absl::Seconds(49)) << "killed before the watchdog could have fired";

@@ -3,8 +3,10 @@
 // latchd per node, driven with latchctl. Also runs the contract suite on a
 // node. Node failures come last: they change the cluster.
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -42,7 +44,7 @@ dlm_poll_ms = 100
 ClusterLab* g_lab = nullptr;
 
 class DlmClusterTest : public ::testing::Test {
- protected:
+ public:  // (the failover helpers below the tests use these too)
   static void SetUpTestSuite() {
     absl::StatusOr<std::unique_ptr<ClusterLab>> lab = lab::ClusterLab::Start({});
     ASSERT_TRUE(lab.ok()) << lab.status();
@@ -368,75 +370,70 @@ absl::Time FencedAt(int node, absl::Time since, std::string* result) {
 // agent has the host kill a failed node): the survivors' dlm_controld
 // recovers a failed node's locks only after the host killed it.
 
+// The holder on `node` fails by `fault` while a waiter on node 1 waits for
+// its resource (tag: the waiter's files). What the tests check of it.
+struct Failover {
+  DlmClusterTest::Vm waiter;
+  std::string res;
+  std::string rc;       // the waiter's exit status
+  double granted = -1;  // seconds from the fault to the grant
+  double fenced = -1;   // seconds from the fault to the lab's fence event
+  std::string how;      // that event's words (result=...)
+};
+Failover FailTheHolder(int node, const std::string& tag,
+                       const std::function<absl::Status(int)>& fault) {
+  Failover f{DlmClusterTest::NewVm(1, "vm-waiting-" + tag), DlmClusterTest::Unique("disk-" + tag)};
+  DlmClusterTest::Vm holder = DlmClusterTest::NewVm(node, absl::StrCat("vm-on-node", node));
+  EXPECT_EQ(DlmClusterTest::Acquire(holder, f.res, "exclusive").status, 0);
+  WaitInBackground(1, tag, f.res, f.waiter.uuid);
+  const absl::Time at = absl::Now();
+  EXPECT_TRUE(fault(node).ok());
+  std::tie(f.rc, f.granted) = AwaitBackground(1, tag, at);
+  f.fenced = absl::ToDoubleSeconds(FencedAt(node, at, &f.how) - at);
+  return f;
+}
+
+// The survivor releases; the failed node is booted again, with its latchd.
+void ReleaseAndRestart(const Failover& f, int node) {
+  EXPECT_EQ(DlmClusterTest::Release(f.waiter, f.res).status, 0);
+  ASSERT_TRUE(g_lab->Restart(node).ok());
+  DlmClusterTest::StartLatchd(node);
+}
+
 TEST_F(DlmClusterTest, SurvivorsGetTheLocksOfAKilledNode) {
-  const std::string res = Unique("disk-dead");
-  Vm dead = NewVm(3, "vm-on-node3");
-  Vm waiter = NewVm(1, "vm-waiting");
-  ASSERT_EQ(Acquire(dead, res, "exclusive").status, 0);
-  WaitInBackground(1, "dead", res, waiter.uuid);
-  const absl::Time killed = absl::Now();
-  ASSERT_TRUE(g_lab->Kill(3).ok());
-  auto [rc, secs] = AwaitBackground(1, "dead", killed);
-  std::string how;
-  const absl::Time fenced = FencedAt(3, killed, &how);
+  Failover f = FailTheHolder(3, "dead", [](int n) { return g_lab->Kill(n); });
   std::printf("node 3 killed while holding: fenced (%s) after %.2f s, node 1 granted after %.2f s "
-              "(corosync token 3000 ms)\n",
-              how.c_str(), absl::ToDoubleSeconds(fenced - killed), secs);
-  EXPECT_EQ(rc, "0");
-  EXPECT_THAT(how, HasSubstr("result=down"));
-  EXPECT_LE(absl::ToDoubleSeconds(fenced - killed), secs) << "granted before the fence";
-  EXPECT_EQ(Release(waiter, res).status, 0);
-  ASSERT_TRUE(g_lab->Restart(3).ok());
-  StartLatchd(3);
+              "(corosync token 3000 ms)\n", f.how.c_str(), f.fenced, f.granted);
+  EXPECT_EQ(f.rc, "0");
+  EXPECT_THAT(f.how, HasSubstr("result=down"));
+  EXPECT_LE(f.fenced, f.granted) << "granted before the fence";
+  ReleaseAndRestart(f, 3);
 }
 
 TEST_F(DlmClusterTest, SurvivorsGetTheLocksOfAFrozenNode) {
-  const std::string res = Unique("disk-frozen");
-  Vm frozen = NewVm(2, "vm-on-node2");
-  Vm waiter = NewVm(1, "vm-waiting2");
-  ASSERT_EQ(Acquire(frozen, res, "exclusive").status, 0);
-  WaitInBackground(1, "frz", res, waiter.uuid);
-  const absl::Time frozen_at = absl::Now();
-  ASSERT_TRUE(g_lab->Freeze(2).ok());
-  auto [rc, secs] = AwaitBackground(1, "frz", frozen_at);
-  std::string how;
-  const absl::Time fenced = FencedAt(2, frozen_at, &how);
+  Failover f = FailTheHolder(2, "frz", [](int n) { return g_lab->Freeze(n); });
   std::printf("node 2 frozen while holding: fenced (%s) after %.2f s, node 1 granted after "
-              "%.2f s\n", how.c_str(), absl::ToDoubleSeconds(fenced - frozen_at), secs);
-  EXPECT_EQ(rc, "0");
-  EXPECT_THAT(how, HasSubstr("result=killed")) << "the frozen node was not fenced";
-  EXPECT_LE(absl::ToDoubleSeconds(fenced - frozen_at), secs) << "granted before the fence";
+              "%.2f s\n", f.how.c_str(), f.fenced, f.granted);
+  EXPECT_EQ(f.rc, "0");
+  EXPECT_THAT(f.how, HasSubstr("result=killed")) << "the frozen node was not fenced";
+  EXPECT_LE(f.fenced, f.granted) << "granted before the fence";
   absl::StatusOr<std::string> st = g_lab->Status();
   ASSERT_TRUE(st.ok());
   EXPECT_THAT(*st, HasSubstr("node2 dead"));
-  EXPECT_EQ(Release(waiter, res).status, 0);
-  ASSERT_TRUE(g_lab->Restart(2).ok());
-  StartLatchd(2);
+  ReleaseAndRestart(f, 2);
 }
 
 TEST_F(DlmClusterTest, ANodeCutOffIsFencedBeforeSurvivorsTakeItsLocks) {
-  const std::string res = Unique("disk-fence");
-  Vm cut = NewVm(3, "vm-fenced");
-  Vm waiter = NewVm(1, "vm-waiting4");
-  ASSERT_EQ(Acquire(cut, res, "exclusive").status, 0);
-  WaitInBackground(1, "fen", res, waiter.uuid);
-  const absl::Time cut_at = absl::Now();
-  ASSERT_TRUE(g_lab->Cut(3).ok());
-  auto [rc, secs] = AwaitBackground(1, "fen", cut_at);
-  std::string how;
-  const absl::Time fenced = FencedAt(3, cut_at, &how);
+  Failover f = FailTheHolder(3, "fen", [](int n) { return g_lab->Cut(n); });
   std::printf("node 3 cut off while holding (fencing on): fenced (%s) after %.2f s, node 1 "
-              "granted after %.2f s\n",
-              how.c_str(), absl::ToDoubleSeconds(fenced - cut_at), secs);
-  EXPECT_EQ(rc, "0");
-  EXPECT_THAT(how, HasSubstr("result=killed"));
-  EXPECT_LE(absl::ToDoubleSeconds(fenced - cut_at), secs) << "granted before the fence";
+              "granted after %.2f s\n", f.how.c_str(), f.fenced, f.granted);
+  EXPECT_EQ(f.rc, "0");
+  EXPECT_THAT(f.how, HasSubstr("result=killed"));
+  EXPECT_LE(f.fenced, f.granted) << "granted before the fence";
   absl::StatusOr<std::string> st = g_lab->Status();
   ASSERT_TRUE(st.ok());
   EXPECT_THAT(*st, HasSubstr("node3 dead"));
-  EXPECT_EQ(Release(waiter, res).status, 0);
-  ASSERT_TRUE(g_lab->Restart(3).ok());
-  StartLatchd(3);
+  ReleaseAndRestart(f, 3);
 }
 
 // Without fencing (acknowledged, nothing killed), a cut node survives: its

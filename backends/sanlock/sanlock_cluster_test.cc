@@ -42,15 +42,24 @@ NodeLatchd* g_latchd = nullptr;
 std::string Conf(int node) { return absl::StrCat("/shared/latchd-sanlock-", node, ".conf"); }
 std::string Log(int node) { return absl::StrCat("/shared/node", node, "/latchd-sanlock.log"); }
 
+// Waits until latchd on `node` shows its lockspace joined (checks every
+// 0.5 s for `seconds`); an error with its status otherwise.
+absl::Status WaitJoined(int node, int seconds) {
+  absl::StatusOr<std::string> joined = g_lab->Sh(
+      node, absl::StrCat("for i in $(seq ", 2 * seconds, "); do latchctl --socket ",
+                         g_latchd->socket(),
+                         " status | grep -q '\"state\":\"joined\"' && exit 0; sleep 0.5; done; "
+                         "latchctl --socket ", g_latchd->socket(), " status >&2; exit 1"),
+      absl::Seconds(seconds + 60));
+  return joined.ok() ? absl::OkStatus() : joined.status();
+}
+
 // latchd on `node`, and its lockspace joined (a join takes 2 x io_timeout + 1 s).
 void StartLatchd(int node) {
   absl::Status s = g_latchd->Start(node, Conf(node), Log(node));
   ASSERT_TRUE(s.ok()) << s;
-  absl::StatusOr<std::string> joined = g_lab->Sh(
-      node, absl::StrCat("for i in $(seq 60); do latchctl --socket ", g_latchd->socket(),
-                         " status | grep -q '\"state\":\"joined\"' && exit 0; sleep 0.5; done; "
-                         "latchctl --socket ", g_latchd->socket(), " status >&2; exit 1"));
-  ASSERT_TRUE(joined.ok()) << joined.status();
+  s = WaitJoined(node, 30);
+  ASSERT_TRUE(s.ok()) << s;
 }
 
 class SanlockClusterTest : public ::testing::Test {
@@ -106,17 +115,6 @@ class SanlockClusterTest : public ::testing::Test {
         absl::StrCat("/mnt/nfs/", base, "-", absl::ToUnixMicros(absl::Now()) % 100000000, ".img");
     EXPECT_TRUE(g_lab->Sh(1, absl::StrCat("truncate -s 1M ", path)).ok());
     return path;
-  }
-  // Waits (up to `limit`) until `node` is dead in `uml-cluster status`.
-  static absl::Duration DeadAfter(int node, absl::Time since, absl::Duration limit) {
-    while (absl::Now() - since < limit) {
-      absl::StatusOr<std::string> st = g_lab->Status();
-      if (st.ok() && absl::StrContains(*st, absl::StrCat("node", node, " dead"))) {
-        return absl::Now() - since;
-      }
-      absl::SleepFor(absl::Milliseconds(500));
-    }
-    return absl::InfiniteDuration();
   }
 };
 
@@ -280,12 +278,8 @@ TEST_F(SanlockClusterTest, AStalledNodeLosesItsLeasesAndStopsTheirOwner) {
   EXPECT_THAT(*log, HasSubstr("renewal was missed"));
   ASSERT_TRUE(g_lab->StorageResume(1).ok());
   const absl::Time resumed = absl::Now();
-  absl::StatusOr<std::string> joined = g_lab->Sh(
-      1, absl::StrCat("for i in $(seq 120); do latchctl --socket ", g_latchd->socket(),
-                      " status | grep -q '\"state\":\"joined\"' && exit 0; sleep 0.5; done; "
-                      "latchctl --socket ", g_latchd->socket(), " status >&2; exit 1"),
-      absl::Seconds(120));
-  EXPECT_TRUE(joined.ok()) << "latchd did not join the lockspace again: " << joined.status();
+  const absl::Status joined = WaitJoined(1, 60);
+  EXPECT_TRUE(joined.ok()) << "latchd did not join the lockspace again: " << joined;
   std::printf("sanlock: lockspace joined again %.1f s after storage came back\n",
               absl::ToDoubleSeconds(absl::Now() - resumed));
   absl::StatusOr<std::string> st = g_lab->Status();
@@ -306,7 +300,7 @@ TEST_F(SanlockClusterTest, AStalledNodeThatKeepsItsLeaseIsResetByItsWatchdog) {
   ASSERT_TRUE(g_latchd->StartWaiter(b, {"--disk", img}, 200, "wd").ok());
   const absl::Time stalled = absl::Now();
   ASSERT_TRUE(g_lab->StorageStall(1).ok());
-  const absl::Duration dead = DeadAfter(1, stalled, absl::Seconds(150));
+  const absl::Duration dead = g_lab->WaitDead(1, stalled, absl::Seconds(150));
   EXPECT_EQ(g_latchd->WaiterStatus(b, "wd", absl::Seconds(120)), "0");
   const absl::Duration granted = g_latchd->WaiterEndedAt(b, "wd") - stalled;
   std::printf("sanlock: node1 stalled holding a lease it cannot release: killed by its watchdog "
