@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
@@ -186,9 +187,15 @@ struct Lockspace {
   absl::Mutex mu;  // Guards everything below and serialises the client socket.
   JoinState state ABSL_GUARDED_BY(mu) = JoinState::kJoining;
   std::string message ABSL_GUARDED_BY(mu);
+  // Why the lockspace last went away under its leases, and when (status).
+  std::string last_loss ABSL_GUARDED_BY(mu);
+  absl::Time last_loss_at ABSL_GUARDED_BY(mu);
   absl::Time started ABSL_GUARDED_BY(mu);
   absl::Duration join_took ABSL_GUARDED_BY(mu);
   int sock ABSL_GUARDED_BY(mu) = -1;  // registered client holding this lockspace's leases
+  // A copy of `sock` for the notifier, which must not wait for `mu` (held
+  // through a ballot) to watch the connection.
+  std::atomic<int> watched_sock{-1};
   std::map<std::string, Lease> leases ABSL_GUARDED_BY(mu);  // by resource name
   // Highest token granted here per resource, kept after release: the
   // hand-off check's memory of local grants that did not ballot.
@@ -690,6 +697,7 @@ class SanlockBackend final : public Backend {
       std::string message;
       absl::Duration took, elapsed;
       size_t leases = 0;
+      std::string last_loss;
       {
         absl::MutexLock l(&ls->mu);
         state = ls->state;
@@ -697,6 +705,11 @@ class SanlockBackend final : public Backend {
         took = ls->join_took;
         elapsed = absl::Now() - ls->started;
         leases = ls->leases.size();
+        if (!ls->last_loss.empty()) {
+          last_loss = absl::StrCat(",\"last_loss\":\"", Escape(ls->last_loss),
+                                   "\",\"last_loss_ago_ms\":",
+                                   absl::ToInt64Milliseconds(absl::Now() - ls->last_loss_at));
+        }
       }
       std::string hosts;
       if (state == JoinState::kJoined) hosts = HostsJson(*ls);
@@ -707,7 +720,7 @@ class SanlockBackend final : public Backend {
               ? absl::StrCat(",\"joining_for_ms\":", absl::ToInt64Milliseconds(elapsed))
               : absl::StrCat(",\"join_took_ms\":", absl::ToInt64Milliseconds(took)),
           message.empty() ? "" : absl::StrCat(",\"message\":\"", Escape(message), "\""),
-          ",\"leases\":", leases, hosts.empty() ? "" : absl::StrCat(",\"hosts\":", hosts), "}"));
+          last_loss, ",\"leases\":", leases, hosts.empty() ? "" : absl::StrCat(",\"hosts\":", hosts), "}"));
     }
     return absl::StrCat("{\"io_timeout\":", s_.io_timeout, ",\"lockspaces\":[",
                         absl::StrJoin(items, ","), "]}");
@@ -1153,8 +1166,10 @@ class SanlockBackend final : public Backend {
     if (rv == 0) {
       if (L->sock >= 0) close(L->sock);
       L->sock = sock;
+      L->watched_sock = sock;
       L->state = JoinState::kJoined;
       L->message.clear();
+      WakeNotifier();
     } else {
       if (sock >= 0) close(sock);
       L->state = JoinState::kError;
@@ -1188,10 +1203,33 @@ class SanlockBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // A line the notifier ignores: it wakes up and watches the current sockets.
+  void WakeNotifier() {
+    if (notify_fd_ >= 0) (void)!write(notify_fd_, "\n", 1);
+  }
+
+  // The notifier: killpath notices from the FIFO, and each lockspace's
+  // registered client connection, which the daemon's death breaks (POLLHUP:
+  // poll asks for no events, so replies to our own requests never wake it).
   void ReadNotices() {
     std::string pending;
     char buf[512];
     while (!stopping_) {
+      std::vector<pollfd> fds{{notify_fd_, POLLIN, 0}};
+      std::vector<Lockspace*> of{nullptr};
+      for (auto& [name, ls] : lockspaces_) {
+        const int fd = ls->watched_sock;
+        if (fd < 0) continue;
+        fds.push_back({fd, 0, 0});
+        of.push_back(ls.get());
+      }
+      const int ready = poll(fds.data(), fds.size(), 1000);
+      if (ready < 0 && errno != EINTR) return;
+      if (ready <= 0) continue;
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (fds[i].revents & (POLLHUP | POLLERR)) ConnectionBroke(*of[i], fds[i].fd);
+      }
+      if (!(fds[0].revents & POLLIN)) continue;
       const ssize_t n = read(notify_fd_, buf, sizeof(buf));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return;
@@ -1204,6 +1242,75 @@ class SanlockBackend final : public Backend {
         if (!words.empty() && !stopping_) LockspaceFailed(words[0]);
       }
     }
+  }
+
+  // The daemon closed the lockspace's client connection: it died (kill -9,
+  // a crash) or was stopped. Every lease of the connection is gone with it:
+  // nothing renews the host's delta lease any more, so another host may take
+  // them 8 x io_timeout + 60 s after the last renewal (sooner when fenced).
+  // Each owner's loss is reported now, long before that.
+  void ConnectionBroke(Lockspace& L, int fd) {
+    std::vector<LockLoss> losses;
+    {
+      absl::MutexLock l(&L.mu);
+      if (L.sock != fd || L.state != JoinState::kJoined) return;  // already handled, or reused
+      sanlk_lockspace* lss = nullptr;
+      int count = 0;
+      const int rv = sanlock_get_lockspaces(&lss, &count, 0);
+      free(lss);
+      const std::string why =
+          rv < 0
+              ? std::string("the sanlock daemon died (its connection to latchd broke; it no "
+                            "longer answers)")
+              : std::string("the sanlock daemon closed latchd's connection");
+      L.state = JoinState::kFailed;
+      L.message = absl::StrCat(why, ": every lease of lockspace ", L.conf.name,
+                               " is lost; rejoining once the daemon is back");
+      L.last_loss = L.message;
+      L.last_loss_at = absl::Now();
+      for (auto& [rname, lease] : L.leases) {
+        for (auto& [uuid, h] : lease.holders) {
+          losses.push_back(LockLoss{h.owner, lease.resource,
+                                    absl::StrCat(why, "; another host may take the lease ",
+                                                 8 * s_.io_timeout + 60,
+                                                 " s after its last renewal")});
+        }
+      }
+      L.leases.clear();
+      close(L.sock);
+      L.sock = -1;
+      L.watched_sock = -1;
+      ++L.generation;
+    }
+    Report(losses);
+    Rejoin(L);
+  }
+
+  void Report(const std::vector<LockLoss>& losses) {
+    absl::MutexLock l(&handler_mu_);
+    if (!handler_) return;
+    for (const LockLoss& loss : losses) handler_(loss);
+  }
+
+  // Joins the lockspace again once the daemon has dropped the dead one (or
+  // is back after dying), in the background.
+  void Rejoin(Lockspace& L) {
+    if (L.joiner.joinable()) L.joiner.join();
+    L.joiner = std::thread([this, &L] {
+      sanlk_lockspace ls = LockspaceOf(L.conf);
+      while (!stopping_) {
+        const int rv = sanlock_inq_lockspace(&ls, 0);
+        if (rv == -ENOENT || DaemonGone(rv)) break;
+        absl::SleepFor(absl::Milliseconds(200));
+      }
+      if (stopping_) return;
+      {
+        absl::MutexLock l(&L.mu);
+        L.state = JoinState::kJoining;
+        L.started = absl::Now();
+      }
+      JoinUntilJoined(&L);
+    });
   }
 
   // sanlock says the lockspace failed (our delta lease was not renewed in
@@ -1221,6 +1328,8 @@ class SanlockBackend final : public Backend {
       L.state = JoinState::kFailed;
       L.message = "sanlock reported the lockspace failed (lease renewal missed): all its leases "
                   "are lost; rejoining";
+      L.last_loss = L.message;
+      L.last_loss_at = absl::Now();
       for (auto& [rname, lease] : L.leases) {
         OneDiskResource r = MakeResource(L, lease.resource, lease.path, lease.offset, lease.shared);
         sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
@@ -1233,30 +1342,11 @@ class SanlockBackend final : public Backend {
       L.leases.clear();
       if (L.sock >= 0) close(L.sock);
       L.sock = -1;
+      L.watched_sock = -1;
+      ++L.generation;
     }
-    {
-      absl::MutexLock l(&handler_mu_);
-      if (handler_) {
-        for (const LockLoss& loss : losses) handler_(loss);
-      }
-    }
-    // Rejoin once the daemon has dropped the dead lockspace.
-    if (L.joiner.joinable()) L.joiner.join();
-    L.joiner = std::thread([this, &L] {
-      sanlk_lockspace ls = LockspaceOf(L.conf);
-      while (!stopping_) {
-        const int rv = sanlock_inq_lockspace(&ls, 0);
-        if (rv == -ENOENT) break;
-        absl::SleepFor(absl::Milliseconds(200));
-      }
-      if (stopping_) return;
-      {
-        absl::MutexLock l(&L.mu);
-        L.state = JoinState::kJoining;
-        L.started = absl::Now();
-      }
-      JoinUntilJoined(&L);
-    });
+    Report(losses);
+    Rejoin(L);
   }
 
   const Settings s_;

@@ -371,6 +371,55 @@ TEST_F(SanlockHostsTest, BadInputGetsClearErrorsAndHeldLocksStay) {
   EXPECT_THAT(bad_id.Log(), HasSubstr("host_id"));
 }
 
+// The sanlock daemon dies (kill -9, no watchdog in this lab) while owners
+// hold leases through latchd: the broken client connection tells latchd at
+// once, it applies each owner's policy long before another host could take
+// the lease (8 * io_timeout + 60 s), says so in its log and status, and
+// rejoins when the daemon is back.
+TEST_F(SanlockHostsTest, KilledDaemonTerminatesItsOwnersAtOnceAndLatchdRejoins) {
+  Vm a("vm-a"), b("vm-b");
+  Register(2, a, "terminate");
+  Register(2, b, "terminate");
+  ASSERT_TRUE(Acquire(2, a, {ManualLease(3)}).ok());
+  ASSERT_TRUE(Acquire(2, b, {{{"disk", Disk("daemon-death")}, {"mode", "shared-write"}}}).ok());
+  ASSERT_TRUE(lab_->KillDaemon(2).ok());
+  const absl::Time killed = absl::Now();
+  for (Vm* vm : {&a, &b}) {
+    int status = 0;
+    bool exited = false;
+    while (absl::Now() - killed < absl::Seconds(20)) {
+      if (waitpid(vm->pid, &status, WNOHANG) == vm->pid) {
+        exited = true;
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    ASSERT_TRUE(exited) << vm->uuid << " should be terminated when the daemon dies";
+    vm->pid = -1;
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << status;
+  }
+  const absl::Duration took = absl::Now() - killed;
+  fprintf(stderr, "owners terminated %.2f s after the daemon was killed\n",
+          absl::ToDoubleSeconds(took));
+  // The grace is 2 s (SIGTERM first): well under the 8 s before this host's
+  // lease even fails, let alone the 68 s before another host may take it.
+  EXPECT_LT(took, absl::Seconds(5));
+  EXPECT_THAT(latchd_[2]->Log(), HasSubstr("the sanlock daemon died"));
+  EXPECT_THAT(latchd_[2]->Log(), HasSubstr("LOCK FAILURE"));
+  json ls = LockspaceState(2);
+  EXPECT_NE(ls.value("state", ""), "joined") << ls.dump();
+  EXPECT_THAT(ls.value("last_loss", ""), HasSubstr("sanlock daemon died")) << ls.dump();
+  EXPECT_TRUE(latchd_[2]->running());
+  // The daemon is back: latchd joins again by itself and serves.
+  ASSERT_TRUE(lab_->RestartDaemon(2).ok());
+  WaitJoined(2, absl::Seconds(60));
+  Vm c("vm-c");
+  Register(2, c);
+  absl::StatusOr<json> r = Acquire(2, c, {ManualLease(3)}, {{"wait", true}, {"timeout_ms", 30000}});
+  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(Release(2, c, {ManualLease(3)}).ok());
+}
+
 // Lease loss: host2's daemon is frozen past its renewal deadline (8 s at
 // io_timeout 1). On thaw sanlock fails the lockspace and runs the killpath;
 // latchd applies the owner's policy (terminate) and rejoins.
