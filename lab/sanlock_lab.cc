@@ -110,7 +110,7 @@ std::string SanlockLab::HostDir(int host) const {
 std::string SanlockLab::HostName(int host) const { return absl::StrCat("host", host); }
 
 pid_t SanlockLab::DaemonPid(int host) const {
-  return host >= 1 && host <= hosts() ? pids_[host - 1] : -1;
+  return host >= 1 && host <= static_cast<int>(pids_.size()) ? pids_[host - 1] : -1;
 }
 
 std::string SanlockLab::LockspaceSpec() const {
@@ -142,7 +142,13 @@ absl::StatusOr<std::unique_ptr<SanlockLab>> SanlockLab::Start(const SanlockLabOp
         "sanlock lab: /usr/sbin/sanlock is missing: install Debian's sanlock package "
         "(scripts/install-deps)");
   }
-  if (o.size_mib < 2 + static_cast<uint64_t>(o.resources)) {
+  if (o.sector_size != 512 && o.sector_size != 4096) {
+    return absl::InvalidArgumentError("sanlock lab: sector_size must be 512 or 4096");
+  }
+  if (o.lease_dir_sector != 0 && o.lease_dir_sector != 512 && o.lease_dir_sector != 4096) {
+    return absl::InvalidArgumentError("sanlock lab: lease_dir_sector must be 0, 512 or 4096");
+  }
+  if (o.size_mib < (2 + static_cast<uint64_t>(o.resources)) * (o.sector_size == 4096 ? 8 : 1)) {
     return absl::InvalidArgumentError("sanlock lab: the lease file is too small for its resources");
   }
   std::unique_ptr<SanlockLab> lab(new SanlockLab(o));
@@ -157,6 +163,25 @@ absl::StatusOr<std::unique_ptr<SanlockLab>> SanlockLab::Start(const SanlockLabOp
   }
   if (absl::Status s = MakeDir(lab->options_.dir); !s.ok()) return s;
   if (absl::Status s = MakeDir(lab->LeaseDir()); !s.ok()) return s;
+  if (o.lease_dir_sector != 0) {
+    // Stop() undoes this; so does a failed Start (the destructor).
+    const std::string img = lab->options_.dir + "/lease-dir.img";
+    const int fd = open(img.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+    const bool made = fd >= 0 && ftruncate(fd, static_cast<off_t>(256 * kMiB)) == 0;
+    if (fd >= 0) close(fd);
+    if (!made) return absl::FailedPreconditionError(absl::StrCat("sanlock lab: cannot create ", img));
+    absl::StatusOr<std::string> loop = RunCommand(
+        {"/sbin/losetup", "--find", "--show", "--sector-size", absl::StrCat(o.lease_dir_sector), img});
+    if (!loop.ok()) return loop.status();
+    lab->lease_dir_loop_ = std::string(absl::StripAsciiWhitespace(*loop));
+    absl::StatusOr<std::string> r = RunCommand({"/sbin/mkfs.ext4", "-q", "-F", "-b", "4096", lab->lease_dir_loop_});
+    if (r.ok()) r = RunCommand({"/bin/mount", "-t", "ext4", lab->lease_dir_loop_, lab->LeaseDir()});
+    if (!r.ok()) {
+      RunCommand({"/sbin/losetup", "-d", lab->lease_dir_loop_}).IgnoreError();
+      lab->lease_dir_loop_.clear();
+      return r.status();
+    }
+  }
   const std::string file = lab->options_.dir + "/shared.leases";
   {
     const int fd = open(file.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
@@ -168,8 +193,9 @@ absl::StatusOr<std::unique_ptr<SanlockLab>> SanlockLab::Start(const SanlockLabOp
     close(fd);
   }
   lab->lease_path_ = file;
-  if (o.loop_device) {
-    absl::StatusOr<std::string> loop = RunCommand({"/sbin/losetup", "--find", "--show", file});
+  if (o.loop_device || o.sector_size == 4096) {
+    absl::StatusOr<std::string> loop = RunCommand(
+        {"/sbin/losetup", "--find", "--show", "--sector-size", absl::StrCat(o.sector_size), file});
     if (!loop.ok()) return loop.status();
     lab->loop_ = std::string(absl::StripAsciiWhitespace(*loop));
     lab->lease_path_ = lab->loop_;
@@ -178,13 +204,14 @@ absl::StatusOr<std::unique_ptr<SanlockLab>> SanlockLab::Start(const SanlockLabOp
   // the manual resource leases.
   absl::StatusOr<std::string> r =
       lab->Sanlock(0, {"direct", "init", "-s", absl::StrCat(o.lockspace, ":0:", lab->lease_path_, ":0"),
-                       "-o", absl::StrCat(o.io_timeout), "-Z", "512", "-A", "1M"});
+                       "-o", absl::StrCat(o.io_timeout), "-Z", absl::StrCat(o.sector_size), "-A",
+                       absl::StrCat(lab->Align() / kMiB, "M")});
   if (!r.ok()) return r.status();
   for (int i = 0; i < o.resources; ++i) {
     std::vector<std::string> args = {
         "direct", "init", "-r",
         absl::StrCat(o.lockspace, ":res", i, ":", lab->lease_path_, ":", lab->ResourceOffset(i)),
-        "-Z", "512", "-A", "1M"};
+        "-Z", absl::StrCat(o.sector_size), "-A", absl::StrCat(lab->Align() / kMiB, "M")};
     if (o.num_hosts > 0) {
       args.push_back("-n");
       args.push_back(absl::StrCat(o.num_hosts));
@@ -350,6 +377,12 @@ absl::Status SanlockLab::Stop() {
   if (!loop_.empty()) {
     RunCommand({"/sbin/losetup", "-d", loop_}).IgnoreError();
     loop_.clear();
+  }
+  if (!lease_dir_loop_.empty()) {
+    absl::StatusOr<std::string> um = RunCommand({"/bin/umount", LeaseDir()});
+    if (!um.ok() && result.ok()) result = um.status();
+    RunCommand({"/sbin/losetup", "-d", lease_dir_loop_}).IgnoreError();
+    lease_dir_loop_.clear();
   }
   unlink((options_.dir + "/lab.env").c_str());
   if (remove_dir_ && result.ok()) {

@@ -45,6 +45,14 @@ struct SanlockLabOptions {
   bool join = false;            // Each host joins the lockspace (add_lockspace).
   int resources = 4;            // Manual resource leases "res0".. at 1 MiB steps.
   int num_hosts = 0;            // Host slots read per resource lease (-n); 0 = all.
+  // 4096: the shared storage is a loop device with 4096-byte logical
+  // sectors (implies loop_device), the lockspace and resources are written
+  // with sanlock's 4K geometry (8 MiB alignment, resources at 8 MiB steps).
+  uint32_t sector_size = 512;
+  // 4096: LeaseDir() is an ext4 file system on a loop device with
+  // 4096-byte sectors (direct I/O needs 4096-byte blocks there), mounted
+  // before the daemons start and unmounted by Stop().
+  uint32_t lease_dir_sector = 0;
 };
 
 // The shared storage layout (offsets into LeasePath()).
@@ -77,7 +85,9 @@ class SanlockLab {
   // "NAME:PATH:OFFSET" as the sanlock backend's `lockspaces` setting wants it.
   std::string LockspaceSpec() const;
   // Where manual lease res<i> lives.
-  uint64_t ResourceOffset(int i) const { return kResourceOffset + i * kMiB; }
+  uint64_t ResourceOffset(int i) const { return (1 + i) * Align(); }
+  // The alignment of the lab's lockspace and resources.
+  uint64_t Align() const { return options_.sector_size == 4096 ? 8 * kMiB : kMiB; }
 
   // Faults.
   absl::Status KillDaemon(int host);              // SIGKILL, waits for the PID
@@ -101,6 +111,7 @@ class SanlockLab {
   SanlockLabOptions options_;
   std::string lease_path_;
   std::string loop_;
+  std::string lease_dir_loop_;  // lease_dir_sector: its device, mounted on LeaseDir()
   std::vector<pid_t> pids_;  // Index host-1.
   bool owned_ = true;
   bool remove_dir_ = false;  // Start() made options_.dir itself

@@ -58,14 +58,17 @@ extern "C" {
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "backends/sanlock/sanlock_disk.h"
+#include "backends/sanlock/sanlock_errors.h"
 #include "core/plugin_export.h"
 
 namespace latchkey {
 namespace sanlockbe {
 namespace {
 
-constexpr uint64_t kAlign = 1024 * 1024;  // SANLK_RES_ALIGN1M
-constexpr uint32_t kSector = 512;         // SANLK_RES_SECTOR512
+// Manual lease offsets must be multiples of this (sanlock's smallest
+// alignment); a lease then occupies its own geometry's alignment.
+constexpr uint64_t kMinAlign = kMiB;
 constexpr int kSeqBits = 16;
 constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
 constexpr size_t kNameLen = SANLK_NAME_LEN;  // 48 bytes on disk, no terminator needed
@@ -82,43 +85,6 @@ constexpr lk_capabilities kCapabilities = {
 };
 
 uint64_t Token(uint64_t lver, uint64_t n) { return (lver << kSeqBits) | n; }
-
-// sanlock's return codes, by name, with what they mean here.
-std::string RvText(int rv) {
-  switch (rv) {
-    case -ENOENT: return "no such object (-ENOENT)";
-    case -ECONNREFUSED: return "the sanlock daemon is not running (-ECONNREFUSED)";
-    case -ENOSPC: return "the lockspace is not joined or is failing (-ENOSPC)";
-    case -EEXIST: return "held by another process on this host (-EEXIST)";
-    case -EAGAIN: return "held shared by other hosts (-EAGAIN)";
-    case -EBUSY: return "busy (-EBUSY)";
-    case -EUCLEAN: return "an orphan lease left on this host by a stopped holder (-EUCLEAN)";
-    case -EMSGSIZE: return "the lease area is beyond the end of its file (-EMSGSIZE)";
-    case -EINVAL: return "invalid (-EINVAL)";
-    case SANLK_ACQUIRE_LVER: return "the lease version moved (SANLK_ACQUIRE_LVER)";
-    case SANLK_ACQUIRE_IDLIVE: return "held by a live host (SANLK_ACQUIRE_IDLIVE)";
-    case SANLK_ACQUIRE_OWNED: return "owned by another host (SANLK_ACQUIRE_OWNED)";
-    case SANLK_ACQUIRE_OTHER: return "another host won the ballot (SANLK_ACQUIRE_OTHER)";
-    case SANLK_ACQUIRE_SHRETRY: return "held exclusively, shared retry exhausted (SANLK_ACQUIRE_SHRETRY)";
-    case SANLK_ACQUIRE_OWNED_RETRY:
-      return "the holding host stopped renewing; it is not yet dead (SANLK_ACQUIRE_OWNED_RETRY)";
-    case SANLK_LEADER_MAGIC: return "no sanlock lease at that place (SANLK_LEADER_MAGIC)";
-    case SANLK_LEADER_LOCKSPACE: return "the lease belongs to another lockspace (SANLK_LEADER_LOCKSPACE)";
-    case SANLK_LEADER_RESOURCE: return "the lease there has another name (SANLK_LEADER_RESOURCE)";
-    case SANLK_LEADER_NUMHOSTS: return "host_id beyond the lease's host count (SANLK_LEADER_NUMHOSTS)";
-    case SANLK_ADDLS_INVALID_HOSTID: return "host_id out of range (SANLK_ADDLS_INVALID_HOSTID)";
-    case SANLK_HOSTID_BUSY: return "host_id in use by another host (SANLK_HOSTID_BUSY)";
-    case SANLK_WD_ERROR: return "the watchdog is not available (SANLK_WD_ERROR)";
-    case SANLK_AIO_TIMEOUT: return "the lease storage did not answer within io_timeout (SANLK_AIO_TIMEOUT)";
-    case SANLK_DBLOCK_READ: return "reading a ballot block failed (SANLK_DBLOCK_READ)";
-    case SANLK_DBLOCK_WRITE: return "writing a ballot block failed (SANLK_DBLOCK_WRITE)";
-    case SANLK_LEADER_READ: return "reading the lease leader failed (SANLK_LEADER_READ)";
-    case SANLK_LEADER_WRITE: return "writing the lease leader failed (SANLK_LEADER_WRITE)";
-    default: break;
-  }
-  if (rv < 0 && rv > -200) return absl::StrCat(strerror(-rv), " (", rv, ")");
-  return absl::StrCat("sanlock error ", rv);
-}
 
 bool IsBusy(int rv) {
   return rv == -EEXIST || rv == -EAGAIN || rv == SANLK_ACQUIRE_IDLIVE ||
@@ -173,10 +139,16 @@ struct LocalHolder {
 };
 
 // One sanlock lease this instance holds.
-struct Lease {
-  Resource resource;
+// Where a lease lives, and its sector size and alignment.
+struct Where {
   std::string path;
   uint64_t offset = 0;
+  Geometry geo;
+};
+
+struct Lease {
+  Resource resource;
+  Where where;
   bool shared = false;
   uint64_t lver = 0;
   std::map<std::string, LocalHolder> holders;  // by owner uuid
@@ -196,6 +168,9 @@ struct Lockspace {
   // A copy of `sock` for the notifier, which must not wait for `mu` (held
   // through a ballot) to watch the connection.
   std::atomic<int> watched_sock{-1};
+  // The lockspace's geometry, read from its first host record at each join.
+  std::atomic<uint32_t> sector{512};
+  std::atomic<uint64_t> align{kMiB};
   std::map<std::string, Lease> leases ABSL_GUARDED_BY(mu);  // by resource name
   // Highest token granted here per resource, kept after release: the
   // hand-off check's memory of local grants that did not ballot.
@@ -211,6 +186,8 @@ struct Settings {
   std::vector<LockspaceConf> lockspaces;
   std::string lease_dir;
   int num_hosts = 0;
+  uint32_t sector_size = 0;  // new leases: 0 = the storage's
+  uint64_t align_mb = 0;     // new leases: 0 = sanlock's for the sector size
   std::string notify_dir;
   absl::Duration poll = absl::Milliseconds(200);
   absl::Duration join_wait = absl::Seconds(60);
@@ -232,52 +209,6 @@ absl::Status UseRunDir(const std::string& dir) {
   if (!dir.empty()) setenv("SANLOCK_RUN_DIR", dir.c_str(), 1);
   if (g_run_dir == nullptr) g_run_dir = new std::string(want);
   return absl::OkStatus();
-}
-
-absl::StatusOr<uint64_t> StorageSize(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sanlock: lease storage ", path, ": ", strerror(errno)));
-  }
-  if (S_ISBLK(st.st_mode)) {
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    uint64_t size = 0;
-    if (fd < 0 || ioctl(fd, BLKGETSIZE64, &size) != 0) {
-      if (fd >= 0) close(fd);
-      return absl::InvalidArgumentError(absl::StrCat("sanlock: cannot size ", path));
-    }
-    close(fd);
-    return size;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sanlock: lease storage ", path, " is neither a file nor a block device"));
-  }
-  return static_cast<uint64_t>(st.st_size);
-}
-
-// Host names as the daemons wrote them into their delta leases (the `-e`
-// name): the resource_name field of the host's leader record.
-std::string ReadHostName(const LockspaceConf& ls, uint64_t host_id) {
-  if (host_id == 0) return "";
-  const int fd = open(ls.path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-  if (fd < 0) return "";
-  void* buf = nullptr;
-  std::string name;
-  if (posix_memalign(&buf, 4096, kSector) == 0) {
-    const off_t at = static_cast<off_t>(ls.offset + (host_id - 1) * kSector);
-    if (pread(fd, buf, kSector, at) == kSector) {
-      const char* p = static_cast<const char*>(buf) + 104;  // leader_record.resource_name
-      name.assign(p, strnlen(p, kNameLen));
-    }
-    free(buf);
-  }
-  close(fd);
-  for (char& c : name) {
-    if (!isprint(static_cast<unsigned char>(c))) c = '?';
-  }
-  return name;
 }
 
 class SanlockBackend final : public Backend {
@@ -359,7 +290,7 @@ class SanlockBackend final : public Backend {
                                 const AcquireOptions& options) override {
     absl::StatusOr<Lockspace*> ls = Ready(resource, options);
     if (!ls.ok()) return ls.status();
-    absl::StatusOr<std::pair<std::string, uint64_t>> where = Storage(**ls, resource);
+    absl::StatusOr<Where> where = Storage(**ls, resource);
     if (!where.ok()) return where.status();
     const bool shared = mode != LockMode::kExclusive;
     const absl::Time deadline = Deadline(options);
@@ -398,7 +329,7 @@ class SanlockBackend final : public Backend {
         continue;
       }
       // Not held here: ask sanlock.
-      OneDiskResource r = MakeResource(L, resource, where->first, where->second, shared);
+      OneDiskResource r = MakeResource(L, resource, *where, shared);
       r.res.flags |= SANLK_RES_PERSISTENT;
       if (options.expect_token) {
         const uint64_t lver = *options.expect_token >> kSeqBits;
@@ -417,8 +348,7 @@ class SanlockBackend final : public Backend {
       if (rv == 0) {
         Lease lease;
         lease.resource = resource;
-        lease.path = where->first;
-        lease.offset = where->second;
+        lease.where = *where;
         lease.shared = shared;
         absl::StatusOr<uint64_t> lver = CurrentLver(L, r, shared);
         if (!lver.ok()) {
@@ -436,7 +366,7 @@ class SanlockBackend final : public Backend {
         continue;
       }
       if (!IsTransientIo(rv)) io_failing_since = absl::InfiniteFuture();
-      if (!IsBusy(rv)) return Failure(L, resource, rv, where->first, where->second);
+      if (!IsBusy(rv)) return Failure(L, resource, rv, *where);
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
       }
@@ -476,7 +406,7 @@ class SanlockBackend final : public Backend {
         me.token = NextToken(L, lease);
         return latchkey::Grant{new_mode, me.token, absl::StrCat(lease.lver)};
       }
-      OneDiskResource r = MakeResource(L, resource, lease.path, lease.offset, want_shared);
+      OneDiskResource r = MakeResource(L, resource, lease.where, want_shared);
       r.res.flags |= SANLK_RES_PERSISTENT;
       if (!want_shared) {
         if (lease.holders.size() > 1) {
@@ -513,7 +443,7 @@ class SanlockBackend final : public Backend {
         continue;
       }
       if (!IsTransientIo(rv)) io_failing_since = absl::InfiniteFuture();
-      if (!IsBusy(rv)) return Failure(L, resource, rv, lease.path, lease.offset);
+      if (!IsBusy(rv)) return Failure(L, resource, rv, lease.where);
       if (!options.wait || absl::Now() >= deadline) {
         return Busy(resource, HolderText(L, r, rv), options.wait);
       }
@@ -542,7 +472,7 @@ class SanlockBackend final : public Backend {
       ++L.generation;
       return absl::OkStatus();
     }
-    OneDiskResource r = MakeResource(L, resource, lease.path, lease.offset, lease.shared);
+    OneDiskResource r = MakeResource(L, resource, lease.where, lease.shared);
     const int rv = sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
     if (rv != 0 && rv != -ENOENT && L.state == JoinState::kJoined) {
       return absl::UnavailableError(absl::StrCat("sanlock: releasing ", resource.Describe(),
@@ -567,10 +497,9 @@ class SanlockBackend final : public Backend {
       }
       if (!resource || ls->leases.count(resource->name)) continue;
       // Not held here: the holders other hosts have, as far as the disk says.
-      absl::StatusOr<std::pair<std::string, uint64_t>> where =
-          Storage(*ls, *resource, /*create=*/false);
+      absl::StatusOr<Where> where = Storage(*ls, *resource, /*create=*/false);
       if (!where.ok()) continue;
-      OneDiskResource r = MakeResource(*ls, *resource, where->first, where->second, false);
+      OneDiskResource r = MakeResource(*ls, *resource, *where, false);
       sanlk_host* hosts = nullptr;
       int n = 0;
       if (sanlock_read_resource_owners(&r.res, 0, &hosts, &n) == 0) {
@@ -594,8 +523,7 @@ class SanlockBackend final : public Backend {
     wait_join.timeout = s_.join_wait;
     absl::StatusOr<Lockspace*> ls = Ready(record.resource, wait_join);
     if (!ls.ok()) return ls.status();
-    absl::StatusOr<std::pair<std::string, uint64_t>> where =
-        Storage(**ls, record.resource, /*create=*/false);
+    absl::StatusOr<Where> where = Storage(**ls, record.resource, /*create=*/false);
     if (!where.ok()) return where.status();
     Lockspace& L = **ls;
     const bool shared = record.mode != LockMode::kExclusive;
@@ -603,7 +531,7 @@ class SanlockBackend final : public Backend {
     if (L.state != JoinState::kJoined) return NotJoined(L);
     auto it = L.leases.find(record.resource.name);
     if (it == L.leases.end()) {
-      OneDiskResource r = MakeResource(L, record.resource, where->first, where->second, shared);
+      OneDiskResource r = MakeResource(L, record.resource, *where, shared);
       r.res.flags |= SANLK_RES_PERSISTENT;
       // ORPHAN_ONLY needs LVB too in 3.8.5, or it acquires afresh when no
       // orphan exists. After a re-exec the old connection may not be gone
@@ -627,11 +555,10 @@ class SanlockBackend final : public Backend {
                                                record.resource.Describe(),
                                                " is held in the other mode"));
       }
-      if (rv != 0) return Failure(L, record.resource, rv, where->first, where->second);
+      if (rv != 0) return Failure(L, record.resource, rv, *where);
       Lease lease;
       lease.resource = record.resource;
-      lease.path = where->first;
-      lease.offset = where->second;
+      lease.where = *where;
       lease.shared = shared;
       lease.lver = record.fencing_token >> kSeqBits;
       it = L.leases.emplace(record.resource.name, std::move(lease)).first;
@@ -828,24 +755,84 @@ class SanlockBackend final : public Backend {
 
   // Where the lease of `resource` lives: a manual lease's own path and
   // offset, or an automatic lease file (created on first use).
-  absl::StatusOr<std::pair<std::string, uint64_t>> Storage(Lockspace& L, const Resource& resource,
-                                                           bool create = true) {
+  absl::StatusOr<Where> Storage(Lockspace& L, const Resource& resource, bool create = true) {
     if (resource.kind == ResourceKind::kLease && !resource.path.empty()) {
-      if (resource.offset % kAlign != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sanlock: ", resource.Describe(), ": offset ", resource.offset,
-            " is not a multiple of the lease alignment (", kAlign, " bytes)"));
-      }
-      absl::StatusOr<uint64_t> size = StorageSize(resource.path);
-      if (!size.ok()) return size.status();
-      if (*size < resource.offset + kAlign) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sanlock: ", resource.Describe(), ": lease file ", resource.path, " is too small (",
-            *size, " bytes; a lease at offset ", resource.offset, " needs ",
-            resource.offset + kAlign, ")"));
-      }
-      return std::make_pair(resource.path, resource.offset);
+      return ManualLease(L, resource);
     }
+    return LeaseFile(L, resource, create);
+  }
+
+  absl::StatusOr<Where> ManualLease(Lockspace& L, const Resource& resource) {
+    if (resource.offset % kMinAlign != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": offset ", resource.offset,
+          " is not a multiple of the lease alignment (", kMinAlign, " bytes)"));
+    }
+    absl::StatusOr<uint64_t> size = StorageSize(resource.path);
+    if (!size.ok()) return size.status();
+    if (*size < resource.offset + kMinAlign) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lease file ", resource.path, " is too small (",
+          *size, " bytes; a lease at offset ", resource.offset, " needs ",
+          resource.offset + kMinAlign, ")"));
+    }
+    absl::StatusOr<LeaderRecord> leader = ReadLeader(resource.path, resource.offset);
+    if (!leader.ok()) {
+      return absl::UnavailableError(absl::StrCat("sanlock: ", resource.Describe(), ": ",
+                                                 leader.status().message()));
+    }
+    if (!leader->IsPaxos()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": no usable lease at ", resource.path, ":",
+          resource.offset, ": no sanlock lease was initialised there (initialise it once with "
+          "sanlock direct init -r ", L.conf.name, ":", resource.name, ":", resource.path, ":",
+          resource.offset, ", adding -Z 4096 -A 8M on 4096-byte storage)"));
+    }
+    absl::StatusOr<Geometry> geo = leader->GetGeometry();
+    if (!geo.ok()) return geo.status();
+    Where w{resource.path, resource.offset, *geo};
+    if (absl::Status st = Fits(L, resource, w, *size); !st.ok()) return st;
+    return w;
+  }
+
+  // Whether sanlock can use a lease of this geometry in lockspace L: it
+  // reads every lease first with the lockspace's sector size and checks the
+  // storage reaches the lockspace's alignment past the offset (-EMSGSIZE).
+  absl::Status Fits(Lockspace& L, const Resource& resource, const Where& w, uint64_t size) {
+    const uint32_t ls_sector = L.sector;
+    const uint64_t need = w.offset + std::max<uint64_t>(w.geo.align, L.align);
+    if (w.geo.sector > ls_sector) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": the lease at ", w.path, ":", w.offset, " has ",
+          w.geo.ToString(), " but lockspace ", L.conf.name, " has ", ls_sector,
+          "-byte sectors; sanlock reads each lease with its lockspace's sector size first, which "
+          "fails on 4096-byte storage: put the lockspace on 4096-byte storage too"));
+    }
+    if (size < need) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lease file ", w.path, " is too small (", size,
+          " bytes; a lease at offset ", w.offset, " in lockspace ", L.conf.name, " needs ", need,
+          ": sanlock checks the lockspace's alignment, ", L.align / kMiB, " MiB)"));
+    }
+    return absl::OkStatus();
+  }
+
+  // The geometry new leases get on `path` (an existing file at least 4096
+  // bytes long, or a block device): the configured one, else the storage's.
+  absl::StatusOr<Geometry> NewLeaseGeometry(const std::string& path) {
+    uint32_t sector = s_.sector_size;
+    if (sector == 0) {
+      absl::StatusOr<uint32_t> detected = StorageSectorSize(path);
+      if (!detected.ok()) return detected.status();
+      sector = *detected;
+    }
+    if (s_.align_mb == 0) return Geometry::ForSector(sector);
+    return Geometry::Make(sector, s_.align_mb * kMiB);
+  }
+
+  // An automatic lease file in lease_dir/LOCKSPACE/NAME, created on first
+  // use.
+  absl::StatusOr<Where> LeaseFile(Lockspace& L, const Resource& resource, bool create) {
     if (s_.lease_dir.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "sanlock: ", resource.Describe(),
@@ -853,7 +840,11 @@ class SanlockBackend final : public Backend {
     }
     const std::string dir = absl::StrCat(s_.lease_dir, "/", L.conf.name);
     const std::string path = absl::StrCat(dir, "/", resource.name);
-    if (access(path.c_str(), F_OK) == 0 || !create) return std::make_pair(path, uint64_t{0});
+    if (access(path.c_str(), F_OK) == 0) return ExistingLeaseFile(L, resource, path);
+    if (!create) {
+      return absl::NotFoundError(
+          absl::StrCat("sanlock: ", resource.Describe(), " has no lease file ", path));
+    }
     if (mkdir(dir.c_str(), 0770) != 0 && errno != EEXIST) {
       const int err = errno;
       // lease_dir itself is never created: missing, it is most likely a
@@ -877,14 +868,36 @@ class SanlockBackend final : public Backend {
     gethostname(host, sizeof(host) - 1);
     const std::string tmp =
         absl::StrCat(dir, "/.", resource.name, ".", host, ".", getpid(), ".", next_tmp_++);
+    struct Unlink {
+      const std::string& p;
+      ~Unlink() { unlink(p.c_str()); }
+    } unlink_tmp{tmp};
     const int fd = open(tmp.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0660);
-    if (fd < 0 || ftruncate(fd, kAlign) != 0) {
+    // A written first block: what StorageSectorSize probes on NFS.
+    static const std::string kZeros(4096, '\0');
+    if (fd < 0 || pwrite(fd, kZeros.data(), kZeros.size(), 0) != 4096 || fsync(fd) != 0) {
+      const int err = errno;
       if (fd >= 0) close(fd);
       return absl::FailedPreconditionError(
-          absl::StrCat("sanlock: cannot create lease file ", tmp, ": ", strerror(errno)));
+          absl::StrCat("sanlock: cannot create lease file ", tmp, ": ", strerror(err)));
     }
+    absl::StatusOr<Geometry> geo = NewLeaseGeometry(tmp);
+    if (!geo.ok()) {
+      close(fd);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: cannot create the lease of ", resource.Describe(), " in ", dir, ": ",
+          geo.status().message()));
+    }
+    Where w{tmp, 0, *geo};
+    const uint64_t size = std::max<uint64_t>(geo->align, L.align);
+    const int trunc = ftruncate(fd, static_cast<off_t>(size));
     close(fd);
-    OneDiskResource r = MakeResource(L, resource, tmp, 0, false);
+    if (trunc != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sanlock: cannot size lease file ", tmp, ": ", strerror(errno)));
+    }
+    if (absl::Status st = Fits(L, resource, w, size); !st.ok()) return st;
+    OneDiskResource r = MakeResource(L, resource, w, false);
     int rv = sanlock_write_resource(&r.res, 0, s_.num_hosts, 0);
     if (rv == 0) {
       const int dfd = open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
@@ -894,24 +907,61 @@ class SanlockBackend final : public Backend {
       }
       if (link(tmp.c_str(), path.c_str()) != 0 && errno != EEXIST) rv = -errno;
     }
-    unlink(tmp.c_str());
     if (rv != 0) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "sanlock: cannot initialise the lease of ", resource.Describe(), " in ", path, ": ",
-          RvText(rv)));
+          "sanlock: cannot initialise the lease of ", resource.Describe(), " in ", path, " (",
+          geo->ToString(), "): ", RvText(rv)));
     }
-    return std::make_pair(path, uint64_t{0});
+    return ExistingLeaseFile(L, resource, path);
   }
 
-  OneDiskResource MakeResource(const Lockspace& L, const Resource& resource,
-                               const std::string& path, uint64_t offset, bool shared) const {
+  // A lease file that exists: checked before sanlock sees it, so a broken
+  // one is named with what to do instead of failing every acquire alike.
+  absl::StatusOr<Where> ExistingLeaseFile(Lockspace& L, const Resource& resource,
+                                          const std::string& path) {
+    absl::StatusOr<uint64_t> size = StorageSize(path);
+    if (!size.ok()) return size.status();
+    absl::StatusOr<LeaderRecord> leader =
+        *size >= 4096 ? ReadLeader(path, 0)
+                      : absl::StatusOr<LeaderRecord>(LeaderRecord{});
+    if (!leader.ok()) {
+      return absl::UnavailableError(absl::StrCat("sanlock: ", resource.Describe(), ": ",
+                                                 leader.status().message()));
+    }
+    if (!leader->IsPaxos()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lease file ", path,
+          " holds no sanlock lease (blank or overwritten, ", *size,
+          " bytes), so nobody can hold it: remove it and the next use creates a new one"));
+    }
+    absl::StatusOr<Geometry> geo = leader->GetGeometry();
+    if (!geo.ok()) return geo.status();
+    absl::StatusOr<uint32_t> sector = StorageSectorSize(path);
+    if (sector.ok() && *sector > geo->sector) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lease file ", path, " was written for ",
+          geo->sector, "-byte sectors but its file system needs ", *sector,
+          "-byte direct I/O, so no host can ever acquire it (an older latchkey wrote it): "
+          "remove it, nobody can hold it, and the next use creates a correct one"));
+    }
+    Where w{path, 0, *geo};
+    if (absl::Status st = Fits(L, resource, w, *size); !st.ok()) return st;
+    return w;
+  }
+
+  OneDiskResource MakeResource(const Lockspace& L, const Resource& resource, const Where& where,
+                               bool shared) const {
+    return MakeResource(L, resource.name, where, shared);
+  }
+  static OneDiskResource MakeResource(const Lockspace& L, const std::string& name,
+                                      const Where& where, bool shared) {
     OneDiskResource r{};
     CopyName(r.res.lockspace_name, L.conf.name);
-    CopyName(r.res.name, resource.name);
-    r.res.flags = SANLK_RES_ALIGN1M | SANLK_RES_SECTOR512 | (shared ? SANLK_RES_SHARED : 0);
+    CopyName(r.res.name, name);
+    r.res.flags = where.geo.ResourceFlags() | (shared ? SANLK_RES_SHARED : 0);
     r.res.num_disks = 1;
-    snprintf(r.disk.path, sizeof(r.disk.path), "%s", path.c_str());
-    r.disk.offset = offset;
+    snprintf(r.disk.path, sizeof(r.disk.path), "%s", where.path.c_str());
+    r.disk.offset = where.offset;
     return r;
   }
 
@@ -1008,7 +1058,7 @@ class SanlockBackend final : public Backend {
   }
 
   std::string HostLabel(Lockspace& L, uint64_t host_id) {
-    const std::string name = ReadHostName(L.conf, host_id);
+    const std::string name = ReadHostName(L.conf.path, L.conf.offset, L.sector, host_id);
     return name.empty() ? absl::StrCat("host_id ", host_id)
                         : absl::StrCat(name, " (host_id ", host_id, ")");
   }
@@ -1044,8 +1094,9 @@ class SanlockBackend final : public Backend {
     return absl::StrCat(text, " [", RvText(rv), "]");
   }
 
-  absl::Status Failure(Lockspace& L, const Resource& resource, int rv, const std::string& path,
-                       uint64_t offset) {
+  absl::Status Failure(Lockspace& L, const Resource& resource, int rv, const Where& where) {
+    const std::string& path = where.path;
+    const uint64_t offset = where.offset;
     if (DaemonGone(rv)) {
       return absl::FailedPreconditionError(
           absl::StrCat("sanlock: ", resource.Describe(), ": the sanlock daemon is not running (",
@@ -1089,7 +1140,7 @@ class SanlockBackend final : public Backend {
         default: break;
       }
       items.push_back(absl::StrCat("{\"host_id\":", hosts[i].host_id, ",\"name\":\"",
-                                   Escape(ReadHostName(L.conf, hosts[i].host_id)),
+                                   Escape(ReadHostName(L.conf.path, L.conf.offset, L.sector, hosts[i].host_id)),
                                    "\",\"generation\":", hosts[i].generation, ",\"state\":\"",
                                    state, "\"}"));
     }
@@ -1126,9 +1177,49 @@ class SanlockBackend final : public Backend {
     }
   }
 
+  // The lockspace's sector size and alignment, from its first host record
+  // (sanlock writes them into every record): host names, and the leases of
+  // the lockspace, are read with them.
+  absl::Status ReadLockspaceGeometry(Lockspace& L) {
+    const LockspaceConf& c = L.conf;
+    absl::StatusOr<LeaderRecord> leader = ReadLeader(c.path, c.offset);
+    if (!leader.ok()) {
+      return absl::UnavailableError(absl::StrCat("lockspace ", c.name, ": ",
+                                                 leader.status().message()));
+    }
+    absl::StatusOr<uint32_t> device = StorageSectorSize(c.path);
+    const bool big = device.ok() && *device == 4096;
+    if (!leader->IsDelta() || leader->lockspace != c.name) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "lockspace ", c.name, ": ", c.path, ":", c.offset, " holds no sanlock lockspace",
+          leader->IsDelta() ? absl::StrCat(" of that name (it holds '", leader->lockspace, "')")
+                            : std::string(""),
+          "; initialise it once with: sanlock direct init -s ", c.name, ":0:", c.path, ":",
+          c.offset, big ? " -Z 4096 -A 8M" : ""));
+    }
+    absl::StatusOr<Geometry> geo = leader->GetGeometry();
+    if (!geo.ok()) return geo.status();
+    if (device.ok() && *device > geo->sector) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "lockspace ", c.name, ": it was initialised for ", geo->sector, "-byte sectors but ",
+          c.path, " has ", *device, "-byte sectors, so no host can join it: re-initialise it "
+          "with sanlock direct init -s ", c.name, ":0:", c.path, ":", c.offset, " -Z 4096 -A 8M"));
+    }
+    L.sector = geo->sector;
+    L.align = geo->align;
+    return absl::OkStatus();
+  }
+
   // Joins one lockspace, then registers its client (killpath, restrict).
   void Join(Lockspace* L) {
     const absl::Time start = absl::Now();
+    if (absl::Status st = ReadLockspaceGeometry(*L); !st.ok()) {
+      absl::MutexLock l(&L->mu);
+      L->join_took = absl::Now() - start;
+      L->state = JoinState::kError;
+      L->message = std::string(st.message());
+      return;
+    }
     sanlk_lockspace ls = LockspaceOf(L->conf);
     int rv = sanlock_add_lockspace_timeout(&ls, 0, static_cast<uint32_t>(s_.io_timeout));
     while (rv == -EINPROGRESS && !stopping_) {  // someone else is adding it
@@ -1331,7 +1422,7 @@ class SanlockBackend final : public Backend {
       L.last_loss = L.message;
       L.last_loss_at = absl::Now();
       for (auto& [rname, lease] : L.leases) {
-        OneDiskResource r = MakeResource(L, lease.resource, lease.path, lease.offset, lease.shared);
+        OneDiskResource r = MakeResource(L, lease.resource, lease.where, lease.shared);
         sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
         for (auto& [uuid, h] : lease.holders) {
           losses.push_back(LockLoss{h.owner, lease.resource,
@@ -1363,7 +1454,7 @@ class SanlockBackend final : public Backend {
 absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& settings) {
   if (absl::Status st = settings.CheckKeys({"run_dir", "host_id", "io_timeout", "lockspaces",
                                             "lease_dir", "num_hosts", "notify_dir", "poll_ms",
-                                            "join_wait_s"});
+                                            "join_wait_s", "sector_size", "align_mb"});
       !st.ok()) {
     return st;
   }
@@ -1383,6 +1474,21 @@ absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& setting
   absl::StatusOr<int64_t> num_hosts = settings.GetInt("num_hosts", 0, 0, 2000);
   if (!num_hosts.ok()) return num_hosts.status();
   s.num_hosts = static_cast<int>(*num_hosts);
+  absl::StatusOr<int64_t> sector = settings.GetInt("sector_size", 0, 0, 4096);
+  if (!sector.ok()) return sector.status();
+  absl::StatusOr<int64_t> align_mb = settings.GetInt("align_mb", 0, 0, 8);
+  if (!align_mb.ok()) return align_mb.status();
+  if ((*sector != 0 && *sector != 512 && *sector != 4096) ||
+      (*align_mb != 0 && (*sector == 0 ||
+                          !Geometry::Make(static_cast<uint32_t>(*sector), *align_mb * kMiB).ok()))) {
+    const ConfigEntry* se = settings.Find("sector_size");
+    return absl::InvalidArgumentError(absl::StrCat(
+        se ? se->Where() : "<settings>", ": sector_size ", *sector, " with align_mb ", *align_mb,
+        " is not a geometry sanlock supports: sector_size 0 (the storage's), 512 or 4096; "
+        "align_mb 0 (1 for 512, 8 for 4096), or 1, 2, 4 or 8 with sector_size 4096"));
+  }
+  s.sector_size = static_cast<uint32_t>(*sector);
+  s.align_mb = static_cast<uint64_t>(*align_mb);
   absl::StatusOr<std::string> notify = settings.GetString("notify_dir", "/run");
   if (!notify.ok()) return notify.status();
   s.notify_dir = *notify;
@@ -1409,9 +1515,9 @@ absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& setting
     if (absl::Status st = ValidateName("sanlock lockspace", c.name, kMaxName); !st.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", st.message()));
     }
-    if (c.offset % kAlign != 0) {
+    if (c.offset % kMinAlign != 0) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": lockspace ", c.name, " offset ",
-                                                     c.offset, " is not a multiple of ", kAlign));
+                                                     c.offset, " is not a multiple of ", kMinAlign));
     }
     s.lockspaces.push_back(c);
   }
