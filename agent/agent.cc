@@ -1458,6 +1458,24 @@ absl::StatusOr<std::vector<HoldersView>> Agent::Holders(const std::vector<Resour
   return out;
 }
 
+absl::StatusOr<std::string> Agent::BackendAdmin(const std::string& backend,
+                                                const std::string& request, const Caller& caller) {
+  if (!caller.privileged) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "uid ", caller.uid, " may not run backend commands (root or latchd's uid may)"));
+  }
+  absl::StatusOr<LoadedBackend*> b = FindBackend(backend);
+  if (!b.ok()) return b.status();
+  absl::StatusOr<std::string> out = (*b)->backend->Admin(request);
+  if (out.ok()) {
+    spdlog::info("backend {} command {} done", (*b)->name, request);
+  } else {
+    spdlog::warn("backend {} command {} failed: {}", (*b)->name, request,
+                 std::string(out.status().message()));
+  }
+  return out;
+}
+
 std::vector<std::string> Agent::BackendNames() const {
   std::vector<std::string> names;
   for (const LoadedBackend& b : backends_) names.push_back(b.name);

@@ -204,6 +204,10 @@ class Agent {
   AgentStatus Status();
   // The loaded backends' names, the first being the default. Cheap.
   std::vector<std::string> BackendNames() const;
+  // An administrative command of one backend (Backend::Admin), for a
+  // privileged caller only; its JSON result.
+  absl::StatusOr<std::string> BackendAdmin(const std::string& backend, const std::string& request,
+                                           const Caller& caller);
 
   // A lock of `uuid` was lost: forget it and apply the owner's policy.
   // Backends report such events (lease expiry, lockspace stop).

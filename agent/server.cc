@@ -327,6 +327,23 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
     }
     return json{{"resources", out}};
   }
+  if (op == "backend_admin") {
+    std::string backend;
+    absl::Status s = f.String("backend", &backend, false);
+    const json* req = f.Object("request");
+    if (s.ok() && (req == nullptr || !req->is_object())) {
+      s = absl::InvalidArgumentError("field 'request' must be an object {\"command\": ...}");
+    }
+    if (s.ok()) s = f.CheckUnknown();
+    if (!s.ok()) return s;
+    absl::StatusOr<std::string> out = agent->BackendAdmin(backend, req->dump(), caller);
+    if (!out.ok()) return out.status();
+    json result = json::parse(*out, nullptr, /*allow_exceptions=*/false);
+    if (result.is_discarded()) {
+      return absl::InternalError("the backend's command gave a result that is not JSON");
+    }
+    return json{{"result", result}};
+  }
   std::string uuid;
   if (op == "reexec") {
     if (absl::Status s = f.CheckUnknown(); !s.ok()) return s;
@@ -343,7 +360,7 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown op '", op,
         "' (expected hello, register, set_policy, acquire, release, inquire, unregister, "
-        "holders, status or reexec)"));
+        "holders, status, backend_admin or reexec)"));
   }
   if (absl::Status s = f.String("uuid", &uuid, true); !s.ok()) return s;
   if (op == "set_policy") {

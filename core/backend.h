@@ -43,6 +43,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/lock_mode.h"
 #include "core/owner.h"
@@ -204,6 +205,16 @@ class Backend {
   // that call returns, no handler call is running. Backends whose locks
   // cannot be lost behind their holder's back never call it.
   virtual void WatchLockLoss(LockLossHandler handler) { (void)handler; }
+
+  // An administrative command on the backend's own objects: `request` is a
+  // JSON object {"command": NAME, ...}; the result is JSON text. The
+  // default has none (Unimplemented). Held locks are never touched by a
+  // command that fails.
+  virtual absl::StatusOr<std::string> Admin(const std::string& request) {
+    (void)request;
+    return absl::UnimplementedError(
+        absl::StrCat("backend ", name(), " has no administrative commands"));
+  }
 };
 
 // True for the status a refusal because of a conflicting holder carries.

@@ -23,6 +23,8 @@
  *      (the backend reports lost locks: lk_event).
  *   4  cancel_fd in lk_acquire_options (LK_ACQUIRE_CANCEL_FD): a waiting
  *      acquire or convert ends when its caller gives up.
+ *   5  admin: administrative commands on the backend's own objects (the
+ *      sanlock backend's lease areas), for `latchctl leases`.
  *
  * Plugin authors normally do not write against this header directly: they
  * implement latchkey::Backend and export it with LATCHKEY_EXPORT_BACKEND
@@ -38,7 +40,7 @@
 extern "C" {
 #endif
 
-#define LK_BACKEND_ABI_VERSION 4u
+#define LK_BACKEND_ABI_VERSION 5u
 #define LK_BACKEND_SYMBOL "latchkey_backend"
 
 /* Lock modes (same numbers as latchkey::LockMode). */
@@ -195,6 +197,12 @@ typedef struct lk_backend_descriptor {
    * expired, a lockspace failed); the lock is already gone from its tables.
    * fn NULL stops the reports; once that call returns none is running. */
   void (*watch_events)(lk_backend *backend, lk_event_fn fn, void *ctx);
+  /* Since version 5. An administrative command: `request` is a JSON object
+   * text {"command": NAME, ...}; on success emit() gets one JSON value, the
+   * result. A backend without such commands fails with code 12
+   * (Unimplemented) naming itself (latchkey::Backend::Admin). */
+  int (*admin)(lk_backend *backend, const char *request, lk_text_fn emit,
+               void *ctx, lk_error *err);
 } lk_backend_descriptor;
 
 #ifdef __cplusplus

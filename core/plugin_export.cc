@@ -216,6 +216,19 @@ int DescribeState(lk_backend* backend, lk_text_fn emit, void* ctx, lk_error* err
   });
 }
 
+int Admin(lk_backend* backend, const char* request, lk_text_fn emit, void* ctx, lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    if (backend == nullptr) return NullBackend();
+    if (emit == nullptr || request == nullptr) {
+      return absl::InvalidArgumentError("admin: request or emit is NULL");
+    }
+    absl::StatusOr<std::string> out = Cast(backend)->Admin(request);
+    if (!out.ok()) return out.status();
+    emit(ctx, out->c_str());
+    return absl::OkStatus();
+  });
+}
+
 void WatchEvents(lk_backend* backend, lk_event_fn fn, void* ctx) {
   if (backend == nullptr) return;
   try {

@@ -51,6 +51,7 @@ int Health(lk_backend* backend, lk_error* err);
 int PrepareExec(lk_backend* backend, lk_error* err);
 void FinishAdoption(lk_backend* backend);
 int DescribeState(lk_backend* backend, lk_text_fn emit, void* ctx, lk_error* err);
+int Admin(lk_backend* backend, const char* request, lk_text_fn emit, void* ctx, lk_error* err);
 void WatchEvents(lk_backend* backend, lk_event_fn fn, void* ctx);
 
 template <Factory F>
@@ -77,7 +78,8 @@ constexpr lk_backend_descriptor Describe(const char* name, const char* descripti
                                &PrepareExec,
                                &FinishAdoption,
                                &DescribeState,
-                               &WatchEvents};
+                               &WatchEvents,
+                               &Admin};
 }
 
 }  // namespace plugin_export

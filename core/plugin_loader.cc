@@ -97,6 +97,7 @@ absl::StatusOr<const lk_backend_descriptor*> LoadDescriptor(const std::string& f
       {"finish_adoption", d->finish_adoption != nullptr},
       {"describe_state", d->describe_state != nullptr},
       {"watch_events", d->watch_events != nullptr},
+      {"admin", d->admin != nullptr},
   };
   for (const auto& [entry, present] : entries) {
     if (!present) {
@@ -204,6 +205,17 @@ class PluginBackend final : public Backend {
         handle_, [](void* ctx, const char* t) { *static_cast<std::string*>(ctx) = t ? t : "{}"; },
         &text, &err);
     if (rc != 0) return "{}";
+    return text;
+  }
+
+  absl::StatusOr<std::string> Admin(const std::string& request) override {
+    std::string text;
+    lk_error err{};
+    const int rc = d_->admin(
+        handle_, request.c_str(),
+        [](void* ctx, const char* t) { *static_cast<std::string*>(ctx) = t ? t : "null"; }, &text,
+        &err);
+    if (rc != 0) return abi::ErrorToStatus(rc, err);
     return text;
   }
 

@@ -26,6 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "agent/client.h"
 #include "core/disk_identity.h"
 #include "core/journal.h"
@@ -87,6 +88,17 @@ Commands:
                        it when libvirtd starts, and that the latchd at its
                        socket loads its backend (not with --offline)
   reexec               restart latchd in place (upgrade), keeping every lock
+  leases [--lockspace LS] [--backend sanlock] [--json]
+                       automatic sanlock leases: where they live, and for a
+                       lease area its slots used and free, each disk's slot,
+                       lease version, whether held, the last holder
+  leases-format --lockspace LS [--force]
+                       format the lockspace's lease area (sanlock_lease_areas)
+                       and record it in the lockspace; once, from one host
+  leases-clean [--lockspace LS] (--unused-for DURATION | --remove NAME) [--dry-run] [--json]
+                       free the slots of leases nobody holds: those unused for
+                       DURATION as this host saw them (run it again later:
+                       the first run only notes them), or the named one now
   help                 this text
 
 RESOURCE: --disk PATH                  a disk (image file or block device), named by its identity
@@ -163,12 +175,12 @@ struct Args {
   bool dashdash = false;
 };
 
-const std::vector<std::string> kBareFlags = {"--json", "--offline"};
+const std::vector<std::string> kBareFlags = {"--json", "--offline", "--force", "--dry-run"};
 const std::vector<std::string> kValued = {
     "--socket", "--plugin-path", "--owner",     "--uuid",  "--pid",       "--policy",
     "--grace-ms", "--wait",      "--state",     "--disk",  "--lease",     "--lockspace",
     "--lease-path", "--lease-offset", "--mode", "--backend", "--state-dir", "--journal",
-    "--timeout", "--conf"};
+    "--timeout", "--conf", "--unused-for", "--remove"};
 // May be given once per resource.
 const std::vector<std::string> kResourceOpts = {"--disk", "--lease", "--mode", "--lockspace",
                                                 "--lease-path", "--lease-offset", "--backend"};
@@ -308,6 +320,13 @@ class Ctl {
         {"inquire", {"--uuid", "--json"}, false, &Ctl::Inquire},
         {"journal", {"--state-dir", "--journal", "--json"}, false, &Ctl::JournalCmd},
         {"reexec", {}, false, &Ctl::Reexec},
+        {"leases", {"--lockspace", "--backend", "--json"}, false, &Ctl::Leases},
+        {"leases-format", {"--lockspace", "--backend", "--force", "--json"}, false,
+         &Ctl::LeasesFormat},
+        {"leases-clean",
+         {"--lockspace", "--backend", "--unused-for", "--remove", "--dry-run", "--json"},
+         false,
+         &Ctl::LeasesClean},
         {"libvirt-check", {"--conf", "--offline"}, false, &Ctl::LibvirtCheck},
     };
     const Command* c = nullptr;
@@ -715,6 +734,102 @@ class Ctl {
       PrintLocks(stdout, "holds", Field(r, "locks"));
       printf("state %s\n", Str(r, "state", "").c_str());
     });
+  }
+
+  // ---- leases: the sanlock backend's automatic leases (backend_admin).
+
+  absl::StatusOr<nlohmann::json> BackendAdmin(nlohmann::json request) {
+    if (const std::string* ls = Get("--lockspace")) request["lockspace"] = *ls;
+    const std::string* b = Get("--backend");
+    absl::StatusOr<nlohmann::json> r =
+        Call({{"op", "backend_admin"}, {"backend", b ? *b : "sanlock"}, {"request", request}});
+    if (!r.ok()) return r.status();
+    return (*r)["result"];
+  }
+
+  int Leases() {
+    absl::StatusOr<nlohmann::json> r = BackendAdmin({{"command", "leases"}});
+    if (!r.ok()) return Fail(r.status());
+    if (Get("--json") != nullptr) {
+      PrintJson(*r);
+      return kOk;
+    }
+    for (const nlohmann::json& ls : (*r)["lockspaces"]) {
+      printf("lockspace %s: %s\n", Str(ls, "lockspace").c_str(),
+             Str(ls, "kind") == "files"
+                 ? absl::StrCat("lease files in ", Str(ls, "lease_dir")).c_str()
+                 : absl::StrCat("lease area ", Str(ls, "area")).c_str());
+      printf("  recorded in the lockspace: %s\n", Str(ls, "layout").c_str());
+      if (ls.contains("error")) printf("  REFUSED: %s\n", Str(ls, "error").c_str());
+      if (!ls.contains("slots")) continue;
+      printf("  area %s, %s: %d of %d slots used, %d free\n", Str(ls, "id").c_str(),
+             Str(ls, "geometry").c_str(), ls["used"].get<int>(), ls["slots"].get<int>(),
+             ls["free"].get<int>());
+      if (ls["leases"].empty()) continue;
+      printf("  %5s  %-47s  %-4s  %6s  %-24s  %s\n", "SLOT", "NAME", "HELD", "LVER",
+             "LAST HOLDER", "IDLE SINCE");
+      for (const nlohmann::json& l : ls["leases"]) {
+        std::string idle = "-";
+        if (l.contains("idle_since")) {
+          idle = absl::StrCat(absl::FormatTime("%Y-%m-%d %H:%M:%S",
+                                               absl::FromUnixSeconds(l["idle_since"].get<int64_t>()),
+                                               absl::UTCTimeZone()),
+                              " (seen by ", Str(l, "idle_seen_by"), ")");
+        }
+        printf("  %5d  %-47s  %-4s  %6s  %-24s  %s\n", l["slot"].get<int>(), Str(l, "name").c_str(),
+               l.value("held", false) ? "yes" : "no",
+               l.contains("lver") ? std::to_string(l["lver"].get<uint64_t>()).c_str() : "-",
+               Str(l, "last_holder").c_str(), idle.c_str());
+      }
+    }
+    return kOk;
+  }
+
+  int LeasesFormat() {
+    if (Get("--lockspace") == nullptr) return UsageError("leases-format needs --lockspace LS");
+    absl::StatusOr<nlohmann::json> r =
+        BackendAdmin({{"command", "format"}, {"force", Get("--force") != nullptr}});
+    if (!r.ok()) return Fail(r.status());
+    if (Get("--json") != nullptr) {
+      PrintJson(*r);
+      return kOk;
+    }
+    printf("lease area %s of lockspace %s is formatted and recorded\n",
+           Str(*r, "formatted").c_str(), Get("--lockspace")->c_str());
+    return kOk;
+  }
+
+  int LeasesClean() {
+    nlohmann::json req = {{"command", "clean"}, {"dry_run", Get("--dry-run") != nullptr}};
+    if (const std::string* u = Get("--unused-for")) {
+      absl::Duration d;
+      if (!absl::ParseDuration(*u, &d) && !absl::ParseDuration(*u + "s", &d)) {
+        return UsageError(absl::StrCat("--unused-for '", *u,
+                                       "' is not a duration (seconds, or e.g. 90m, 24h)"));
+      }
+      if (d < absl::ZeroDuration()) return UsageError("--unused-for must not be negative");
+      req["unused_for_s"] = absl::ToInt64Seconds(d);
+    }
+    if (const std::string* n = Get("--remove")) req["remove"] = {*n};
+    if (!req.contains("unused_for_s") && !req.contains("remove")) {
+      return UsageError("leases-clean needs --unused-for DURATION or --remove NAME");
+    }
+    absl::StatusOr<nlohmann::json> r = BackendAdmin(req);
+    if (!r.ok()) return Fail(r.status());
+    if (Get("--json") != nullptr) {
+      PrintJson(*r);
+      return kOk;
+    }
+    const bool dry = r->value("dry_run", false);
+    for (const nlohmann::json& f : (*r)["freed"]) {
+      printf("%s %s/%s (slot %d)\n", dry ? "would free" : "freed", Str(f, "lockspace").c_str(),
+             Str(f, "name").c_str(), f["slot"].get<int>());
+    }
+    for (const nlohmann::json& k : (*r)["kept"]) {
+      printf("kept  %s/%s: %s\n", Str(k, "lockspace").c_str(), Str(k, "name").c_str(),
+             Str(k, "why").c_str());
+    }
+    return kOk;
   }
 
   int Reexec() {

@@ -51,6 +51,7 @@ extern "C" {
 #include <sanlock_rv.h>
 }
 
+#include "nlohmann/json.hpp"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -58,6 +59,7 @@ extern "C" {
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "backends/sanlock/lease_area.h"
 #include "backends/sanlock/sanlock_disk.h"
 #include "backends/sanlock/sanlock_errors.h"
 #include "core/plugin_export.h"
@@ -144,6 +146,9 @@ struct Where {
   std::string path;
   uint64_t offset = 0;
   Geometry geo;
+  // A slot of a lease area: checked again after the acquire (Verify).
+  std::shared_ptr<const LeaseArea> area;
+  std::optional<SlotEntry> slot;
 };
 
 struct Lease {
@@ -171,6 +176,12 @@ struct Lockspace {
   // The lockspace's geometry, read from its first host record at each join.
   std::atomic<uint32_t> sector{512};
   std::atomic<uint64_t> align{kMiB};
+  // Automatic leases: the lease area (when configured and formatted) and
+  // why automatic leases are refused, if they are (checked at each join).
+  absl::Mutex area_mu;
+  std::optional<AreaConf> area_conf;  // fixed after Start
+  std::shared_ptr<const LeaseArea> area ABSL_GUARDED_BY(area_mu);
+  std::string layout_error ABSL_GUARDED_BY(area_mu);
   std::map<std::string, Lease> leases ABSL_GUARDED_BY(mu);  // by resource name
   // Highest token granted here per resource, kept after release: the
   // hand-off check's memory of local grants that did not ballot.
@@ -184,6 +195,7 @@ struct Settings {
   int host_id = 0;
   int io_timeout = 10;
   std::vector<LockspaceConf> lockspaces;
+  std::vector<AreaConf> lease_areas;
   std::string lease_dir;
   int num_hosts = 0;
   uint32_t sector_size = 0;  // new leases: 0 = the storage's
@@ -191,6 +203,7 @@ struct Settings {
   std::string notify_dir;
   absl::Duration poll = absl::Milliseconds(200);
   absl::Duration join_wait = absl::Seconds(60);
+  absl::Duration free_unused_after = absl::ZeroDuration();  // 0: no sweeper
 };
 
 // libsanlock reads SANLOCK_RUN_DIR once per process: one daemon per process.
@@ -224,6 +237,7 @@ class SanlockBackend final : public Backend {
       (void)!write(notify_fd_, stop, 1);
     }
     if (notifier_.joinable()) notifier_.join();
+    if (sweeper_.joinable()) sweeper_.join();
     for (auto& [name, ls] : lockspaces_) {
       if (ls->joiner.joinable()) ls->joiner.join();
     }
@@ -261,6 +275,9 @@ class SanlockBackend final : public Backend {
     for (const LockspaceConf& c : s_.lockspaces) {
       auto ls = std::make_unique<Lockspace>();
       ls->conf = c;
+      for (const AreaConf& a : s_.lease_areas) {
+        if (a.lockspace == c.name) ls->area_conf = a;
+      }
       {
         absl::MutexLock l(&ls->mu);
         ls->started = absl::Now();
@@ -277,6 +294,9 @@ class SanlockBackend final : public Backend {
         joined = p->state == JoinState::kJoined;
       }
       if (!joined) p->joiner = std::thread([this, p] { JoinUntilJoined(p); });
+    }
+    if (s_.free_unused_after > absl::ZeroDuration() && !s_.lease_areas.empty()) {
+      sweeper_ = std::thread([this] { Sweep(); });
     }
     return absl::OkStatus();
   }
@@ -295,6 +315,7 @@ class SanlockBackend final : public Backend {
     const bool shared = mode != LockMode::kExclusive;
     const absl::Time deadline = Deadline(options);
     absl::Time io_failing_since = absl::InfiniteFuture();  // StillTransient
+    int slot_moves = 0;
     Lockspace& L = **ls;
     absl::MutexLock l(&L.mu);
     while (true) {
@@ -345,6 +366,18 @@ class SanlockBackend final : public Backend {
         r.res.lver = lver;
       }
       const int rv = sanlock_acquire(L.sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, ResPtr(&r), nullptr);
+      if (rv == 0 && where->slot) {
+        // Found without the allocator lease: the slot must still be ours.
+        if (absl::Status v = Verify(*where->area, *where->slot); !v.ok()) {
+          sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
+          if (++slot_moves > 5) return v;
+          L.mu.Unlock();
+          where = Storage(L, resource);
+          L.mu.Lock();
+          if (!where.ok()) return where.status();
+          continue;
+        }
+      }
       if (rv == 0) {
         Lease lease;
         lease.resource = resource;
@@ -653,6 +686,76 @@ class SanlockBackend final : public Backend {
                         absl::StrJoin(items, ","), "]}");
   }
 
+  absl::StatusOr<std::string> Admin(const std::string& request) override {
+    using json = nlohmann::json;
+    json req = json::parse(request, nullptr, /*allow_exceptions=*/false);
+    if (!req.is_object() || !req.contains("command") || !req["command"].is_string()) {
+      return absl::InvalidArgumentError("sanlock: a command is an object {\"command\": ...}");
+    }
+    const std::string cmd = req["command"];
+    std::string only;
+    if (req.contains("lockspace")) {
+      if (!req["lockspace"].is_string()) return absl::InvalidArgumentError("lockspace: a string");
+      only = req["lockspace"];
+      if (!lockspaces_.count(only)) {
+        return absl::InvalidArgumentError(absl::StrCat("sanlock: lockspace '", only,
+                                                       "' is not configured"));
+      }
+    }
+    std::vector<Lockspace*> targets;
+    for (auto& [name, ls] : lockspaces_) {
+      if (only.empty() || name == only) targets.push_back(ls.get());
+    }
+    for (const auto& [key, value] : req.items()) {
+      static const std::set<std::string> kKeys = {"command", "lockspace", "force", "unused_for_s",
+                                                  "remove", "dry_run"};
+      if (!kKeys.count(key)) {
+        return absl::InvalidArgumentError(absl::StrCat("sanlock: unknown field '", key, "'"));
+      }
+    }
+    if (cmd == "leases") {
+      json out = json::array();
+      for (Lockspace* L : targets) out.push_back(json::parse(LeasesJson(*L)));
+      return json{{"lockspaces", out}}.dump();
+    }
+    if (cmd == "format") {
+      if (only.empty()) return absl::InvalidArgumentError("sanlock: format needs a lockspace");
+      const bool force = req.value("force", false);
+      absl::StatusOr<std::string> r = FormatArea(*targets[0], force);
+      if (!r.ok()) return r.status();
+      return json{{"formatted", *r}}.dump();
+    }
+    if (cmd == "clean") {
+      CleanOptions o;
+      o.dry_run = req.value("dry_run", false);
+      if (req.contains("unused_for_s")) {
+        if (!req["unused_for_s"].is_number_integer() || req["unused_for_s"].get<int64_t>() < 0) {
+          return absl::InvalidArgumentError("sanlock: unused_for_s must be seconds, 0 or more");
+        }
+        o.unused_for = absl::Seconds(req["unused_for_s"].get<int64_t>());
+      }
+      if (req.contains("remove")) {
+        if (!req["remove"].is_array()) return absl::InvalidArgumentError("remove: a list of names");
+        for (const json& n : req["remove"]) {
+          if (!n.is_string()) return absl::InvalidArgumentError("remove: a list of names");
+          o.remove.insert(n.get<std::string>());
+        }
+      }
+      if (o.remove.empty() && o.unused_for == absl::InfiniteDuration()) {
+        return absl::InvalidArgumentError(
+            "sanlock: clean needs unused_for_s (free leases unused that long) or remove (names)");
+      }
+      json freed = json::array(), kept = json::array();
+      for (Lockspace* L : targets) {
+        absl::Status st = Clean(*L, o, &freed, &kept);
+        if (!st.ok() && !only.empty()) return st;
+      }
+      return json{{"freed", freed}, {"kept", kept}, {"dry_run", o.dry_run}}.dump();
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sanlock: unknown command '", cmd, "' (expected leases, format or clean)"));
+  }
+
   void WatchLockLoss(LockLossHandler handler) override {
     absl::MutexLock l(&handler_mu_);
     handler_ = std::move(handler);
@@ -759,8 +862,82 @@ class SanlockBackend final : public Backend {
     if (resource.kind == ResourceKind::kLease && !resource.path.empty()) {
       return ManualLease(L, resource);
     }
+    std::shared_ptr<const LeaseArea> area;
+    {
+      absl::MutexLock l(&L.area_mu);
+      if (!L.layout_error.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sanlock: ", resource.Describe(), ": automatic leases are refused: ", L.layout_error));
+      }
+      area = L.area;
+    }
+    if (L.area_conf) return SlotLease(L, area, resource, create);
     return LeaseFile(L, resource, create);
   }
+
+  // An automatic lease in a slot of the lockspace's lease area.
+  absl::StatusOr<Where> SlotLease(Lockspace& L, std::shared_ptr<const LeaseArea> area,
+                                  const Resource& resource, bool create) {
+    if (area == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": lease area ", L.area_conf->ToString(),
+          " is not open yet (the lockspace is joining)"));
+    }
+    SlotOps ops(this, L, area->geometry());
+    absl::StatusOr<SlotEntry> e =
+        FindOrAllocate(*area, ops, resource.name, static_cast<uint64_t>(s_.host_id), create);
+    if (!e.ok()) {
+      return absl::Status(e.status().code(),
+                          absl::StrCat("sanlock: ", resource.Describe(), ": ", e.status().message()));
+    }
+    Where w{area->conf().path, area->SlotOffset(e->slot), area->geometry(), area, *e};
+    return w;
+  }
+
+  // The allocator's sanlock operations, on lockspace L's client: leases
+  // taken here are not persistent, so a dying latchd never leaves the
+  // allocator lease behind.
+  class SlotOps final : public LeaseOps {
+   public:
+    SlotOps(SanlockBackend* b, Lockspace& L, const Geometry& geo) : b_(b), L_(L), geo_(geo) {}
+    absl::Status LockExclusive(const std::string& name, uint64_t offset) override {
+      const absl::Time deadline = absl::Now() + absl::Seconds(8 * b_->s_.io_timeout + 70);
+      int last = 0;
+      while (absl::Now() < deadline && !b_->stopping_) {
+        {
+          absl::MutexLock l(&L_.mu);
+          if (L_.state != JoinState::kJoined) return b_->NotJoined(L_);
+          OneDiskResource r = MakeResource(L_, name, Where{L_.area_conf->path, offset, geo_}, false);
+          last = sanlock_acquire(L_.sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, ResPtr(&r), nullptr);
+          if (last == 0) return absl::OkStatus();
+          if (!IsBusy(last) && !IsTransientIo(last)) break;
+        }
+        absl::SleepFor(absl::Milliseconds(20 + rand() % 80));
+      }
+      return absl::UnavailableError(absl::StrCat("cannot take the lease area's ", name,
+                                                 " lease: ", RvText(last)));
+    }
+    void Unlock(const std::string& name, uint64_t offset) override {
+      absl::MutexLock l(&L_.mu);
+      OneDiskResource r = MakeResource(L_, name, Where{L_.area_conf->path, offset, geo_}, false);
+      if (L_.sock >= 0) sanlock_release(L_.sock, -1, 0, 1, ResPtr(&r));
+    }
+    absl::Status WriteLease(const std::string& name, uint64_t offset) override {
+      OneDiskResource r = MakeResource(L_, name, Where{L_.area_conf->path, offset, geo_}, false);
+      const int rv = sanlock_write_resource(&r.res, 0, b_->s_.num_hosts, 0);
+      if (rv != 0) {
+        return absl::UnavailableError(absl::StrCat("cannot initialise the lease of ", name, " at ",
+                                                   L_.area_conf->path, ":", offset, ": ",
+                                                   RvText(rv)));
+      }
+      return absl::OkStatus();
+    }
+
+   private:
+    SanlockBackend* b_;
+    Lockspace& L_;
+    Geometry geo_;
+  };
 
   absl::StatusOr<Where> ManualLease(Lockspace& L, const Resource& resource) {
     if (resource.offset % kMinAlign != 0) {
@@ -812,7 +989,7 @@ class SanlockBackend final : public Backend {
       return absl::InvalidArgumentError(absl::StrCat(
           "sanlock: ", resource.Describe(), ": lease file ", w.path, " is too small (", size,
           " bytes; a lease at offset ", w.offset, " in lockspace ", L.conf.name, " needs ", need,
-          ": sanlock checks the lockspace's alignment, ", L.align / kMiB, " MiB)"));
+          ": sanlock checks the lockspace's alignment, ", L.align.load() / kMiB, " MiB)"));
     }
     return absl::OkStatus();
   }
@@ -1058,7 +1235,7 @@ class SanlockBackend final : public Backend {
   }
 
   std::string HostLabel(Lockspace& L, uint64_t host_id) {
-    const std::string name = ReadHostName(L.conf.path, L.conf.offset, L.sector, host_id);
+    const std::string name = ReadHostName(L.conf.path, L.conf.offset, L.sector.load(), host_id);
     return name.empty() ? absl::StrCat("host_id ", host_id)
                         : absl::StrCat(name, " (host_id ", host_id, ")");
   }
@@ -1140,7 +1317,7 @@ class SanlockBackend final : public Backend {
         default: break;
       }
       items.push_back(absl::StrCat("{\"host_id\":", hosts[i].host_id, ",\"name\":\"",
-                                   Escape(ReadHostName(L.conf.path, L.conf.offset, L.sector, hosts[i].host_id)),
+                                   Escape(ReadHostName(L.conf.path, L.conf.offset, L.sector.load(), hosts[i].host_id)),
                                    "\",\"generation\":", hosts[i].generation, ",\"state\":\"",
                                    state, "\"}"));
     }
@@ -1175,6 +1352,347 @@ class SanlockBackend final : public Backend {
       }
       pause = std::min(pause * 2, absl::Seconds(10));
     }
+  }
+
+  // Where this host keeps automatic leases, against what the lockspace
+  // records: a host that disagrees with the others is refused automatic
+  // leases (it would make a second lease for a disk). A files host records
+  // "files" when nothing is recorded; `format` records a lease area.
+  void CheckLayout(Lockspace& L) {
+    const Geometry ls_geo{L.sector, L.align};
+    std::shared_ptr<const LeaseArea> area;
+    std::string error;
+    absl::StatusOr<LayoutRecord> rec = ReadLayout(L.conf.path, L.conf.offset, ls_geo);
+    if (!rec.ok()) {
+      error = std::string(rec.status().message());
+    } else if (L.area_conf) {
+      absl::StatusOr<LeaseArea> a = LeaseArea::Open(*L.area_conf);
+      if (!a.ok()) {
+        error = absl::StrCat(a.status().message(),
+                             a.status().code() == absl::StatusCode::kNotFound
+                                 ? absl::StrCat("; format it once, from one host: latchctl "
+                                                "leases-format --lockspace ", L.conf.name)
+                                 : "");
+      } else if (rec->kind == LayoutRecord::Kind::kSlots && rec->area_id == a->id()) {
+        area = std::make_shared<const LeaseArea>(*a);
+        if (a->geometry().sector > L.sector) {
+          error = absl::StrCat("lease area ", a->id(), " has ", a->geometry().ToString(),
+                               " but lockspace ", L.conf.name, " has ", L.sector.load(),
+                               "-byte sectors: put both on 4096-byte storage");
+        }
+      } else {
+        error = absl::StrCat("lockspace ", L.conf.name, " records ", rec->Describe(),
+                             ", but this host is configured with lease area ", a->id(), " (",
+                             L.area_conf->ToString(), "): every host must use the same; ",
+                             rec->kind == LayoutRecord::Kind::kNone
+                                 ? absl::StrCat("latchctl leases-format --lockspace ",
+                                                L.conf.name, " records the area")
+                                 : "fix this host's sanlock_lease_areas");
+      }
+    } else if (rec->kind == LayoutRecord::Kind::kSlots) {
+      error = absl::StrCat("lockspace ", L.conf.name, " keeps its automatic leases in ",
+                           rec->Describe(), ", but this host is configured for lease files in ",
+                           s_.lease_dir, ": configure sanlock_lease_areas = [ \"", L.conf.name,
+                           ":", rec->area_path, ":", rec->area_offset, ":SIZE\" ] as the others");
+    } else if (rec->kind == LayoutRecord::Kind::kNone) {
+      LayoutRecord files;
+      files.kind = LayoutRecord::Kind::kFiles;
+      files.written_by = HostName();
+      files.written_at = static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now()));
+      if (absl::Status st = WriteLayout(L.conf.path, L.conf.offset, ls_geo, files); !st.ok()) {
+        error = absl::StrCat("cannot record lease files as this lockspace's layout: ",
+                             st.message());
+      }
+    }
+    absl::MutexLock l(&L.area_mu);
+    L.area = area;
+    L.layout_error = error;
+  }
+
+  static std::string HostName() {
+    char host[65] = "";
+    gethostname(host, sizeof(host) - 1);
+    return host;
+  }
+
+  // `latchctl leases-format`: formats the lockspace's lease area (or, when
+  // it is formatted already, only records it) and records it in the
+  // lockspace. Returns the area's id.
+  absl::StatusOr<std::string> FormatArea(Lockspace& L, bool force) {
+    if (!L.area_conf) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: lockspace ", L.conf.name, " has no lease area configured here "
+          "(sanlock_lease_areas)"));
+    }
+    {
+      absl::MutexLock l(&L.mu);
+      if (L.state != JoinState::kJoined) return NotJoined(L);
+    }
+    const Geometry ls_geo{L.sector, L.align};
+    absl::StatusOr<LayoutRecord> rec = ReadLayout(L.conf.path, L.conf.offset, ls_geo);
+    if (!rec.ok()) return rec.status();
+    absl::StatusOr<LeaseArea> area = LeaseArea::Open(*L.area_conf);
+    if (rec->kind == LayoutRecord::Kind::kFiles && !force) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: lockspace ", L.conf.name, " records ", rec->Describe(),
+          ": hosts may hold lease files; stop them (or move them to the area) and format with "
+          "force"));
+    }
+    if (rec->kind == LayoutRecord::Kind::kSlots && !force &&
+        (!area.ok() || area->id() != rec->area_id)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: lockspace ", L.conf.name, " already records ", rec->Describe(),
+          "; refusing to replace it without force"));
+    }
+    if (!area.ok() && area.status().code() != absl::StatusCode::kNotFound && !force) {
+      return area.status();
+    }
+    if (!area.ok() || force) {
+      absl::StatusOr<Geometry> geo = NewLeaseGeometry(L.area_conf->path);
+      if (!geo.ok()) return geo.status();
+      if (geo->sector > L.sector) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sanlock: lease area storage has ", geo->ToString(), " but lockspace ", L.conf.name,
+            " has ", L.sector.load(), "-byte sectors"));
+      }
+      area = LeaseArea::Format(*L.area_conf, *geo, HostName(), force);
+      if (!area.ok()) return area.status();
+      SlotOps ops(this, L, area->geometry());
+      if (absl::Status st = ops.WriteLease(kAllocatorLease, area->AllocatorOffset()); !st.ok()) {
+        return st;
+      }
+    }
+    LayoutRecord slots;
+    slots.kind = LayoutRecord::Kind::kSlots;
+    slots.area_id = area->id();
+    slots.area_path = L.area_conf->path;
+    slots.area_offset = L.area_conf->offset;
+    slots.written_by = HostName();
+    slots.written_at = static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now()));
+    if (absl::Status st = WriteLayout(L.conf.path, L.conf.offset, ls_geo, slots); !st.ok()) {
+      return st;
+    }
+    CheckLayout(L);
+    return area->id();
+  }
+
+  std::string HostOf(Lockspace& L, uint64_t host_id) {
+    return host_id == 0 ? std::string() : HostLabel(L, host_id);
+  }
+
+  // `latchctl leases`: the lockspace's automatic leases and their use.
+  std::string LeasesJson(Lockspace& L) {
+    using json = nlohmann::json;
+    json out{{"lockspace", L.conf.name}};
+    std::shared_ptr<const LeaseArea> area;
+    {
+      absl::MutexLock l(&L.area_mu);
+      area = L.area;
+      if (!L.layout_error.empty()) out["error"] = L.layout_error;
+    }
+    absl::StatusOr<LayoutRecord> rec = ReadLayout(L.conf.path, L.conf.offset, {L.sector, L.align});
+    if (rec.ok()) out["layout"] = rec->Describe();
+    if (!L.area_conf) {
+      out["kind"] = "files";
+      out["lease_dir"] = absl::StrCat(s_.lease_dir, "/", L.conf.name);
+      return out.dump();
+    }
+    out["kind"] = "slots";
+    out["area"] = L.area_conf->ToString();
+    if (area == nullptr) return out.dump();
+    absl::StatusOr<std::vector<SlotEntry>> index = area->ReadIndex();
+    if (!index.ok()) {
+      out["error"] = std::string(index.status().message());
+      return out.dump();
+    }
+    json leases = json::array();
+    int used = 0;
+    for (const SlotEntry& e : *index) {
+      if (!e.used()) continue;
+      ++used;
+      json one{{"slot", e.slot}, {"name", e.name}, {"generation", e.generation},
+               {"allocated_by", HostOf(L, e.allocated_by)}, {"allocated_at", e.allocated_at}};
+      absl::StatusOr<LeaderRecord> leader = ReadLeader(area->conf().path, area->SlotOffset(e.slot));
+      if (leader.ok() && leader->IsPaxos()) {
+        one["lver"] = leader->lver;
+        one["last_holder"] = HostOf(L, leader->owner_id);
+        one["held"] = leader->timestamp != 0;
+      }
+      if (e.idle_observer != 0) {
+        one["idle_since"] = e.idle_since;
+        one["idle_seen_by"] = HostOf(L, e.idle_observer);
+      }
+      leases.push_back(std::move(one));
+    }
+    out["id"] = area->id();
+    out["geometry"] = area->geometry().ToString();
+    out["slots"] = area->slots();
+    out["used"] = used;
+    out["free"] = area->slots() - used;
+    out["leases"] = leases;
+    return out.dump();
+  }
+
+  struct CleanOptions {
+    absl::Duration unused_for = absl::InfiniteDuration();
+    std::set<std::string> remove;
+    bool dry_run = false;
+  };
+
+  // Frees slots of leases nobody uses: those named in o.remove at once, and
+  // others once this host has seen them free at an unchanged lease version
+  // for o.unused_for (the lease's lver moves with every acquire, whoever's
+  // clock says what). A slot is freed only while this host holds its lease
+  // exclusively, so never while anyone holds or is acquiring it.
+  absl::Status Clean(Lockspace& L, const CleanOptions& o, nlohmann::json* freed,
+                     nlohmann::json* kept) {
+    std::shared_ptr<const LeaseArea> area;
+    {
+      absl::MutexLock l(&L.area_mu);
+      area = L.area;
+      if (!L.layout_error.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat("sanlock: ", L.layout_error));
+      }
+    }
+    if (area == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: lockspace ", L.conf.name, " has no lease area in use here"));
+    }
+    absl::StatusOr<std::vector<SlotEntry>> index = area->ReadIndex();
+    if (!index.ok()) return index.status();
+    const uint64_t now = static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now()));
+    const uint64_t me = static_cast<uint64_t>(s_.host_id);
+    SlotOps ops(this, L, area->geometry());
+    auto keep = [&](const SlotEntry& e, const std::string& why) {
+      kept->push_back({{"lockspace", L.conf.name}, {"name", e.name}, {"slot", e.slot}, {"why", why}});
+    };
+    for (const SlotEntry& e : *index) {
+      if (!e.used()) continue;
+      const bool named = o.remove.count(e.name) > 0;
+      if (!named && o.unused_for == absl::InfiniteDuration()) continue;
+      absl::StatusOr<LeaderRecord> leader = ReadLeader(area->conf().path, area->SlotOffset(e.slot));
+      if (!leader.ok()) {
+        keep(e, std::string(leader.status().message()));
+        continue;
+      }
+      if (leader->timestamp != 0) {
+        keep(e, absl::StrCat("held by ", HostOf(L, leader->owner_id)));
+        continue;
+      }
+      if (!named) {
+        const bool same = e.idle_observer == me && e.idle_lver == leader->lver &&
+                          e.idle_since <= now;
+        if (!same) {
+          if (!o.dry_run) {
+            absl::Status st = Observe(*area, ops, e, leader->lver, now);
+            if (!st.ok()) {
+              keep(e, std::string(st.message()));
+              continue;
+            }
+          }
+          keep(e, "first seen unused now");
+          continue;
+        }
+        const absl::Duration idle = absl::Seconds(now - e.idle_since);
+        if (idle < o.unused_for) {
+          keep(e, absl::StrCat("unused for ", absl::ToInt64Seconds(idle), " s of ",
+                               absl::ToInt64Seconds(o.unused_for)));
+          continue;
+        }
+      }
+      if (o.dry_run) {
+        freed->push_back({{"lockspace", L.conf.name}, {"name", e.name}, {"slot", e.slot}});
+        continue;
+      }
+      // Hold the slot's own lease while freeing it.
+      int rv;
+      OneDiskResource r =
+          MakeResource(L, e.name, Where{area->conf().path, area->SlotOffset(e.slot), area->geometry()}, false);
+      {
+        absl::MutexLock l(&L.mu);
+        if (L.state != JoinState::kJoined) return NotJoined(L);
+        rv = sanlock_acquire(L.sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, ResPtr(&r), nullptr);
+      }
+      if (rv != 0) {
+        keep(e, absl::StrCat("in use: ", RvText(rv)));
+        continue;
+      }
+      absl::Status st = FreeSlot(*area, ops, e);
+      {
+        absl::MutexLock l(&L.mu);
+        if (L.sock >= 0) sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
+      }
+      if (!st.ok()) {
+        keep(e, std::string(st.message()));
+        continue;
+      }
+      freed->push_back({{"lockspace", L.conf.name}, {"name", e.name}, {"slot", e.slot}});
+    }
+    for (const std::string& n : o.remove) {
+      bool found = false;
+      for (const SlotEntry& e : *index) found = found || e.name == n;
+      if (!found) {
+        kept->push_back({{"lockspace", L.conf.name}, {"name", n}, {"why", "no such lease"}});
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Records that this host saw `e` free at `lver` now.
+  absl::Status Observe(const LeaseArea& area, LeaseOps& ops, const SlotEntry& e, uint64_t lver,
+                       uint64_t now) {
+    if (absl::Status st = ops.LockExclusive(kAllocatorLease, area.AllocatorOffset()); !st.ok()) {
+      return st;
+    }
+    absl::StatusOr<SlotEntry> cur = area.ReadEntry(e.slot);
+    absl::Status st = cur.status();
+    if (st.ok() && cur->name == e.name && cur->generation == e.generation) {
+      SlotEntry u = *cur;
+      u.idle_lver = lver;
+      u.idle_since = now;
+      u.idle_observer = static_cast<uint64_t>(s_.host_id);
+      st = area.WriteEntry(u);
+    }
+    ops.Unlock(kAllocatorLease, area.AllocatorOffset());
+    return st;
+  }
+
+  // With free_unused_after_s: frees leases unused that long, from the host
+  // with the lowest live host_id only (so one host's observations count).
+  void Sweep() {
+    const absl::Duration every =
+        std::max(absl::Seconds(10), std::min(s_.free_unused_after / 4, absl::Minutes(10)));
+    while (!stopping_) {
+      for (absl::Time until = absl::Now() + every; !stopping_ && absl::Now() < until;) {
+        absl::SleepFor(absl::Milliseconds(200));
+      }
+      if (stopping_) return;
+      for (auto& [name, ls] : lockspaces_) {
+        if (!ls->area_conf || !LowestLiveHost(*ls)) continue;
+        CleanOptions o;
+        o.unused_for = s_.free_unused_after;
+        nlohmann::json freed = nlohmann::json::array(), kept = nlohmann::json::array();
+        Clean(*ls, o, &freed, &kept).IgnoreError();
+      }
+    }
+  }
+
+  bool LowestLiveHost(Lockspace& L) {
+    {
+      absl::MutexLock l(&L.mu);
+      if (L.state != JoinState::kJoined) return false;
+    }
+    sanlk_host* hosts = nullptr;
+    int n = 0;
+    if (sanlock_get_hosts(L.conf.name.c_str(), 0, &hosts, &n, 0) != 0) return false;
+    uint64_t lowest = static_cast<uint64_t>(s_.host_id);
+    for (int i = 0; i < n; ++i) {
+      if ((hosts[i].flags & SANLK_HOST_MASK) == SANLK_HOST_LIVE) {
+        lowest = std::min<uint64_t>(lowest, hosts[i].host_id);
+      }
+    }
+    free(hosts);
+    return lowest == static_cast<uint64_t>(s_.host_id);
   }
 
   // The lockspace's sector size and alignment, from its first host record
@@ -1220,6 +1738,7 @@ class SanlockBackend final : public Backend {
       L->message = std::string(st.message());
       return;
     }
+    CheckLayout(*L);
     sanlk_lockspace ls = LockspaceOf(L->conf);
     int rv = sanlock_add_lockspace_timeout(&ls, 0, static_cast<uint32_t>(s_.io_timeout));
     while (rv == -EINPROGRESS && !stopping_) {  // someone else is adding it
@@ -1447,6 +1966,7 @@ class SanlockBackend final : public Backend {
   std::string fifo_;
   int notify_fd_ = -1;
   std::thread notifier_;
+  std::thread sweeper_;
   absl::Mutex handler_mu_;
   LockLossHandler handler_ ABSL_GUARDED_BY(handler_mu_);
 };
@@ -1454,7 +1974,8 @@ class SanlockBackend final : public Backend {
 absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& settings) {
   if (absl::Status st = settings.CheckKeys({"run_dir", "host_id", "io_timeout", "lockspaces",
                                             "lease_dir", "num_hosts", "notify_dir", "poll_ms",
-                                            "join_wait_s", "sector_size", "align_mb"});
+                                            "join_wait_s", "sector_size", "align_mb",
+                                            "lease_areas", "free_unused_after_s"});
       !st.ok()) {
     return st;
   }
@@ -1498,6 +2019,27 @@ absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& setting
   absl::StatusOr<int64_t> join_wait = settings.GetInt("join_wait_s", 60, 0, 3600);
   if (!join_wait.ok()) return join_wait.status();
   s.join_wait = absl::Seconds(*join_wait);
+  absl::StatusOr<int64_t> unused = settings.GetInt("free_unused_after_s", 0, 0, 100LL * 365 * 86400);
+  if (!unused.ok()) return unused.status();
+  s.free_unused_after = absl::Seconds(*unused);
+  absl::StatusOr<std::vector<std::string>> areas = settings.GetStringList("lease_areas", {});
+  if (!areas.ok()) return areas.status();
+  for (const std::string& spec : *areas) {
+    absl::StatusOr<AreaConf> a = AreaConf::Parse(spec);
+    const ConfigEntry* ae = settings.Find("lease_areas");
+    if (!a.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(ae ? ae->Where() : "<settings>", ": ",
+                                                     a.status().message()));
+    }
+    for (const AreaConf& other : s.lease_areas) {
+      if (other.lockspace == a->lockspace) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            ae ? ae->Where() : "<settings>", ": lockspace ", a->lockspace,
+            " has two lease areas; give each lockspace one"));
+      }
+    }
+    s.lease_areas.push_back(*a);
+  }
   absl::StatusOr<std::vector<std::string>> lss = settings.GetStringList("lockspaces", {});
   if (!lss.ok()) return lss.status();
   const ConfigEntry* e = settings.Find("lockspaces");
@@ -1524,6 +2066,15 @@ absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& setting
   if (!s.lockspaces.empty() && s.host_id == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": host_id must be set (1..2000) to join lockspaces"));
+  }
+  for (const AreaConf& a : s.lease_areas) {
+    bool known = false;
+    for (const LockspaceConf& c : s.lockspaces) known = known || c.name == a.lockspace;
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sanlock: lease area ", a.ToString(), " names lockspace ", a.lockspace,
+          ", which is not in 'lockspaces'"));
+    }
   }
   if (s.lease_dir.empty() || s.lease_dir[0] != '/') {
     return absl::InvalidArgumentError("sanlock: lease_dir must be an absolute path");
