@@ -863,13 +863,21 @@ class SanlockBackend final : public Backend {
       return ManualLease(L, resource);
     }
     std::shared_ptr<const LeaseArea> area;
-    {
-      absl::MutexLock l(&L.area_mu);
-      if (!L.layout_error.empty()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "sanlock: ", resource.Describe(), ": automatic leases are refused: ", L.layout_error));
+    for (int attempt = 0;; ++attempt) {
+      {
+        absl::MutexLock l(&L.area_mu);
+        if (L.layout_error.empty()) {
+          area = L.area;
+          break;
+        }
+        if (attempt > 0) {
+          return absl::FailedPreconditionError(absl::StrCat("sanlock: ", resource.Describe(),
+                                                            ": automatic leases are refused: ",
+                                                            L.layout_error));
+        }
       }
-      area = L.area;
+      // Another host may have formatted the area since: look again.
+      CheckLayout(L);
     }
     if (L.area_conf) return SlotLease(L, area, resource, create);
     return LeaseFile(L, resource, create);
@@ -1367,27 +1375,33 @@ class SanlockBackend final : public Backend {
       error = std::string(rec.status().message());
     } else if (L.area_conf) {
       absl::StatusOr<LeaseArea> a = LeaseArea::Open(*L.area_conf);
-      if (!a.ok()) {
-        error = absl::StrCat(a.status().message(),
-                             a.status().code() == absl::StatusCode::kNotFound
-                                 ? absl::StrCat("; format it once, from one host: latchctl "
-                                                "leases-format --lockspace ", L.conf.name)
-                                 : "");
-      } else if (rec->kind == LayoutRecord::Kind::kSlots && rec->area_id == a->id()) {
+      const std::string mine =
+          absl::StrCat("this host's lease area ", L.area_conf->ToString(),
+                       a.ok() ? absl::StrCat(" is area ", a->id())
+                              : absl::StrCat(": ", a.status().message()));
+      if (rec->kind == LayoutRecord::Kind::kSlots && a.ok() && rec->area_id == a->id()) {
         area = std::make_shared<const LeaseArea>(*a);
         if (a->geometry().sector > L.sector) {
           error = absl::StrCat("lease area ", a->id(), " has ", a->geometry().ToString(),
                                " but lockspace ", L.conf.name, " has ", L.sector.load(),
                                "-byte sectors: put both on 4096-byte storage");
         }
+      } else if (rec->kind == LayoutRecord::Kind::kSlots) {
+        error = absl::StrCat("lockspace ", L.conf.name, " keeps its automatic leases in ",
+                             rec->Describe(), ", but ", mine,
+                             ": every host must configure the same area");
+      } else if (rec->kind == LayoutRecord::Kind::kFiles) {
+        error = absl::StrCat("lockspace ", L.conf.name, " keeps its automatic leases in ",
+                             rec->Describe(), ", but ", mine,
+                             "; to move the lockspace to the area, stop every host's latchd "
+                             "and run latchctl leases-format --lockspace ", L.conf.name,
+                             " --force");
       } else {
-        error = absl::StrCat("lockspace ", L.conf.name, " records ", rec->Describe(),
-                             ", but this host is configured with lease area ", a->id(), " (",
-                             L.area_conf->ToString(), "): every host must use the same; ",
-                             rec->kind == LayoutRecord::Kind::kNone
-                                 ? absl::StrCat("latchctl leases-format --lockspace ",
-                                                L.conf.name, " records the area")
-                                 : "fix this host's sanlock_lease_areas");
+        error = a.ok() ? absl::StrCat(mine, " but the lockspace does not record it yet: "
+                                      "latchctl leases-format --lockspace ", L.conf.name,
+                                      " records it")
+                       : absl::StrCat(mine, "; format it once, from one host: latchctl "
+                                      "leases-format --lockspace ", L.conf.name);
       }
     } else if (rec->kind == LayoutRecord::Kind::kSlots) {
       error = absl::StrCat("lockspace ", L.conf.name, " keeps its automatic leases in ",

@@ -1,0 +1,364 @@
+// Automatic leases as slots of a lease area (lease_area.h), across hosts: a
+// sanlock lab of three real daemons over one shared loop device holding the
+// lockspace and the area, one real latchd per host. Concurrent creation,
+// the layout every host must agree on, freeing and reusing slots.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "agent/client.h"
+#include "agent/testing/latchd_process.h"
+#include "backends/sanlock/lease_area.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "lab/sanlock_lab.h"
+
+namespace latchkey {
+namespace {
+
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+using lab::SanlockLab;
+using testing::LatchdProcess;
+using testing::TempDir;
+using testing::Vm;
+
+constexpr int kHosts = 3;
+constexpr uint64_t kAreaOffset = 16 * lab::kMiB;
+constexpr uint64_t kAreaSize = 64 * lab::kMiB;  // header, allocator, 62 slots
+
+class SanlockSlotsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    lab::SanlockLabOptions o;
+    o.hosts = kHosts;
+    o.lockspace = "lab";
+    o.io_timeout = 1;
+    o.resources = 1;
+    o.size_mib = 128;
+    o.loop_device = true;
+    absl::StatusOr<std::unique_ptr<SanlockLab>> l = SanlockLab::Start(o);
+    ASSERT_TRUE(l.ok()) << l.status();
+    lab_ = l->release();
+    for (int h = 1; h <= kHosts; ++h) {
+      latchd_[h] = new LatchdProcess(TempDir(absl::StrCat("host", h)), Config(h, Area()));
+      absl::Status s = latchd_[h]->Start();
+      ASSERT_TRUE(s.ok()) << s << latchd_[h]->Log();
+    }
+    for (int h = 1; h <= kHosts; ++h) WaitJoined(*latchd_[h]);
+  }
+
+  static void TearDownTestSuite() {
+    for (int h = 1; h <= kHosts; ++h) {
+      if (latchd_[h] != nullptr && latchd_[h]->running()) latchd_[h]->Kill(SIGKILL);
+      delete latchd_[h];
+      latchd_[h] = nullptr;
+    }
+    if (lab_ != nullptr) {
+      EXPECT_TRUE(lab_->Stop().ok());
+      delete lab_;
+      lab_ = nullptr;
+    }
+  }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      for (int h = 1; h <= kHosts; ++h) {
+        if (latchd_[h]) fprintf(stderr, "== latchd host%d log:\n%s\n", h, latchd_[h]->Log().c_str());
+      }
+    }
+  }
+
+  static std::string Area(uint64_t offset = kAreaOffset) {
+    return absl::StrCat("lab:", lab_->LeasePath(), ":", offset, ":", kAreaSize);
+  }
+
+  // area empty: lease files in the lab's lease_dir.
+  static std::string Config(int h, const std::string& area) {
+    // One name per disk (its identity), so one slot per disk.
+    return absl::StrCat("backends = [ \"sanlock\", \"posixfd\" ]\nlockspace = \"lab\"\n",
+                        "disk_names = \"identity\"\n",
+                        "sanlock_run_dir = \"", lab_->RunDir(h), "\"\n",
+                        "sanlock_host_id = ", h, "\nsanlock_io_timeout = 1\n",
+                        "sanlock_lockspaces = [ \"", lab_->LockspaceSpec(), "\" ]\n",
+                        area.empty() ? "" : absl::StrCat("sanlock_lease_areas = [ \"", area, "\" ]\n"),
+                        "sanlock_lease_dir = \"", lab_->LeaseDir(), "\"\n",
+                        "sanlock_notify_dir = \"/tmp\"\nsanlock_poll_ms = 50\n");
+  }
+
+  static absl::StatusOr<json> Call(LatchdProcess& d, json req) {
+    absl::StatusOr<LatchdClient> c = d.Connect();
+    if (!c.ok()) return c.status();
+    return c->Call(req, absl::Seconds(120));
+  }
+
+  static absl::StatusOr<json> Admin(LatchdProcess& d, json request) {
+    absl::StatusOr<json> r =
+        Call(d, {{"op", "backend_admin"}, {"backend", "sanlock"}, {"request", request}});
+    if (!r.ok()) return r.status();
+    return (*r)["result"];
+  }
+
+  static json LockspaceState(LatchdProcess& d) {
+    absl::StatusOr<json> st = Call(d, {{"op", "status"}});
+    if (!st.ok()) return json();
+    for (const json& b : (*st)["backends"]) {
+      if (b["name"] == "sanlock") return b["state"]["lockspaces"][0];
+    }
+    return json();
+  }
+
+  static void WaitJoined(LatchdProcess& d) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(40);
+    json ls;
+    while (absl::Now() < deadline) {
+      ls = LockspaceState(d);
+      if (ls.is_object() && ls["state"] == "joined") return;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    FAIL() << "did not join: " << ls.dump() << "\n" << d.Log();
+  }
+
+  static void Register(LatchdProcess& d, const Vm& vm) {
+    ASSERT_TRUE(Call(d, {{"op", "register"}, {"owner", vm.Owner()}, {"policy", "terminate"}}).ok());
+  }
+  static absl::StatusOr<json> Acquire(LatchdProcess& d, const Vm& vm, json resources) {
+    return Call(d, {{"op", "acquire"}, {"uuid", vm.uuid}, {"resources", resources}});
+  }
+  static absl::StatusOr<json> Release(LatchdProcess& d, const Vm& vm, json resources) {
+    return Call(d, {{"op", "release"}, {"uuid", vm.uuid}, {"resources", resources}});
+  }
+  static json Disk(const std::string& n) {
+    return json::array({{{"disk", absl::StrCat(lab_->options().dir, "/", n, ".img")}}});
+  }
+
+  // Name -> slots of the area, from host 1's `leases`.
+  static std::map<std::string, std::vector<int>> SlotsByName(json* leases = nullptr) {
+    std::map<std::string, std::vector<int>> out;
+    absl::StatusOr<json> r = Admin(*latchd_[1], {{"command", "leases"}});
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return out;
+    const json& ls = (*r)["lockspaces"][0];
+    if (leases) *leases = ls;
+    for (const json& l : ls.value("leases", json::array())) {
+      out[l["name"].get<std::string>()].push_back(l["slot"].get<int>());
+    }
+    return out;
+  }
+
+  static SanlockLab* lab_;
+  static LatchdProcess* latchd_[kHosts + 1];
+};
+
+SanlockLab* SanlockSlotsTest::lab_ = nullptr;
+LatchdProcess* SanlockSlotsTest::latchd_[kHosts + 1] = {};
+
+// Until the area is formatted, automatic leases are refused, saying how to
+// format it; manual leases work meanwhile. Format is refused to a caller
+// without a lockspace, and a second format does not wipe the area.
+TEST_F(SanlockSlotsTest, AFormatOnceThenEveryHostUsesTheArea) {
+  Vm a("vm-a");
+  Register(*latchd_[2], a);
+  absl::StatusOr<json> r = Acquire(*latchd_[2], a, Disk("before-format"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("leases-format --lockspace lab"));
+  json manual = {{{"lease", "res0"}, {"path", lab_->LeasePath()}, {"offset", lab_->ResourceOffset(0)}}};
+  ASSERT_TRUE(Acquire(*latchd_[2], a, manual).ok());
+  ASSERT_TRUE(Release(*latchd_[2], a, manual).ok());
+
+  absl::StatusOr<json> f = Admin(*latchd_[1], {{"command", "format"}});
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument) << f.status();
+  f = Admin(*latchd_[1], {{"command", "format"}, {"lockspace", "lab"}});
+  ASSERT_TRUE(f.ok()) << f.status();
+  const std::string id = (*f)["formatted"];
+  EXPECT_EQ(id.size(), 32u);
+  // The other hosts see the record at their next automatic lease.
+  Vm b("vm-b");
+  Register(*latchd_[2], b);
+  r = Acquire(*latchd_[2], b, Disk("after-format"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Formatting again keeps the area (same id) and its leases.
+  f = Admin(*latchd_[3], {{"command", "format"}, {"lockspace", "lab"}});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ((*f)["formatted"], id);
+  json ls;
+  std::map<std::string, std::vector<int>> slots = SlotsByName(&ls);
+  EXPECT_EQ(slots.size(), 1u) << ls.dump();
+  EXPECT_EQ(ls["slots"], 62) << ls.dump();
+  EXPECT_EQ(ls["geometry"], "512-byte sectors, 1 MiB alignment");
+  ASSERT_EQ(ls["leases"].size(), 1u);
+  EXPECT_EQ(ls["leases"][0]["held"], true);
+  EXPECT_EQ(ls["leases"][0]["last_holder"], "host2 (host_id 2)");
+  EXPECT_TRUE(Release(*latchd_[2], b, Disk("after-format")).ok());
+}
+
+// 50 rounds; in each, every host creates the same new disk's lease at
+// once: one lease per name, one winner per round, the others refused
+// naming the winner.
+TEST_F(SanlockSlotsTest, BConcurrentCreationMakesOneLeasePerNameAndOneWinner) {
+  constexpr int kRounds = 50;
+  Vm vms[kHosts + 1] = {Vm("x"), Vm("vm1"), Vm("vm2"), Vm("vm3")};
+  for (int h = 1; h <= kHosts; ++h) Register(*latchd_[h], vms[h]);
+  std::map<std::string, std::vector<int>> before = SlotsByName();
+  int wins[kHosts + 1] = {};
+  for (int round = 0; round < kRounds; ++round) {
+    const json disk = Disk(absl::StrCat("race", round));
+    absl::StatusOr<json> res[kHosts + 1];
+    std::atomic<int> ready{0};
+    std::vector<std::thread> threads;
+    for (int h = 1; h <= kHosts; ++h) {
+      threads.emplace_back([&, h] {
+        ++ready;
+        while (ready < kHosts) {
+        }
+        res[h] = Acquire(*latchd_[h], vms[h], disk);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    int winners = 0;
+    for (int h = 1; h <= kHosts; ++h) {
+      if (res[h].ok()) {
+        ++winners;
+        ++wins[h];
+      } else {
+        EXPECT_EQ(res[h].status().code(), absl::StatusCode::kUnavailable)
+            << "round " << round << " host" << h << ": " << res[h].status();
+        EXPECT_THAT(res[h].status().message(), HasSubstr("(host_id "));
+      }
+    }
+    ASSERT_EQ(winners, 1) << "round " << round;
+    for (int h = 1; h <= kHosts; ++h) {
+      if (res[h].ok()) ASSERT_TRUE(Release(*latchd_[h], vms[h], disk).ok());
+    }
+    if (round == 19) {
+      // Freeing while others create: these 20 (and test A's) go.
+      absl::StatusOr<json> c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 0}});
+      ASSERT_TRUE(c.ok()) << c.status();
+      c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 0}});
+      ASSERT_TRUE(c.ok()) << c.status();
+      EXPECT_GE((*c)["freed"].size(), 20u) << c->dump();
+    }
+  }
+  fprintf(stderr, "wins per host: %d %d %d\n", wins[1], wins[2], wins[3]);
+  std::map<std::string, std::vector<int>> after = SlotsByName();
+  std::set<int> slots_seen;
+  for (const auto& [name, slots] : after) {
+    EXPECT_EQ(slots.size(), 1u) << name << " has " << slots.size() << " slots";
+    for (int s : slots) EXPECT_TRUE(slots_seen.insert(s).second) << "slot " << s << " twice";
+  }
+  EXPECT_GE(after.size(), 30u);  // rounds 20..49
+}
+
+// A host configured for lease files, or with another area, while the
+// lockspace records this area: refused automatic leases, naming the area.
+TEST_F(SanlockSlotsTest, CHostsThatDisagreeOnTheLayoutAreRefused) {
+  for (const std::string& area : {std::string(), Area(96 * lab::kMiB)}) {
+    LatchdProcess other(TempDir("other"), Config(1, area));
+    ASSERT_TRUE(other.Start().ok()) << other.Log();
+    WaitJoined(other);
+    Vm a("vm-a");
+    Register(other, a);
+    absl::StatusOr<json> r = Acquire(other, a, Disk("disagree"));
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_THAT(r.status().message(), HasSubstr("automatic leases are refused"));
+    EXPECT_THAT(r.status().message(), HasSubstr("slots of lease area"));
+    other.Kill(SIGTERM);
+  }
+}
+
+// Freeing: a held lease is never freed; released, it is freed by name, or
+// once unused long enough as one host saw it; a freed slot is reused, and
+// a freed disk gets a lease again on its next use.
+TEST_F(SanlockSlotsTest, DSlotsAreFreedOnlyWhenUnusedAndThenReused) {
+  Vm a("vm-a"), b("vm-b");
+  Register(*latchd_[2], a);
+  Register(*latchd_[3], b);
+  ASSERT_TRUE(Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 0}}).ok());
+  ASSERT_TRUE(Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 0}}).ok());
+  EXPECT_TRUE(SlotsByName().empty());
+  absl::StatusOr<json> g = Acquire(*latchd_[2], a, Disk("keep"));
+  ASSERT_TRUE(g.ok()) << g.status();
+  const std::string name = (*g)["locks"][0]["name"];
+  ASSERT_EQ(SlotsByName()[name].size(), 1u);
+  const int slot = SlotsByName()[name][0];
+  // Held: kept, by name or by age.
+  absl::StatusOr<json> c = Admin(*latchd_[1], {{"command", "clean"}, {"remove", {name}}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE((*c)["freed"].empty()) << c->dump();
+  ASSERT_EQ((*c)["kept"].size(), 1u);
+  EXPECT_THAT((*c)["kept"][0]["why"].get<std::string>(), HasSubstr("held by host2"));
+  c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 0}});
+  EXPECT_TRUE((*c)["freed"].empty()) << c->dump();
+  // Released, unused for 2 s: the first pass notes it, a later one frees it.
+  ASSERT_TRUE(Release(*latchd_[2], a, Disk("keep")).ok());
+  c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 2}});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE((*c)["freed"].empty()) << c->dump();
+  EXPECT_EQ((*c)["kept"][0]["why"], "first seen unused now") << c->dump();
+  // Used meanwhile (its lease version moves): noted afresh, not freed.
+  ASSERT_TRUE(Acquire(*latchd_[3], b, Disk("keep")).ok());
+  ASSERT_TRUE(Release(*latchd_[3], b, Disk("keep")).ok());
+  absl::SleepFor(absl::Seconds(3));
+  c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 2}});
+  EXPECT_TRUE((*c)["freed"].empty()) << c->dump();
+  absl::SleepFor(absl::Seconds(3));
+  c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 2}, {"dry_run", true}});
+  ASSERT_EQ((*c)["freed"].size(), 1u) << c->dump();
+  EXPECT_EQ(SlotsByName().count(name), 1u) << "a dry run frees nothing";
+  c = Admin(*latchd_[1], {{"command", "clean"}, {"unused_for_s", 2}});
+  ASSERT_EQ((*c)["freed"].size(), 1u) << c->dump();
+  EXPECT_EQ((*c)["freed"][0]["name"], name);
+  EXPECT_EQ(SlotsByName().count(name), 0u);
+  // The freed slot serves the next new disk; the freed disk gets a slot again.
+  g = Acquire(*latchd_[3], b, Disk("newcomer"));
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(SlotsByName()[(*g)["locks"][0]["name"].get<std::string>()][0], slot);
+  absl::StatusOr<json> again = Acquire(*latchd_[2], a, Disk("keep"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(SlotsByName()[name].size(), 1u);
+  ASSERT_TRUE(Release(*latchd_[2], a, Disk("keep")).ok());
+  ASSERT_TRUE(Release(*latchd_[3], b, Disk("newcomer")).ok());
+  // Unknown names and bad requests get clear answers.
+  c = Admin(*latchd_[1], {{"command", "clean"}, {"remove", {"nosuch"}}});
+  EXPECT_EQ((*c)["kept"][0]["why"], "no such lease");
+  EXPECT_EQ(Admin(*latchd_[1], {{"command", "clean"}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Admin(*latchd_[1], {{"command", "nosuch"}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Admin(*latchd_[1], {{"command", "leases"}, {"bogus", 1}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A full area refuses new disks with what to do, and keeps every held lease.
+TEST_F(SanlockSlotsTest, EAFullAreaSaysSo) {
+  Vm a("vm-a");
+  Register(*latchd_[1], a);
+  std::vector<json> held;
+  absl::Status last;
+  for (int i = 0; i < 70; ++i) {
+    absl::StatusOr<json> g = Acquire(*latchd_[1], a, Disk(absl::StrCat("fill", i)));
+    if (!g.ok()) {
+      last = g.status();
+      break;
+    }
+    held.push_back(Disk(absl::StrCat("fill", i)));
+  }
+  EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
+  EXPECT_THAT(last.message(), HasSubstr("is full (62 slots)"));
+  EXPECT_THAT(last.message(), HasSubstr("leases-clean"));
+  absl::StatusOr<json> inq = Call(*latchd_[1], {{"op", "inquire"}, {"uuid", a.uuid}});
+  ASSERT_TRUE(inq.ok());
+  EXPECT_EQ((*inq)["locks"].size(), held.size());
+  for (const json& d : held) EXPECT_TRUE(Release(*latchd_[1], a, d).ok());
+}
+
+}  // namespace
+}  // namespace latchkey
