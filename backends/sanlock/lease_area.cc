@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 
 namespace latchkey {
 namespace sanlockbe {
@@ -332,17 +333,49 @@ const SlotEntry* Find(const std::vector<SlotEntry>& index, const std::string& na
 
 }  // namespace
 
-absl::StatusOr<SlotEntry> FindOrAllocate(const LeaseArea& area, LeaseOps& ops,
-                                         const std::string& name, uint64_t host_id,
-                                         bool create) {
-  absl::StatusOr<std::vector<SlotEntry>> index = area.ReadIndex();
-  if (!index.ok()) return index.status();
-  if (const SlotEntry* e = Find(*index, name)) return *e;
-  if (!create) {
-    return absl::NotFoundError(absl::StrCat("no slot for ", name, " in lease area ", area.id()));
+namespace {
+
+// A random pause growing with the attempt: 50..150 ms, up to 0.4..1.2 s.
+void Pause(int attempt) {
+  uint32_t r = 0;
+  if (getrandom(&r, sizeof(r), 0) != sizeof(r)) r = static_cast<uint32_t>(attempt) * 7919;
+  const int base = 50 << std::min(attempt, 3);
+  absl::SleepFor(absl::Milliseconds(base + static_cast<int>(r % (2 * base))));
+}
+
+}  // namespace
+
+absl::Status LockAllocator(const LeaseArea& area, LeaseOps& ops, absl::Time deadline) {
+  for (int attempt = 0;; ++attempt) {
+    absl::Status st = ops.TryLockExclusive(kAllocatorLease, area.AllocatorOffset());
+    if (st.ok() || !absl::IsUnavailable(st)) return st;
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat("the allocator lease of lease area ", area.id(),
+                                                 " stayed busy: ", st.message()));
+    }
+    Pause(attempt);
   }
-  if (absl::Status st = ops.LockExclusive(kAllocatorLease, area.AllocatorOffset()); !st.ok()) {
-    return st;
+}
+
+absl::StatusOr<SlotEntry> FindOrAllocate(const LeaseArea& area, LeaseOps& ops,
+                                         const std::string& name, uint64_t host_id, bool create,
+                                         absl::Time deadline) {
+  absl::StatusOr<std::vector<SlotEntry>> index;
+  for (int attempt = 0;; ++attempt) {
+    index = area.ReadIndex();
+    if (!index.ok()) return index.status();
+    if (const SlotEntry* e = Find(*index, name)) return *e;
+    if (!create) {
+      return absl::NotFoundError(absl::StrCat("no slot for ", name, " in lease area ", area.id()));
+    }
+    absl::Status st = ops.TryLockExclusive(kAllocatorLease, area.AllocatorOffset());
+    if (st.ok()) break;
+    if (!absl::IsUnavailable(st)) return st;
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat("the allocator lease of lease area ", area.id(),
+                                                 " stayed busy: ", st.message()));
+    }
+    Pause(attempt);
   }
   struct Unlock {
     LeaseOps& ops;
@@ -387,10 +420,9 @@ absl::Status Verify(const LeaseArea& area, const SlotEntry& found) {
   return absl::OkStatus();
 }
 
-absl::Status FreeSlot(const LeaseArea& area, LeaseOps& ops, const SlotEntry& entry) {
-  if (absl::Status st = ops.LockExclusive(kAllocatorLease, area.AllocatorOffset()); !st.ok()) {
-    return st;
-  }
+absl::Status FreeSlot(const LeaseArea& area, LeaseOps& ops, const SlotEntry& entry,
+                      absl::Time deadline) {
+  if (absl::Status st = LockAllocator(area, ops, deadline); !st.ok()) return st;
   struct Unlock {
     LeaseOps& ops;
     const LeaseArea& area;

@@ -43,6 +43,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "backends/sanlock/sanlock_disk.h"
 
 namespace latchkey {
@@ -137,9 +138,10 @@ class LeaseArea {
 class LeaseOps {
  public:
   virtual ~LeaseOps() = default;
-  // Takes the lease `name` at `offset` of the area exclusively, waiting
-  // while others hold it (up to an implementation-defined limit).
-  virtual absl::Status LockExclusive(const std::string& name, uint64_t offset) = 0;
+  // Tries once to take the lease `name` at `offset` of the area
+  // exclusively: Unavailable while another holds it (or its storage
+  // hiccups: worth retrying), another error when it cannot work at all.
+  virtual absl::Status TryLockExclusive(const std::string& name, uint64_t offset) = 0;
   virtual void Unlock(const std::string& name, uint64_t offset) = 0;
   // Initialises (overwrites) the lease `name` at `offset`.
   virtual absl::Status WriteLease(const std::string& name, uint64_t offset) = 0;
@@ -147,8 +149,16 @@ class LeaseOps {
 
 // The slot of `name`: found in the index, or allocated under the allocator
 // lease (ResourceExhausted when the area is full). `host_id` is recorded.
+// While another host holds the allocator lease (most likely creating the
+// same name) it re-reads the index between tries instead of balloting, with
+// a growing random pause, until `deadline`.
 absl::StatusOr<SlotEntry> FindOrAllocate(const LeaseArea& area, LeaseOps& ops,
-                                         const std::string& name, uint64_t host_id, bool create);
+                                         const std::string& name, uint64_t host_id, bool create,
+                                         absl::Time deadline);
+
+// Takes the allocator lease, retrying with a growing random pause until
+// `deadline` (Unavailable then).
+absl::Status LockAllocator(const LeaseArea& area, LeaseOps& ops, absl::Time deadline);
 
 // After acquiring the slot's lease: whether the index still gives the slot
 // to `found` (same name and generation).
@@ -157,7 +167,8 @@ absl::Status Verify(const LeaseArea& area, const SlotEntry& found);
 // Frees `entry`'s slot. REQUIRES: the caller holds the slot's lease
 // exclusively. Takes the allocator lease; a no-op (FailedPrecondition) when
 // the entry changed meanwhile.
-absl::Status FreeSlot(const LeaseArea& area, LeaseOps& ops, const SlotEntry& entry);
+absl::Status FreeSlot(const LeaseArea& area, LeaseOps& ops, const SlotEntry& entry,
+                      absl::Time deadline);
 
 }  // namespace sanlockbe
 }  // namespace latchkey

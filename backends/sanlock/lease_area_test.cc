@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -26,17 +27,17 @@ using ::testing::HasSubstr;
 // Exclusive leases as in-process locks; WriteLease records what was written.
 class FakeOps final : public LeaseOps {
  public:
-  absl::Status LockExclusive(const std::string& name, uint64_t offset) override {
-    std::unique_lock<std::mutex> l(mu_);
-    const auto key = std::make_pair(name, offset);
-    cv_.wait(l, [&] { return held_.count(key) == 0; });
-    held_.insert(key);
+  absl::Status TryLockExclusive(const std::string& name, uint64_t offset) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!held_.insert(std::make_pair(name, offset)).second) {
+      ++busy_;
+      return absl::UnavailableError("busy");
+    }
     return absl::OkStatus();
   }
   void Unlock(const std::string& name, uint64_t offset) override {
     std::lock_guard<std::mutex> l(mu_);
     held_.erase(std::make_pair(name, offset));
-    cv_.notify_all();
   }
   absl::Status WriteLease(const std::string& name, uint64_t offset) override {
     std::lock_guard<std::mutex> l(mu_);
@@ -55,11 +56,13 @@ class FakeOps final : public LeaseOps {
 
  private:
   std::mutex mu_;
-  std::condition_variable cv_;
+  int busy_ = 0;
   std::set<std::pair<std::string, uint64_t>> held_;
   std::map<uint64_t, std::string> written_;
   int writes_ = 0;
 };
+
+absl::Time Forever() { return absl::InfiniteFuture(); }
 
 class LeaseAreaTest : public ::testing::Test {
  protected:
@@ -157,7 +160,7 @@ TEST_F(LeaseAreaTest, ConcurrentCreatorsAgreeOnOneSlotPerName) {
       ASSERT_TRUE(area.ok()) << area.status();
       for (int n = 0; n < 10; ++n) {
         const std::string name = absl::StrCat("disk", (n + h) % 10);
-        absl::StatusOr<SlotEntry> e = FindOrAllocate(*area, ops, name, h, true);
+        absl::StatusOr<SlotEntry> e = FindOrAllocate(*area, ops, name, h, true, Forever());
         ASSERT_TRUE(e.ok()) << e.status();
         std::lock_guard<std::mutex> l(seen_mu);
         seen[name].insert(e->slot);
@@ -174,7 +177,7 @@ TEST_F(LeaseAreaTest, ConcurrentCreatorsAgreeOnOneSlotPerName) {
   EXPECT_EQ(slots.size(), 10u);
   EXPECT_EQ(ops.writes(), 10);
   absl::StatusOr<LeaseArea> area = LeaseArea::Open(conf_);
-  absl::StatusOr<SlotEntry> extra = FindOrAllocate(*area, ops, "disk10", 1, true);
+  absl::StatusOr<SlotEntry> extra = FindOrAllocate(*area, ops, "disk10", 1, true, Forever());
   EXPECT_EQ(extra.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(extra.status().message(), HasSubstr("is full (10 slots)"));
 }
@@ -185,21 +188,21 @@ TEST_F(LeaseAreaTest, VerifyCatchesASlotFreedOrReusedMeanwhile) {
   absl::StatusOr<LeaseArea> area = LeaseArea::Format(conf_, Geometry{512, kMiB}, "h", false);
   ASSERT_TRUE(area.ok());
   FakeOps ops;
-  absl::StatusOr<SlotEntry> found = FindOrAllocate(*area, ops, "a", 1, true);
+  absl::StatusOr<SlotEntry> found = FindOrAllocate(*area, ops, "a", 1, true, Forever());
   ASSERT_TRUE(found.ok());
   EXPECT_TRUE(Verify(*area, *found).ok());
-  EXPECT_EQ(FindOrAllocate(*area, ops, "nope", 1, false).status().code(),
+  EXPECT_EQ(FindOrAllocate(*area, ops, "nope", 1, false, Forever()).status().code(),
             absl::StatusCode::kNotFound);
-  ASSERT_TRUE(FreeSlot(*area, ops, *found).ok());
+  ASSERT_TRUE(FreeSlot(*area, ops, *found, Forever()).ok());
   EXPECT_EQ(Verify(*area, *found).code(), absl::StatusCode::kAborted);
-  absl::StatusOr<SlotEntry> reused = FindOrAllocate(*area, ops, "b", 2, true);
+  absl::StatusOr<SlotEntry> reused = FindOrAllocate(*area, ops, "b", 2, true, Forever());
   ASSERT_TRUE(reused.ok());
   EXPECT_EQ(reused->slot, found->slot);
   EXPECT_EQ(reused->generation, found->generation + 1);
   EXPECT_EQ(Verify(*area, *found).code(), absl::StatusCode::kAborted);
-  EXPECT_EQ(FreeSlot(*area, ops, *found).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(FreeSlot(*area, ops, *found, Forever()).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(Verify(*area, *reused).ok());
-  absl::StatusOr<SlotEntry> back = FindOrAllocate(*area, ops, "a", 3, true);
+  absl::StatusOr<SlotEntry> back = FindOrAllocate(*area, ops, "a", 3, true, Forever());
   ASSERT_TRUE(back.ok());
   EXPECT_NE(back->slot, reused->slot);
   EXPECT_EQ(ops.written()[area->SlotOffset(back->slot)], "a");

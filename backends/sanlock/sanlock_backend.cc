@@ -862,25 +862,36 @@ class SanlockBackend final : public Backend {
     if (resource.kind == ResourceKind::kLease && !resource.path.empty()) {
       return ManualLease(L, resource);
     }
-    std::shared_ptr<const LeaseArea> area;
-    for (int attempt = 0;; ++attempt) {
-      {
-        absl::MutexLock l(&L.area_mu);
-        if (L.layout_error.empty()) {
-          area = L.area;
-          break;
-        }
-        if (attempt > 0) {
-          return absl::FailedPreconditionError(absl::StrCat("sanlock: ", resource.Describe(),
-                                                            ": automatic leases are refused: ",
-                                                            L.layout_error));
-        }
-      }
-      // Another host may have formatted the area since: look again.
-      CheckLayout(L);
+    std::string refused;
+    std::shared_ptr<const LeaseArea> area = CurrentArea(L, &refused);
+    if (!refused.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sanlock: ", resource.Describe(), ": automatic leases are refused: ", refused));
     }
     if (L.area_conf) return SlotLease(L, area, resource, create);
     return LeaseFile(L, resource, create);
+  }
+
+  // The lockspace's lease area, looking at the storage again when this
+  // host was refused (another host may have formatted it since); the error
+  // when still refused.
+  std::shared_ptr<const LeaseArea> CurrentArea(Lockspace& L, std::string* error) {
+    for (int attempt = 0;; ++attempt) {
+      {
+        absl::MutexLock l(&L.area_mu);
+        if (L.layout_error.empty() || attempt > 0) {
+          *error = L.layout_error;
+          return L.area;
+        }
+      }
+      CheckLayout(L);
+    }
+  }
+
+  // How long creating a lease waits for the allocator lease: past the time
+  // a dead holder's lease takes to expire (8 x io_timeout + 60 s).
+  absl::Time AllocatorDeadline() const {
+    return absl::Now() + absl::Seconds(8 * s_.io_timeout + 70);
   }
 
   // An automatic lease in a slot of the lockspace's lease area.
@@ -893,7 +904,8 @@ class SanlockBackend final : public Backend {
     }
     SlotOps ops(this, L, area->geometry());
     absl::StatusOr<SlotEntry> e =
-        FindOrAllocate(*area, ops, resource.name, static_cast<uint64_t>(s_.host_id), create);
+        FindOrAllocate(*area, ops, resource.name, static_cast<uint64_t>(s_.host_id), create,
+                       AllocatorDeadline());
     if (!e.ok()) {
       return absl::Status(e.status().code(),
                           absl::StrCat("sanlock: ", resource.Describe(), ": ", e.status().message()));
@@ -908,22 +920,16 @@ class SanlockBackend final : public Backend {
   class SlotOps final : public LeaseOps {
    public:
     SlotOps(SanlockBackend* b, Lockspace& L, const Geometry& geo) : b_(b), L_(L), geo_(geo) {}
-    absl::Status LockExclusive(const std::string& name, uint64_t offset) override {
-      const absl::Time deadline = absl::Now() + absl::Seconds(8 * b_->s_.io_timeout + 70);
-      int last = 0;
-      while (absl::Now() < deadline && !b_->stopping_) {
-        {
-          absl::MutexLock l(&L_.mu);
-          if (L_.state != JoinState::kJoined) return b_->NotJoined(L_);
-          OneDiskResource r = MakeResource(L_, name, Where{L_.area_conf->path, offset, geo_}, false);
-          last = sanlock_acquire(L_.sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, ResPtr(&r), nullptr);
-          if (last == 0) return absl::OkStatus();
-          if (!IsBusy(last) && !IsTransientIo(last)) break;
-        }
-        absl::SleepFor(absl::Milliseconds(20 + rand() % 80));
-      }
-      return absl::UnavailableError(absl::StrCat("cannot take the lease area's ", name,
-                                                 " lease: ", RvText(last)));
+    absl::Status TryLockExclusive(const std::string& name, uint64_t offset) override {
+      if (b_->stopping_) return absl::CancelledError("sanlock: latchd is stopping");
+      absl::MutexLock l(&L_.mu);
+      if (L_.state != JoinState::kJoined) return b_->NotJoined(L_);
+      OneDiskResource r = MakeResource(L_, name, Where{L_.area_conf->path, offset, geo_}, false);
+      const int rv = sanlock_acquire(L_.sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, ResPtr(&r), nullptr);
+      if (rv == 0) return absl::OkStatus();
+      const std::string text = absl::StrCat("the lease area's ", name, " lease: ", RvText(rv));
+      if (IsBusy(rv) || IsTransientIo(rv)) return absl::UnavailableError(text);
+      return absl::FailedPreconditionError(text);
     }
     void Unlock(const std::string& name, uint64_t offset) override {
       absl::MutexLock l(&L_.mu);
@@ -1258,16 +1264,24 @@ class SanlockBackend final : public Backend {
       return "held as an orphan on this host: a stopped latchd left it; the next latchd adopts "
              "or releases it";
     }
-    OneDiskResource copy = r;
-    sanlk_host* hosts = nullptr;
-    int n = 0;
     std::vector<std::string> who;
     bool shared = false;
-    if (sanlock_read_resource_owners(&copy.res, 0, &hosts, &n) == 0) {
-      shared = (copy.res.flags & SANLK_RES_SHARED) != 0;
-      for (int i = 0; i < n; ++i) who.push_back(HostLabel(L, hosts[i].host_id));
+    // An exclusive holder is in the leader (one sector). Only shared
+    // holders need sanlock to read every mode block: the whole lease, 8 MiB
+    // with 4096-byte sectors, too much to read for each refusal.
+    absl::StatusOr<LeaderRecord> leader = ReadLeader(r.disk.path, r.disk.offset);
+    if (leader.ok() && leader->IsPaxos() && leader->timestamp != 0 && leader->owner_id != 0) {
+      who.push_back(HostLabel(L, leader->owner_id));
+    } else {
+      OneDiskResource copy = r;
+      sanlk_host* hosts = nullptr;
+      int n = 0;
+      if (sanlock_read_resource_owners(&copy.res, 0, &hosts, &n) == 0) {
+        shared = (copy.res.flags & SANLK_RES_SHARED) != 0;
+        for (int i = 0; i < n; ++i) who.push_back(HostLabel(L, hosts[i].host_id));
+      }
+      free(hosts);
     }
-    free(hosts);
     std::string text = who.empty()
                            ? std::string("held by another host")
                            : absl::StrCat("held ", shared ? "shared" : "exclusive", " by ",
@@ -1498,12 +1512,9 @@ class SanlockBackend final : public Backend {
   std::string LeasesJson(Lockspace& L) {
     using json = nlohmann::json;
     json out{{"lockspace", L.conf.name}};
-    std::shared_ptr<const LeaseArea> area;
-    {
-      absl::MutexLock l(&L.area_mu);
-      area = L.area;
-      if (!L.layout_error.empty()) out["error"] = L.layout_error;
-    }
+    std::string refused;
+    std::shared_ptr<const LeaseArea> area = CurrentArea(L, &refused);
+    if (!refused.empty()) out["error"] = refused;
     absl::StatusOr<LayoutRecord> rec = ReadLayout(L.conf.path, L.conf.offset, {L.sector, L.align});
     if (rec.ok()) out["layout"] = rec->Describe();
     if (!L.area_conf) {
@@ -1560,14 +1571,9 @@ class SanlockBackend final : public Backend {
   // exclusively, so never while anyone holds or is acquiring it.
   absl::Status Clean(Lockspace& L, const CleanOptions& o, nlohmann::json* freed,
                      nlohmann::json* kept) {
-    std::shared_ptr<const LeaseArea> area;
-    {
-      absl::MutexLock l(&L.area_mu);
-      area = L.area;
-      if (!L.layout_error.empty()) {
-        return absl::FailedPreconditionError(absl::StrCat("sanlock: ", L.layout_error));
-      }
-    }
+    std::string refused;
+    std::shared_ptr<const LeaseArea> area = CurrentArea(L, &refused);
+    if (!refused.empty()) return absl::FailedPreconditionError(absl::StrCat("sanlock: ", refused));
     if (area == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
           "sanlock: lockspace ", L.conf.name, " has no lease area in use here"));
@@ -1631,7 +1637,7 @@ class SanlockBackend final : public Backend {
         keep(e, absl::StrCat("in use: ", RvText(rv)));
         continue;
       }
-      absl::Status st = FreeSlot(*area, ops, e);
+      absl::Status st = FreeSlot(*area, ops, e, AllocatorDeadline());
       {
         absl::MutexLock l(&L.mu);
         if (L.sock >= 0) sanlock_release(L.sock, -1, 0, 1, ResPtr(&r));
@@ -1655,9 +1661,7 @@ class SanlockBackend final : public Backend {
   // Records that this host saw `e` free at `lver` now.
   absl::Status Observe(const LeaseArea& area, LeaseOps& ops, const SlotEntry& e, uint64_t lver,
                        uint64_t now) {
-    if (absl::Status st = ops.LockExclusive(kAllocatorLease, area.AllocatorOffset()); !st.ok()) {
-      return st;
-    }
+    if (absl::Status st = LockAllocator(area, ops, AllocatorDeadline()); !st.ok()) return st;
     absl::StatusOr<SlotEntry> cur = area.ReadEntry(e.slot);
     absl::Status st = cur.status();
     if (st.ok() && cur->name == e.name && cur->generation == e.generation) {

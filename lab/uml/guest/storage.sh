@@ -18,7 +18,7 @@
 #     the directory latchkey-sanlock in it for sanlock's automatic leases.
 #
 # Kernel command line words (from the host's uml-cluster):
-#   lk_luns=NAME:MIB,...   the LUNs, in ubd order
+#   lk_luns=NAME:MIB:SECTOR,...  the LUNs, in ubd order (SECTOR 512 or 4096)
 #   lk_nfs_lease=S         NFSv4 lease and grace time (seconds)
 #
 # Writes /shared/storage/luns: "LUN-NUMBER NAME MIB SERIAL" per LUN.
@@ -65,10 +65,11 @@ storage_iscsi() {
   local tpg=$t/iscsi/$storage_iqn/tpgt_1
   mkdir -p "$tpg" || hang "cannot create the iSCSI target $storage_iqn (CONFIG_ISCSI_TARGET?)"
   : >/shared/storage/luns.tmp
-  local spec name mib i=0 dev serial letters=cdefghijklmnop
+  local spec name mib sector i=0 dev serial letters=cdefghijklmnop
   IFS=, read -ra specs <<<"${lk_luns:-}"
   for spec in "${specs[@]}"; do
-    name=${spec%%:*} mib=${spec#*:}
+    IFS=: read -r name mib sector <<<"$spec"
+    sector=${sector:-512}
     dev=/dev/ubd${letters:i:1}
     [[ -b $dev ]] || hang "LUN $name: no block device $dev"
     serial=$(printf 'latchkey-lab-lun %s' "$name" | sha256sum | cut -c1-32)
@@ -77,6 +78,10 @@ storage_iscsi() {
     echo "udev_path=$dev" >"$so/control"
     echo "$serial" >"$so/wwn/vpd_unit_serial" || hang "LUN $name: cannot set its unit serial"
     echo 1 >"$so/enable" || hang "LUN $name: cannot enable the backstore on $dev"
+    # The logical block size the initiators see (LIO translates to the
+    # 512-byte ubd device), set before the LUN is exported.
+    echo "$sector" >"$so/attrib/block_size" ||
+      hang "LUN $name: cannot set its block size to $sector"
     mkdir -p "$tpg/lun/lun_$i" || hang "LUN $name: cannot create lun_$i"
     ln -s "$so" "$tpg/lun/lun_$i/$name" || hang "LUN $name: cannot map the backstore to lun_$i"
     echo "$i $name $mib $serial" >>/shared/storage/luns.tmp
