@@ -15,6 +15,7 @@
 #include "agent/client.h"
 #include "agent/testing/latchd_process.h"
 #include "backends/sanlock/lease_area.h"
+#include "backends/sanlock/testing/sanlock_hosts.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lab/sanlock_lab.h"
@@ -26,6 +27,7 @@ using ::testing::HasSubstr;
 using json = nlohmann::json;
 using lab::SanlockLab;
 using testing::LatchdProcess;
+using testing::SanlockHosts;
 using testing::TempDir;
 using testing::Vm;
 
@@ -43,96 +45,47 @@ class SanlockSlotsTest : public ::testing::Test {
     o.resources = 1;
     o.size_mib = 128;
     o.loop_device = true;
-    absl::StatusOr<std::unique_ptr<SanlockLab>> l = SanlockLab::Start(o);
-    ASSERT_TRUE(l.ok()) << l.status();
-    lab_ = l->release();
-    for (int h = 1; h <= kHosts; ++h) {
-      latchd_[h] = new LatchdProcess(TempDir(absl::StrCat("host", h)), Config(h, Area()));
-      absl::Status s = latchd_[h]->Start();
-      ASSERT_TRUE(s.ok()) << s << latchd_[h]->Log();
-    }
-    for (int h = 1; h <= kHosts; ++h) WaitJoined(*latchd_[h]);
+    hosts_ = new SanlockHosts();
+    absl::Status s = hosts_->Start(o, [](int h, const SanlockLab& lab) {
+      return Config(lab, h, absl::StrCat("lab:", lab.LeasePath(), ":", kAreaOffset, ":", kAreaSize));
+    });
+    ASSERT_TRUE(s.ok()) << s;
+    lab_ = &hosts_->lab();
+    for (int h = 1; h <= kHosts; ++h) latchd_[h] = &hosts_->latchd(h);
   }
 
   static void TearDownTestSuite() {
-    for (int h = 1; h <= kHosts; ++h) {
-      if (latchd_[h] != nullptr && latchd_[h]->running()) latchd_[h]->Kill(SIGKILL);
-      delete latchd_[h];
-      latchd_[h] = nullptr;
-    }
-    if (lab_ != nullptr) {
-      EXPECT_TRUE(lab_->Stop().ok());
-      delete lab_;
-      lab_ = nullptr;
-    }
+    if (hosts_ != nullptr) EXPECT_TRUE(hosts_->Stop().ok());
+    delete hosts_;
+    hosts_ = nullptr;
   }
 
-  void TearDown() override {
-    if (HasFailure()) {
-      for (int h = 1; h <= kHosts; ++h) {
-        if (latchd_[h]) fprintf(stderr, "== latchd host%d log:\n%s\n", h, latchd_[h]->Log().c_str());
-      }
-    }
-  }
+  void TearDown() override { hosts_->PrintLogsIfFailed(); }
 
   static std::string Area(uint64_t offset = kAreaOffset) {
     return absl::StrCat("lab:", lab_->LeasePath(), ":", offset, ":", kAreaSize);
   }
 
-  // area empty: lease files in the lab's lease_dir.
-  static std::string Config(int h, const std::string& area) {
-    // One name per disk (its identity), so one slot per disk.
-    return absl::StrCat("backends = [ \"sanlock\", \"posixfd\" ]\nlockspace = \"lab\"\n",
-                        "disk_names = \"identity\"\n",
-                        "sanlock_run_dir = \"", lab_->RunDir(h), "\"\n",
-                        "sanlock_host_id = ", h, "\nsanlock_io_timeout = 1\n",
-                        "sanlock_lockspaces = [ \"", lab_->LockspaceSpec(), "\" ]\n",
+  // area empty: lease files in the lab's lease_dir. One name per disk (its
+  // identity), so one slot per disk.
+  static std::string Config(const SanlockLab& lab, int h, const std::string& area) {
+    return absl::StrCat(SanlockHosts::BaseConfig(lab, h), "disk_names = \"identity\"\n",
                         area.empty() ? "" : absl::StrCat("sanlock_lease_areas = [ \"", area, "\" ]\n"),
-                        "sanlock_lease_dir = \"", lab_->LeaseDir(), "\"\n",
-                        "sanlock_notify_dir = \"/tmp\"\nsanlock_poll_ms = 50\n");
+                        "sanlock_lease_dir = \"", lab.LeaseDir(), "\"\n");
   }
+  static std::string Config(int h, const std::string& area) { return Config(*lab_, h, area); }
 
-  static absl::StatusOr<json> Call(LatchdProcess& d, json req) {
-    absl::StatusOr<LatchdClient> c = d.Connect();
-    if (!c.ok()) return c.status();
-    return c->Call(req, absl::Seconds(120));
-  }
-
+  static absl::StatusOr<json> Call(LatchdProcess& d, json req) { return SanlockHosts::Call(d, req); }
   static absl::StatusOr<json> Admin(LatchdProcess& d, json request) {
-    absl::StatusOr<json> r =
-        Call(d, {{"op", "backend_admin"}, {"backend", "sanlock"}, {"request", request}});
-    if (!r.ok()) return r.status();
-    return (*r)["result"];
+    return SanlockHosts::Admin(d, request);
   }
-
-  static json LockspaceState(LatchdProcess& d) {
-    absl::StatusOr<json> st = Call(d, {{"op", "status"}});
-    if (!st.ok()) return json();
-    for (const json& b : (*st)["backends"]) {
-      if (b["name"] == "sanlock") return b["state"]["lockspaces"][0];
-    }
-    return json();
-  }
-
-  static void WaitJoined(LatchdProcess& d) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(40);
-    json ls;
-    while (absl::Now() < deadline) {
-      ls = LockspaceState(d);
-      if (ls.is_object() && ls["state"] == "joined") return;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    FAIL() << "did not join: " << ls.dump() << "\n" << d.Log();
-  }
-
-  static void Register(LatchdProcess& d, const Vm& vm) {
-    ASSERT_TRUE(Call(d, {{"op", "register"}, {"owner", vm.Owner()}, {"policy", "terminate"}}).ok());
-  }
+  static void WaitJoined(LatchdProcess& d) { SanlockHosts::WaitJoined(d); }
+  static void Register(LatchdProcess& d, const Vm& vm) { SanlockHosts::Register(d, vm); }
   static absl::StatusOr<json> Acquire(LatchdProcess& d, const Vm& vm, json resources) {
-    return Call(d, {{"op", "acquire"}, {"uuid", vm.uuid}, {"resources", resources}});
+    return SanlockHosts::Acquire(d, vm, resources);
   }
   static absl::StatusOr<json> Release(LatchdProcess& d, const Vm& vm, json resources) {
-    return Call(d, {{"op", "release"}, {"uuid", vm.uuid}, {"resources", resources}});
+    return SanlockHosts::Release(d, vm, resources);
   }
   static json Disk(const std::string& n) {
     return json::array({{{"disk", absl::StrCat(lab_->options().dir, "/", n, ".img")}}});
@@ -152,10 +105,12 @@ class SanlockSlotsTest : public ::testing::Test {
     return out;
   }
 
+  static SanlockHosts* hosts_;
   static SanlockLab* lab_;
   static LatchdProcess* latchd_[kHosts + 1];
 };
 
+SanlockHosts* SanlockSlotsTest::hosts_ = nullptr;
 SanlockLab* SanlockSlotsTest::lab_ = nullptr;
 LatchdProcess* SanlockSlotsTest::latchd_[kHosts + 1] = {};
 
