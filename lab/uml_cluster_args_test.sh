@@ -29,6 +29,8 @@ expect 1 "--sanlock needs --storage" start "$tmp/a" --sanlock
 expect 1 "must be NAME:MIB" start "$tmp/a" --storage --lun VM:64
 expect 1 "must be NAME:MIB" start "$tmp/a" --storage --lun 'vm;rm:64'
 expect 1 "size 8 MiB is not within 16..65536" start "$tmp/a" --storage --lun vm:8
+expect 1 "sector size 1024 is not 512 or 4096" start "$tmp/a" --storage --lun vm:64:1024
+expect 1 "must be NAME:MIB" start "$tmp/a" --storage --lun vm:64:4096:1
 expect 1 "LUN name 'vm' given twice" start "$tmp/a" --storage --lun vm:64,vm:128
 expect 1 "--sanlock needs a LUN named 'lease'" start "$tmp/a" --storage --sanlock --lun vm:64
 expect 1 "--nfs-lease must be 5..3600 seconds" start "$tmp/a" --storage --nfs-lease 2

@@ -67,6 +67,7 @@ class SanlockAreaClusterTest : public ::testing::Test {
     o.nodes = 3;
     o.storage = true;
     o.sanlock = true;
+    o.luns = {"lease:256", "lease4k:1024:4096"};
     absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start(o);
     ASSERT_TRUE(lab.ok()) << lab.status();
     g_lab = lab->release();
