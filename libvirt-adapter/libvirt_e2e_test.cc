@@ -1,6 +1,7 @@
 // End-to-end: real libvirtd 9.0 + QEMU (TCG, domains without an OS) using
 // latchkey.so, two libvirt "hosts" (lab/libvirt_host.h), one real latchd per
-// host, over one backend chosen with --backend=posixfd|sanlock (for sanlock,
+// host, over one backend chosen with --backend=posixfd|sanlock|sanlock-area
+// (sanlock-area: automatic leases in a lease area on a shared loop device; for sanlock,
 // a real two-host sanlock lab).
 //
 // The shared disks are loop devices. Each host reaches them through device
@@ -41,6 +42,9 @@ using ::testing::HasSubstr;
 using testing::LatchdProcess;
 
 std::string g_backend = "posixfd";
+// --backend=sanlock-area: sanlock with automatic leases as slots of a lease
+// area on the lab's shared loop device (no lease files), formatted once.
+bool g_area = false;
 int g_index_base = 1;  // libvirt host indexes (ports) differ between the two test targets
 
 constexpr int kDisks = 8;
@@ -73,6 +77,10 @@ class LibvirtE2eTest : public ::testing::Test {
       o.lockspace = "lab";
       o.io_timeout = 1;
       o.resources = 2;
+      if (g_area) {
+        o.loop_device = true;
+        o.size_mib = 128;
+      }
       absl::StatusOr<std::unique_ptr<lab::SanlockLab>> l = lab::SanlockLab::Start(o);
       ASSERT_TRUE(l.ok()) << l.status();
       sanlock_ = l->release();
@@ -94,6 +102,15 @@ class LibvirtE2eTest : public ::testing::Test {
     }
     if (sanlock_ != nullptr) {
       for (int h = 1; h <= 2; ++h) WaitJoined(h);
+    }
+    if (g_area) {
+      absl::StatusOr<LatchdClient> c = latchd_[1]->Connect();
+      ASSERT_TRUE(c.ok()) << c.status();
+      absl::StatusOr<json> f =
+          c->Call({{"op", "backend_admin"},
+                   {"backend", "sanlock"},
+                   {"request", {{"command", "format"}, {"lockspace", "lab"}}}});
+      ASSERT_TRUE(f.ok()) << f.status() << latchd_[1]->Log();
     }
     for (int h = 1; h <= 2; ++h) {
       lab::LibvirtHostOptions o;
@@ -166,6 +183,9 @@ class LibvirtE2eTest : public ::testing::Test {
                         "sanlock_host_id = ", h, "\nsanlock_io_timeout = 1\n",
                         "sanlock_lockspaces = [ \"", sanlock_->LockspaceSpec(), "\" ]\n",
                         "sanlock_lease_dir = \"", sanlock_->LeaseDir(), "\"\n",
+                        g_area ? absl::StrCat("sanlock_lease_areas = [ \"lab:", sanlock_->LeasePath(),
+                                              ":16M:96M\" ]\n")
+                               : std::string(),
                         "sanlock_notify_dir = \"/tmp\"\nsanlock_poll_ms = 50\n");
   }
 
@@ -527,6 +547,45 @@ TEST_F(LibvirtE2eTest, LiveMigrationKeepsTheDiskProtected) {
   EXPECT_FALSE(Start(1, "after", {{Disk(7)}}).ok());
 }
 
+// With --backend=sanlock-area a domain's disk lease is a slot of the lease
+// area on the shared device (no lease file), found by the other host.
+TEST_F(LibvirtE2eTest, AutomaticLeasesAreSlotsOfTheLeaseArea) {
+  if (!g_area) GTEST_SKIP() << "only with --backend=sanlock-area";
+  ASSERT_TRUE(Start(1, "slotted", {{Disk(8)}}).ok());
+  json locks = Locks(1, "slotted");
+  ASSERT_FALSE(locks.empty()) << Status(1).dump();
+  absl::StatusOr<LatchdClient> c = latchd_[2]->Connect();
+  ASSERT_TRUE(c.ok());
+  absl::StatusOr<json> r = c->Call({{"op", "backend_admin"},
+                                    {"backend", "sanlock"},
+                                    {"request", {{"command", "leases"}}}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const json ls = (*r)["result"]["lockspaces"][0];
+  EXPECT_EQ(ls["kind"], "slots") << ls.dump();
+  for (const json& l : locks) {
+    bool found = false;
+    for (const json& e : ls["leases"]) {
+      if (e["name"] == l["name"]) {
+        found = true;
+        EXPECT_EQ(e["held"], true) << e.dump();
+        EXPECT_EQ(e["last_holder"], "host1 (host_id 1)") << e.dump();
+      }
+    }
+    EXPECT_TRUE(found) << l.dump() << " not in " << ls.dump();
+  }
+  // No lease files were made.
+  absl::StatusOr<std::string> files =
+      lab::RunCommand({"/usr/bin/find", sanlock_->LeaseDir(), "-type", "f"});
+  ASSERT_TRUE(files.ok());
+  EXPECT_EQ(*files, "");
+  absl::Status s = Start(2, "slotted2", {{Disk(8)}});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("host1"));
+  host_[2]->Virsh({"undefine", "slotted2"}).IgnoreError();
+  ASSERT_TRUE(host_[1]->Virsh({"destroy", "slotted"}).ok());
+  host_[1]->Virsh({"undefine", "slotted"}).IgnoreError();
+}
+
 TEST_F(LibvirtE2eTest, LeaseElements) {
   std::string lease;
   if (g_backend == "sanlock") {
@@ -566,6 +625,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--backend=")) latchkey::g_backend = std::string(a);
+    if (latchkey::g_backend == "sanlock-area") {
+      latchkey::g_backend = "sanlock";
+      latchkey::g_area = true;
+    }
     if (absl::ConsumePrefix(&a, "--index-base=")) latchkey::g_index_base = atoi(std::string(a).c_str());
   }
   return RUN_ALL_TESTS();
