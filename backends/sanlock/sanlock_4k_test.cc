@@ -56,7 +56,9 @@ class Sanlock4kTest : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
-    if (hosts_ != nullptr) EXPECT_TRUE(hosts_->Stop().ok());
+    if (hosts_ != nullptr) {
+      EXPECT_TRUE(hosts_->Stop().ok());
+    }
     delete hosts_;
     hosts_ = nullptr;
   }

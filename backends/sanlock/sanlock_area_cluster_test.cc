@@ -1,7 +1,7 @@
 // Automatic sanlock leases in a lease area on shared block storage with
 // 4096-byte sectors, across the cluster lab's nodes: the lockspace "vms"
 // and its area on the iSCSI LUN "lease4k" (LIO exports it with 4096-byte
-// logical sectors), one latchd per node started from
+// logical sectors; 1 MiB alignment, see the example's header), one latchd per node started from
 // lab/examples/latchd-sanlock-slots.conf and driven with latchctl. Last,
 // the sanlock daemon of a node is killed while an owner holds a lease:
 // latchd stops the owner at once, wdmd lets the watchdog reset the node.
@@ -83,11 +83,13 @@ class SanlockAreaClusterTest : public ::testing::Test {
       // Still joined (orphan leases of a killed latchd keep it in use, as
       // designed): only a restart of the node lets go of it.
       absl::StatusOr<std::string> st = g_lab->Sh(n, "sanlock client status | grep -c '^s vms:' || true");
-      if (st.ok() && *st != "0\n") ASSERT_TRUE(g_lab->Restart(n).ok());
+      if (st.ok() && *st != "0\n") {
+        ASSERT_TRUE(g_lab->Restart(n).ok());
+      }
     }
     absl::StatusOr<std::string> init = g_lab->Sh(
         1, absl::StrCat("dd if=/dev/zero of=", kLun, " bs=8M count=5 oflag=direct 2>&1 && "
-                        "sanlock direct init -o ", kIoTimeout, " -Z 4096 -A 8M -s vms:0:", kLun,
+                        "sanlock direct init -o ", kIoTimeout, " -Z 4096 -A 1M -s vms:0:", kLun,
                         ":0"));
     ASSERT_TRUE(init.ok()) << init.status();
     for (int n = 1; n <= 3; ++n) {
@@ -171,7 +173,7 @@ TEST_F(SanlockAreaClusterTest, BFormatOnceThenEveryNodeUsesTheArea) {
   ASSERT_EQ(r.status, 0) << r.err;
   r = Ctl(2, {"leases"});
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("4096-byte sectors, 8 MiB alignment: 0 of 122 slots used"));
+  EXPECT_THAT(r.out, HasSubstr("4096-byte sectors, 1 MiB alignment: 0 of 990 slots used"));
   std::printf("%s", r.out.c_str());
   ASSERT_EQ(Acquire(a, img).status, 0);
   r = Acquire(b, img);
@@ -192,14 +194,12 @@ TEST_F(SanlockAreaClusterTest, BFormatOnceThenEveryNodeUsesTheArea) {
   EXPECT_EQ(ReleaseAll(b).status, 0);
 }
 
-// Rounds (20, or LATCHKEY_SLOT_ROUNDS): in each, all three nodes create
-// the same new disk's lease at once. One lease per disk, one winner per
-// round.
+// 50 rounds (or LATCHKEY_SLOT_ROUNDS): in each, all three nodes create the
+// same new disk's lease at once. One lease per disk, one winner per round.
 TEST_F(SanlockAreaClusterTest, CRoundsOfEveryNodeCreatingOneDiskAtOnce) {
-  // CI's quick form: 20 rounds (about 5.5 s each on this lab's 4K LUN);
-  // LATCHKEY_SLOT_ROUNDS=50 (1..500) for the full one. sanlock_slots_test
-  // runs 50 rounds on loop devices in every CI run.
-  int kRounds = 20;
+  // 50 rounds (about 1.4 s each here); LATCHKEY_SLOT_ROUNDS (1..500)
+  // changes it.
+  int kRounds = 50;
   if (const char* e = getenv("LATCHKEY_SLOT_ROUNDS")) kRounds = std::clamp(atoi(e), 1, 500);
   const std::string base = Image("race");
   ASSERT_TRUE(g_lab
@@ -237,7 +237,9 @@ TEST_F(SanlockAreaClusterTest, CRoundsOfEveryNodeCreatingOneDiskAtOnce) {
     }
     ASSERT_EQ(winners, 1) << "round " << round;
     for (int i = 0; i < 3; ++i) {
-      if (res[i].status == 0) ASSERT_EQ(ReleaseAll(vms[i]).status, 0);
+      if (res[i].status == 0) {
+        ASSERT_EQ(ReleaseAll(vms[i]).status, 0);
+      }
     }
   }
   const absl::Duration took = absl::Now() - start;

@@ -2017,14 +2017,16 @@ absl::StatusOr<std::unique_ptr<Backend>> NewSanlockBackend(const Config& setting
   if (!sector.ok()) return sector.status();
   absl::StatusOr<int64_t> align_mb = settings.GetInt("align_mb", 0, 0, 8);
   if (!align_mb.ok()) return align_mb.status();
+  // align_mb with the storage's sector size is checked when a lease is made.
   if ((*sector != 0 && *sector != 512 && *sector != 4096) ||
-      (*align_mb != 0 && (*sector == 0 ||
-                          !Geometry::Make(static_cast<uint32_t>(*sector), *align_mb * kMiB).ok()))) {
+      (*align_mb != 0 && *align_mb != 1 && *align_mb != 2 && *align_mb != 4 && *align_mb != 8) ||
+      (*align_mb != 0 && *sector != 0 &&
+       !Geometry::Make(static_cast<uint32_t>(*sector), *align_mb * kMiB).ok())) {
     const ConfigEntry* se = settings.Find("sector_size");
     return absl::InvalidArgumentError(absl::StrCat(
         se ? se->Where() : "<settings>", ": sector_size ", *sector, " with align_mb ", *align_mb,
         " is not a geometry sanlock supports: sector_size 0 (the storage's), 512 or 4096; "
-        "align_mb 0 (1 for 512, 8 for 4096), or 1, 2, 4 or 8 with sector_size 4096"));
+        "align_mb 0 (1 for 512, 8 for 4096), or 1, 2, 4 or 8 (all but 1 need 4096-byte sectors)"));
   }
   s.sector_size = static_cast<uint32_t>(*sector);
   s.align_mb = static_cast<uint64_t>(*align_mb);

@@ -55,7 +55,9 @@ class SanlockSlotsTest : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
-    if (hosts_ != nullptr) EXPECT_TRUE(hosts_->Stop().ok());
+    if (hosts_ != nullptr) {
+      EXPECT_TRUE(hosts_->Stop().ok());
+    }
     delete hosts_;
     hosts_ = nullptr;
   }
@@ -190,7 +192,9 @@ TEST_F(SanlockSlotsTest, BConcurrentCreationMakesOneLeasePerNameAndOneWinner) {
     }
     ASSERT_EQ(winners, 1) << "round " << round;
     for (int h = 1; h <= kHosts; ++h) {
-      if (res[h].ok()) ASSERT_TRUE(Release(*latchd_[h], vms[h], disk).ok());
+      if (res[h].ok()) {
+        ASSERT_TRUE(Release(*latchd_[h], vms[h], disk).ok());
+      }
     }
     if (round == 19) {
       // Freeing while others create: these 20 (and test A's) go.
