@@ -111,34 +111,37 @@ std::string Geometry::ToString() const {
   return absl::StrCat(sector, "-byte sectors, ", align / kMiB, " MiB alignment");
 }
 
-absl::StatusOr<uint64_t> StorageSize(const std::string& path) {
+// stat() of lease storage, which must be a block device or a regular file.
+absl::StatusOr<struct stat> StatStorage(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sanlock: lease storage ", path, ": ", strerror(errno)));
   }
-  if (S_ISBLK(st.st_mode)) {
-    Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    uint64_t size = 0;
-    if (fd.get() < 0 || ioctl(fd.get(), BLKGETSIZE64, &size) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sanlock: cannot size ", path, ": ", strerror(errno)));
-    }
-    return size;
-  }
-  if (!S_ISREG(st.st_mode)) {
+  if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(
         absl::StrCat("sanlock: lease storage ", path, " is neither a file nor a block device"));
   }
-  return static_cast<uint64_t>(st.st_size);
+  return st;
+}
+
+absl::StatusOr<uint64_t> StorageSize(const std::string& path) {
+  absl::StatusOr<struct stat> st = StatStorage(path);
+  if (!st.ok()) return st.status();
+  if (!S_ISBLK(st->st_mode)) return static_cast<uint64_t>(st->st_size);
+  Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  uint64_t size = 0;
+  if (fd.get() < 0 || ioctl(fd.get(), BLKGETSIZE64, &size) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sanlock: cannot size ", path, ": ", strerror(errno)));
+  }
+  return size;
 }
 
 absl::StatusOr<uint32_t> StorageSectorSize(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sanlock: lease storage ", path, ": ", strerror(errno)));
-  }
+  absl::StatusOr<struct stat> stat_or = StatStorage(path);
+  if (!stat_or.ok()) return stat_or.status();
+  const struct stat& st = *stat_or;
   if (S_ISBLK(st.st_mode)) {
     Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
     int size = 0;
@@ -151,10 +154,6 @@ absl::StatusOr<uint32_t> StorageSectorSize(const std::string& path) {
           "sanlock: ", path, " has ", size, "-byte sectors; sanlock supports 512 and 4096"));
     }
     return static_cast<uint32_t>(size);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sanlock: lease storage ", path, " is neither a file nor a block device"));
   }
   // The file system's device, when it has one: its logical block size
   // (a partition's queue is its disk's).
