@@ -1,13 +1,16 @@
 #include "agent/agent.h"
 
 #include <signal.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <optional>
+#include <cstring>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -56,6 +59,27 @@ struct Agent::Held {
   // A backend reported it lost while a request on it was in flight: the
   // request must not end with it held.
   bool lost = false;
+  // Taken by a queued request and not yet claimed (LockView::queued).
+  bool queued = false;
+};
+
+// A waiting request latchd runs for an owner (Agent::Queue).
+// Given up the way a client gives up a waiting acquire: its cancel_fd (a
+// pipe's read end) hangs up when the write end closes (WaitCancelled).
+struct Agent::QueuedRequest {
+  ~QueuedRequest() {
+    GiveUp();
+    if (cancel_fd >= 0) close(cancel_fd);
+  }
+  void GiveUp() {  // under the agent's mu_
+    if (give_up_fd >= 0) close(give_up_fd);
+    give_up_fd = -1;
+  }
+  int cancel_fd = -1;   // the backend's AcquireOptions::cancel_fd
+  int give_up_fd = -1;  // closed to give the request up
+  std::set<std::string> keys;  // what it asked for (HandoffKey)
+  bool done = false;         // its acquire ended (guarded by the agent's mu_)
+  absl::Status result;       // how
 };
 
 struct Agent::OwnerEntry {
@@ -66,6 +90,7 @@ struct Agent::OwnerEntry {
   uid_t registrar = 0;  // the uid that registered it (see Caller)
   bool dead = false;  // its process exited (or it was unregistered)
   std::map<std::string, Held> locks;  // by HandoffKey
+  std::shared_ptr<QueuedRequest> queue;  // its queued request, until claimed or ended
 };
 
 struct Agent::Planned {
@@ -147,12 +172,30 @@ Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
 
 Agent::~Agent() {
   // Stop every thread that calls into the agent before anything it uses
-  // goes: backends' loss reports first, then the owner watch, whose exit
-  // callbacks use the watch itself, the journal and the backends. Members
-  // are destroyed only after both have stopped. Locks are not released: a
-  // stopping latchd leaves them to the journal and the next start.
+  // goes: queued requests (given up), backends' loss reports, then the
+  // owner watch, whose exit callbacks use the watch itself, the journal and
+  // the backends. Members are destroyed only after all have stopped. Held
+  // locks are not released: a stopping latchd leaves them to the journal
+  // and the next start.
+  {
+    absl::MutexLock l(&mu_);
+    stopping_ = true;
+  }
+  CancelQueues();
+  {
+    absl::MutexLock l(&mu_);
+    auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_threads_ == 0; };
+    mu_.Await(absl::Condition(&none));
+  }
   for (LoadedBackend& b : backends_) b.backend->WatchLockLoss(nullptr);
   if (watch_ != nullptr) watch_->Stop();
+}
+
+void Agent::CancelQueues() {
+  absl::MutexLock l(&mu_);
+  for (auto& [uuid, e] : owners_) {
+    if (e->queue != nullptr && !e->queue->done) e->queue->GiveUp();
+  }
 }
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentOptions options) {
@@ -174,6 +217,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(AgentOptions options) {
   return a;
 }
 
+absl::Status CheckBackendExcludes(const std::string& name, const Capabilities& caps,
+                                  const std::vector<std::string>& allowed) {
+  if (!caps.no_exclusion) return absl::OkStatus();
+  for (const std::string& a : allowed) {
+    if (a == name) return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "backend ", name, " grants every request and excludes nobody: it is a benchmark's floor, "
+      "not a lock. latchd loads it only when the configuration lists it in benchmark_backends "
+      "(benchmark_backends = [ \"", name, "\" ])"));
+}
+
 absl::Status Agent::LoadBackends() {
   if (options_.backends.empty()) {
     return absl::InvalidArgumentError("no backend configured ('backends' is empty)");
@@ -191,6 +246,14 @@ absl::Status Agent::LoadBackends() {
                                                           b.status().message()));
     }
     const Capabilities caps = (*b)->capabilities();
+    if (absl::Status s = CheckBackendExcludes(name, caps, options_.benchmark_backends); !s.ok()) {
+      return s;
+    }
+    if (caps.no_exclusion) {
+      spdlog::warn("backend {} grants every request and excludes nobody: for benchmarks only "
+                   "(benchmark_backends)",
+                   name);
+    }
     spdlog::info("backend {} loaded (modes {:#x}{}{})", name, caps.modes,
                  caps.survives_holder_death ? ", locks survive their holder" : "",
                  caps.orphan_adoption ? ", orphan adoption" : "");
@@ -445,7 +508,7 @@ std::vector<LockView> Agent::Views(const OwnerEntry& e) const {
   std::vector<LockView> out;
   for (const auto& [key, h] : e.locks) {
     if (h.state != Held::State::kHeld) continue;
-    out.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0});
+    out.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0, h.queued});
   }
   return FoldDiskNames(std::move(out));
 }
@@ -504,6 +567,13 @@ absl::Status Agent::Recover() {
                     a->record.owner.uuid) <
            std::tie(b->backend, b->record.resource.lockspace, b->record.resource.name,
                     b->record.owner.uuid);
+  });
+  // Locks to keep are adopted before any other row is cleaned up: a backend
+  // may hand over orphans by name and mode only (the DLM), so the clean-up
+  // of an unfinished request could otherwise take (and release) a live
+  // owner's orphan of the same mode (found by crash_cluster_test).
+  std::stable_partition(rows.begin(), rows.end(), [&live](const JournalLock* r) {
+    return live.count(r->record.owner.uuid) > 0 && r->state == JournalLockState::kHeld;
   });
   std::vector<std::pair<std::shared_ptr<OwnerEntry>, std::string>> lost;
   std::vector<std::pair<std::shared_ptr<OwnerEntry>, Held>> lost_disks;
@@ -909,6 +979,7 @@ void Agent::OnOwnerExit(const std::string& uuid, uint64_t generation) {
     entry = it->second;
     entry->dead = true;
     owner = entry->owner;
+    if (entry->queue != nullptr) entry->queue->GiveUp();
     for (auto& [key, h] : entry->locks) {
       if (h.state == Held::State::kHeld) {
         h.state = Held::State::kReleasing;
@@ -981,11 +1052,193 @@ absl::StatusOr<ReleaseResult> Agent::Unregister(const std::string& uuid, const C
 // ---------------------------------------------------------------------------
 // Locks
 
+namespace {
+// How long an acquire with a hand-off state waits for the owner's queued
+// request: the source released before the destination asks, so the grant
+// is due within milliseconds (the DLM's completion AST).
+constexpr absl::Duration kClaimWait = absl::Seconds(5);
+}  // namespace
+
 absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
                                                      const std::vector<ResourceSpec>& specs,
                                                      const AcquireOptions& options,
                                                      const std::optional<std::string>& state,
                                                      const Caller& caller) {
+  const absl::Duration wait = state ? kClaimWait
+                              : options.wait ? options.timeout
+                                             : absl::ZeroDuration();
+  if (auto claimed = Claim(uuid, specs, state, wait, caller)) return *std::move(claimed);
+  return AcquirePlanned(uuid, specs, options, state, caller, /*queued=*/false);
+}
+
+absl::Status Agent::Queue(const std::string& uuid, const std::vector<ResourceSpec>& specs,
+                          const Caller& caller) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  if (specs.empty()) return absl::InvalidArgumentError("queue names no resource");
+  auto q = std::make_shared<QueuedRequest>();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    absl::StatusOr<std::vector<Planned>> p = Plan(specs[i]);
+    if (!p.ok()) {
+      return absl::Status(p.status().code(),
+                          absl::StrCat("resources[", i, "]: ", p.status().message()));
+    }
+    for (const Planned& one : *p) {
+      if (!one.backend->caps.queues) {
+        return absl::UnimplementedError(absl::StrCat(
+            "backend ", one.backend->name, " cannot queue a request ahead of time (no "
+            "ordered queue): acquire when the resource is needed"));
+      }
+      q->keys.insert(one.key);
+    }
+  }
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("queue: pipe: ", strerror(errno)));
+  }
+  q->cancel_fd = fds[0];
+  q->give_up_fd = fds[1];
+  absl::MutexLock l(&mu_);
+  if (stopping_) return absl::UnavailableError("latchd is stopping");
+  absl::StatusOr<std::shared_ptr<OwnerEntry>> found = LiveOwner(uuid, &caller, "queue requests for");
+  if (!found.ok()) return found.status();
+  OwnerEntry& e = **found;
+  if (e.queue != nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(e.owner.Describe(), " has a queued request already"));
+  }
+  for (const std::string& key : q->keys) {
+    auto held = e.locks.find(key);
+    if (held != e.locks.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          e.owner.name, " already holds ", held->second.resource.Describe()));
+    }
+  }
+  e.queue = q;
+  ++queue_threads_;
+  std::thread([this, uuid, specs, caller, q] {
+    AcquireOptions o;
+    o.wait = true;
+    o.timeout = absl::InfiniteDuration();
+    o.cancel_fd = q->cancel_fd;
+    absl::StatusOr<std::vector<LockView>> r =
+        AcquirePlanned(uuid, specs, o, std::nullopt, caller, /*queued=*/true);
+    if (!r.ok()) spdlog::info("queued request of {} ended: {}", uuid, r.status().ToString());
+    absl::MutexLock l(&mu_);
+    q->done = true;
+    q->result = r.status();
+    --queue_threads_;
+  }).detach();
+  return absl::OkStatus();
+}
+
+std::optional<absl::StatusOr<std::vector<LockView>>> Agent::Claim(
+    const std::string& uuid, const std::vector<ResourceSpec>& specs,
+    const std::optional<std::string>& state, absl::Duration wait, const Caller& caller) {
+  std::shared_lock<std::shared_timed_mutex> gate(gate_);
+  {
+    // Most acquires have no queue to claim: answer that before planning
+    // (Plan looks disks' identities up), so they plan once, not twice.
+    absl::MutexLock l(&mu_);
+    auto it = owners_.find(uuid);
+    if (it == owners_.end() || it->second->queue == nullptr) return std::nullopt;
+  }
+  std::vector<Planned> plan;
+  for (const ResourceSpec& spec : specs) {
+    absl::StatusOr<std::vector<Planned>> p = Plan(spec);
+    if (!p.ok()) return std::nullopt;  // the acquire reports it
+    for (Planned& one : *p) plan.push_back(std::move(one));
+  }
+  struct Item {
+    LoadedBackend* backend;
+    Resource resource;
+    LockMode mode;
+    uint64_t token;
+    std::string key;
+  };
+  std::vector<Item> items;
+  std::shared_ptr<OwnerEntry> entry;
+  {
+    absl::MutexLock l(&mu_);
+    absl::StatusOr<std::shared_ptr<OwnerEntry>> found =
+        LiveOwner(uuid, &caller, "acquire locks for");
+    if (!found.ok()) return std::nullopt;
+    entry = *std::move(found);
+    std::shared_ptr<QueuedRequest> q = entry->queue;
+    if (q == nullptr || plan.empty()) return std::nullopt;
+    for (const Planned& p : plan) {
+      if (!q->keys.count(p.key)) return std::nullopt;
+    }
+    auto done = [&q]() { return q->done; };
+    mu_.AwaitWithTimeout(absl::Condition(&done), wait);
+    if (!q->done) {
+      // Not granted in time: give it up; the acquire then asks anew and is
+      // refused naming the holder (or waits, as the caller asked).
+      q->GiveUp();
+      if (!mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(30))) {
+        return absl::StatusOr<std::vector<LockView>>(absl::UnavailableError(absl::StrCat(
+            "the queued request of ", entry->owner.Describe(), " could not be given up")));
+      }
+    }
+    entry->queue.reset();
+    for (const Planned& p : plan) {
+      auto h = entry->locks.find(p.key);
+      if (h == entry->locks.end() || h->second.state != Held::State::kHeld ||
+          !h->second.queued || h->second.mode != p.mode) {
+        return std::nullopt;
+      }
+      items.push_back(Item{p.backend, h->second.resource, p.mode, h->second.token, p.key});
+    }
+  }
+  if (state) {
+    absl::StatusOr<std::map<std::string, HandoffEntry>> handoff = DecodeHandoff(*state);
+    absl::Status bad = handoff.status();
+    for (size_t i = 0; bad.ok() && i < items.size(); ++i) {
+      auto h = handoff->find(items[i].key);
+      if (h == handoff->end()) continue;
+      bad = items[i].backend->backend->CheckSuccession(entry->owner, items[i].resource,
+                                                        items[i].mode, h->second.fencing_token,
+                                                        items[i].token);
+    }
+    if (!bad.ok()) {
+      // The queued grant is not the hand-off's successor: let it go.
+      std::vector<Held> gone;
+      {
+        absl::MutexLock l(&mu_);
+        for (const Item& it : items) {
+          auto h = entry->locks.find(it.key);
+          if (h == entry->locks.end() || h->second.state != Held::State::kHeld) continue;
+          h->second.state = Held::State::kReleasing;
+          gone.push_back(h->second);
+        }
+      }
+      ReleaseHeld(entry->owner, gone, /*forget=*/false, /*must_release=*/true).IgnoreError();
+      {
+        absl::MutexLock l(&mu_);
+        for (const Item& it : items) entry->locks.erase(it.key);
+      }
+      return absl::StatusOr<std::vector<LockView>>(absl::AbortedError(
+          absl::StrCat("hand-off refused: ", bad.message())));
+    }
+  }
+  absl::MutexLock l(&mu_);
+  std::vector<LockView> out;
+  for (const Item& it : items) {
+    auto h = entry->locks.find(it.key);
+    if (h == entry->locks.end() || h->second.state != Held::State::kHeld) {
+      return absl::StatusOr<std::vector<LockView>>(absl::AbortedError(absl::StrCat(
+          it.resource.Describe(), " was lost while its queued grant was claimed")));
+    }
+    h->second.queued = false;
+    out.push_back(LockView{h->second.backend, h->second.resource, h->second.mode,
+                           h->second.token, "", 0});
+  }
+  return absl::StatusOr<std::vector<LockView>>(FoldDiskNames(std::move(out)));
+}
+
+absl::StatusOr<std::vector<LockView>> Agent::AcquirePlanned(
+    const std::string& uuid, const std::vector<ResourceSpec>& specs,
+    const AcquireOptions& options, const std::optional<std::string>& state,
+    const Caller& caller, bool queued) {
   std::shared_lock<std::shared_timed_mutex> gate(gate_);
   if (specs.empty()) return absl::InvalidArgumentError("acquire names no resource");
   std::vector<Planned> plan;
@@ -1048,6 +1301,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
       h.resource = p.resource;
       h.mode = p.mode;
       h.state = Held::State::kAcquiring;
+      h.queued = queued;
       if (p.backend->caps.survives_holder_death) {
         intents.put_locks.push_back(Row(owner, h.backend, h.resource, h.mode, 0, "",
                                         JournalLockState::kAcquiring));
@@ -1131,7 +1385,7 @@ absl::StatusOr<std::vector<LockView>> Agent::Acquire(const std::string& uuid,
         h.token = grants[i].fencing_token;
         h.backend_token = grants[i].backend_token;
         h.state = Held::State::kHeld;
-        out.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0});
+        out.push_back(LockView{h.backend, h.resource, h.mode, h.token, "", 0, h.queued});
       }
       success = FoldDiskNames(std::move(out));
     }
@@ -1573,6 +1827,9 @@ void Agent::ApplyPolicy(const OwnerEntry& e, const std::string& what) {
 
 absl::Status Agent::PrepareExec(absl::Duration drain) {
   if (exec_prepared_) return absl::OkStatus();  // The reexec op came first.
+  // A queued request waits with the gate held: give them up (their owners'
+  // acquires then ask anew).
+  CancelQueues();
   if (!gate_.try_lock_for(std::chrono::milliseconds(absl::ToInt64Milliseconds(drain)))) {
     return absl::UnavailableError(absl::StrCat(
         "requests still in flight after ", absl::FormatDuration(drain),

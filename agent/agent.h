@@ -28,6 +28,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -81,12 +82,22 @@ absl::StatusOr<DiskNames> ParseDiskNames(absl::string_view text);
 struct AgentOptions {
   std::vector<std::string> plugin_path;
   std::vector<std::string> backends = {"posixfd"};  // the first is the default
+  // Backends that exclude nobody (Capabilities::no_exclusion, the nop
+  // backend) are loaded only when named here: they are benchmark floors,
+  // not locks (config key benchmark_backends).
+  std::vector<std::string> benchmark_backends;
   Config backend_config;  // whole config: each backend reads its NAME_ keys
   std::string lockspace = "default";
   std::string journal_path = "/run/latchkey/journal.db";
   absl::Duration default_grace = absl::Seconds(5);
   DiskNames disk_names = DiskNames::kIdentityAndPath;
 };
+
+// OK unless `caps` says backend `name` excludes nobody and `allowed` (the
+// configuration's benchmark_backends) does not name it: then
+// FailedPrecondition saying why latchd will not load it.
+absl::Status CheckBackendExcludes(const std::string& name, const Capabilities& caps,
+                                  const std::vector<std::string>& allowed);
 
 // A resource as a request names it.
 struct ResourceSpec {
@@ -118,6 +129,10 @@ struct LockView {
   uint64_t fencing_token = 0;
   std::string path_name;
   uint64_t path_fencing_token = 0;  // the path name's own grant
+  // Granted from a queued request (Agent::Queue) and not yet claimed by an
+  // acquire: the owner holds it, and its next acquire of it checks the
+  // hand-off state against this grant.
+  bool queued = false;
 };
 
 struct OwnerView {
@@ -193,6 +208,20 @@ class Agent {
                                                 const AcquireOptions& options,
                                                 const std::optional<std::string>& state,
                                                 const Caller& caller);
+  // Queues a waiting request for `specs`, owned by the owner (not by the
+  // caller's connection): granted in the background as soon as the
+  // resources are free, in the backend's queue order; given up when the
+  // owner's process exits, when an acquire of the same resources claims it
+  // and it is not granted in time, or at a re-exec. Only for backends that
+  // queue (Capabilities::queues); others: Unimplemented. One queue per
+  // owner at a time. Returns at once. An `acquire` of the same resources
+  // claims the grant: with a hand-off state it checks that the grant is
+  // the first conflicting one since the state's tokens
+  // (Backend::CheckSuccession). This closes libvirt's migration window: the
+  // destination queues at its register-only acquire, before the source
+  // releases.
+  absl::Status Queue(const std::string& uuid, const std::vector<ResourceSpec>& specs,
+                     const Caller& caller);
   // `specs` nullopt: every lock of the owner.
   absl::StatusOr<ReleaseResult> Release(const std::string& uuid,
                                         const std::optional<std::vector<ResourceSpec>>& specs,
@@ -227,6 +256,7 @@ class Agent {
   struct Held;
   struct OwnerEntry;
   struct Planned;
+  struct QueuedRequest;
   struct LoadedBackend {
     std::string name;
     std::unique_ptr<Backend> backend;
@@ -234,6 +264,20 @@ class Agent {
   };
 
   explicit Agent(AgentOptions options);
+  absl::StatusOr<std::vector<LockView>> AcquirePlanned(const std::string& uuid,
+                                                       const std::vector<ResourceSpec>& specs,
+                                                       const AcquireOptions& options,
+                                                       const std::optional<std::string>& state,
+                                                       const Caller& caller, bool queued);
+  // An acquire of resources the owner queued: waits for the queue (up to
+  // `wait`), checks the hand-off, and returns the views; nullopt when there
+  // is nothing to claim (no queue for these keys, or it was given up: the
+  // caller acquires normally).
+  std::optional<absl::StatusOr<std::vector<LockView>>> Claim(
+      const std::string& uuid, const std::vector<ResourceSpec>& specs,
+      const std::optional<std::string>& state, absl::Duration wait, const Caller& caller);
+  // Gives up every queued request (owner gone, re-exec, shutdown).
+  void CancelQueues();
   absl::Status LoadBackends();
   absl::Status Recover();
   absl::Status RebuildFromBackends();
@@ -307,6 +351,10 @@ class Agent {
   uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
   // Rows that must leave the journal but could not (see ReleaseHeld).
   JournalChange journal_debt_ ABSL_GUARDED_BY(mu_);
+  // Threads running queued requests (detached; the destructor waits until
+  // none runs).
+  int queue_threads_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace latchkey

@@ -36,7 +36,10 @@
 // Knobs for investigation (defaults are the test): LATCHKEY_CRASH_ITERATIONS,
 // LATCHKEY_CRASH_SEED, LATCHKEY_CRASH_MODES (e.g. "ex" or "sr,sw,ex"),
 // LATCHKEY_CRASH_FAULTS (fault point names, comma-separated, or "none" for
-// SIGKILL only); pass them with --test_env.
+// SIGKILL only); pass them with --test_env. LATCHKEY_CRASH_CONFIG is added
+// to latchd's configuration (another backend: agent/crash_cluster_test runs
+// this binary in a cluster lab node on the DLM and on sanlock, with
+// LATCHKEY_LATCHD and LATCHKEY_PLUGIN_DIR naming latchd and the plugins).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -87,7 +90,15 @@ constexpr int kWorkers = 4;
 constexpr int kDisks = 4;
 constexpr int kResources = kDisks + 1;  // the last one is a lease
 constexpr size_t kMaxHeld = 2;          // locks a worker holds at once
-constexpr char kLockspace[] = "crashtest";
+// LATCHKEY_CRASH_LOCKSPACE: a lockspace the backend has (sanlock's are
+// configured, not created).
+const std::string& LockspaceName() {
+  static const std::string* name = [] {
+    const char* e = getenv("LATCHKEY_CRASH_LOCKSPACE");
+    return new std::string(e != nullptr ? e : "crashtest");
+  }();
+  return *name;
+}
 constexpr int kMaxMessages = 64;
 constexpr int kDefaultIterations = 200;
 
@@ -169,14 +180,14 @@ int WorkerOf(const std::string& uuid) {
 }
 
 json Spec(int r, std::optional<LockMode> mode) {
-  json s = {{"lockspace", kLockspace}};
+  json s = {{"lockspace", LockspaceName()}};
   s[g_res[r].lease ? "lease" : "disk"] = g_res[r].target;
   if (mode) s["mode"] = LockModeName(*mode);
   return s;
 }
 
 int ResourceIndex(const std::string& lockspace, const std::string& name) {
-  if (lockspace != kLockspace) return -1;
+  if (lockspace != LockspaceName()) return -1;
   for (int r = 0; r < kResources; ++r) {
     if (g_res[r].name == name || (!g_res[r].path_name.empty() && g_res[r].path_name == name)) {
       return r;
@@ -425,7 +436,12 @@ class Worker {
         Call({{"op", "acquire"}, {"uuid", uuid_}, {"resources", specs}, {"wait", false}});
     if (!reply.ok()) {
       if (!client_) return;  // latchd died: whether it was granted is uncertain
-      if (reply.status().code() == absl::StatusCode::kUnavailable) {
+      // Refused, nothing taken: busy, or (sanlock) a lockspace still
+      // joining after latchd's start, which the backend documents as
+      // "retry, or wait" (backends/sanlock/README.md, Errors).
+      if (reply.status().code() == absl::StatusCode::kUnavailable ||
+          (reply.status().code() == absl::StatusCode::kFailedPrecondition &&
+           absl::StrContains(reply.status().message(), "is still joining"))) {
         for (int r : free) me_.uncertain[r].store(0);
         me_.refusals++;
         return;
@@ -644,6 +660,29 @@ void CheckJournal(const std::string& path, bool may_be_missing, int iteration) {
 }
 
 // latchd is up, the workers are parked.
+// Waits (up to 15 s) until every backend of latchd is healthy: a sanlock
+// lockspace joins in the background after each start, and traffic sent
+// meanwhile would be refused. Returns the last complaint, or "".
+std::string WaitHealthy(const LatchdProcess& d) {
+  std::string why = "no answer";
+  const absl::Time until = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < until) {
+    absl::StatusOr<LatchdClient> c = d.Connect(absl::Seconds(5));
+    absl::StatusOr<json> st = c.ok() ? c->Call({{"op", "status"}}, absl::Seconds(10)) : c.status();
+    if (st.ok() && (*st)["backends"].is_array()) {
+      why.clear();
+      for (const json& b : (*st)["backends"]) {
+        if (!b.value("healthy", false)) why = b.dump();
+      }
+      if (why.empty()) return "";
+    } else if (!st.ok()) {
+      why = st.status().ToString();
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return why;
+}
+
 void CheckStatus(const LatchdProcess& d, const std::string& where) {
   absl::StatusOr<LatchdClient> c = d.Connect(absl::Seconds(5));
   absl::StatusOr<json> st = c.ok() ? c->Call({{"op", "status"}}, absl::Seconds(10)) : c.status();
@@ -734,11 +773,15 @@ TEST(CrashTest, CrashesKeepJournalConsistentAndLocksExclusive) {
     t.label = absl::StrCat("disk", i);
     t.target = absl::StrCat(images, "/vm", i, ".qcow2");
     std::ofstream(t.target) << "image " << i << "\n";
-    absl::StatusOr<Resource> r = Resource::Disk(t.target, kLockspace);
+    // Names as the backend cuts them (LATCHKEY_CRASH_NAME_LEN: sanlock's 47).
+    size_t name_len = kMaxNameLen;
+    ASSERT_TRUE(absl::SimpleAtoi(EnvOr("LATCHKEY_CRASH_NAME_LEN", std::to_string(kMaxNameLen)),
+                                 &name_len));
+    absl::StatusOr<Resource> r = Resource::Disk(t.target, LockspaceName(), name_len);
     ASSERT_TRUE(r.ok()) << r.status();
     t.name = r->name;
     // latchd's default disk_names = "identity+path" takes this name too.
-    t.path_name = DiskResourceName(r->path);
+    t.path_name = DiskResourceName(r->path, name_len);
     g_res.push_back(t);
   }
   {
@@ -746,7 +789,7 @@ TEST(CrashTest, CrashesKeepJournalConsistentAndLocksExclusive) {
     t.label = "lease";
     t.lease = true;
     t.target = "crash-lease";
-    absl::StatusOr<Resource> r = Resource::Lease(kLockspace, t.target);
+    absl::StatusOr<Resource> r = Resource::Lease(LockspaceName(), t.target);
     ASSERT_TRUE(r.ok()) << r.status();
     t.name = r->name;
     g_res.push_back(t);
@@ -757,7 +800,7 @@ TEST(CrashTest, CrashesKeepJournalConsistentAndLocksExclusive) {
   ASSERT_NE(mem, MAP_FAILED);
   g_shared = new (mem) Shared();
 
-  LatchdProcess d(dir + "/latchd");
+  LatchdProcess d(dir + "/latchd", EnvOr("LATCHKEY_CRASH_CONFIG", ""));
   // Parked from the start: no latchd runs yet.
   g_shared->pause_word.store(g_epoch << 1 | 1);
   std::vector<pid_t> workers;
@@ -814,6 +857,10 @@ TEST(CrashTest, CrashesKeepJournalConsistentAndLocksExclusive) {
       continue;
     }
     CheckStatus(d, absl::StrCat("latchd status after restart ", it));
+    if (const std::string why = WaitHealthy(d); !why.empty() && d.running()) {
+      Fail(&g_shared->c.latchd_failures,
+           absl::StrCat("iteration ", it, ": a backend stayed unhealthy: ", why.substr(0, 500)));
+    }
     ResumeWorkers();
     if (fault != nullptr) {
       int st = 0;

@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cerrno>
 #include <cstdio>
@@ -97,12 +98,22 @@ absl::StatusOr<Settings> ReadSettings(const Config& c) {
                                      "socket", "allowed_uids", "terminate_grace_ms",
                                      "max_clients", "max_clients_per_uid", "idle_timeout_ms",
                                      "request_timeout_ms", "log_level", "log_syslog",
-                                     "disk_names"},
+                                     "disk_names", "benchmark_backends"},
                                     prefixes);
       !st.ok()) {
     return st;
   }
   s.agent.backends = *backends;
+  absl::StatusOr<std::vector<std::string>> bench = c.GetStringList("benchmark_backends", {});
+  if (!bench.ok()) return bench.status();
+  for (const std::string& b : *bench) {
+    if (std::find(backends->begin(), backends->end(), b) == backends->end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "benchmark_backends names '", b, "', which 'backends' does not list (",
+          absl::StrJoin(*backends, ", "), ")"));
+    }
+  }
+  s.agent.benchmark_backends = *bench;
   absl::StatusOr<std::vector<std::string>> path =
       c.GetStringList("plugin_path", DefaultPluginPath());
   absl::StatusOr<std::string> ls = c.GetString("lockspace", "default");
@@ -372,9 +383,13 @@ int Main(int argc, char** argv) {
     absl::StatusOr<std::unique_ptr<Backend>> b;
     for (const std::string& name : settings->agent.backends) {
       b = LoadBackend(settings->agent.plugin_path, name, config.Section(name + "_"));
-      if (!b.ok()) {
+      const absl::Status st =
+          b.ok() ? CheckBackendExcludes(name, (*b)->capabilities(),
+                                        settings->agent.benchmark_backends)
+                 : b.status();
+      if (!st.ok()) {
         fprintf(stderr, "latchd: backend %s: %s\n", name.c_str(),
-                std::string(b.status().message()).c_str());
+                std::string(st.message()).c_str());
         return 2;
       }
     }

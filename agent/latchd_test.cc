@@ -416,6 +416,11 @@ TEST_F(LatchdTest, BadRequestsGetClearErrorsAndLoseNothing) {
        absl::StatusCode::kInvalidArgument, "backend 'nope' is not loaded"},
       {{{"op", "acquire"}, {"uuid", a.uuid}, {"resources", {{{"disk", Disk("a")}}}}},
        absl::StatusCode::kFailedPrecondition, "already holds"},
+      // posixfd has no ordered queue; nothing is queued or changed.
+      {{{"op", "queue"}, {"uuid", a.uuid}, {"resources", {{{"disk", Disk("x")}}}}},
+       absl::StatusCode::kUnimplemented, "cannot queue a request ahead of time"},
+      {{{"op", "queue"}, {"uuid", a.uuid}, {"resources", json::array()}},
+       absl::StatusCode::kInvalidArgument, "queue names no resource"},
       {{{"op", "acquire"}, {"uuid", "not-a-uuid"}, {"resources", {{{"disk", Disk("x")}}}}},
        absl::StatusCode::kNotFound, "not registered"},
       {{{"op", "acquire"}, {"uuid", a.uuid}, {"resources", {{{"disk", Disk("x")}}}}, {"state", "junk"}},
@@ -578,6 +583,49 @@ TEST_F(LatchdTest, SecondLatchdOnTheSameStateDirectoryIsRefused) {
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("another latchd is running"));
   EXPECT_TRUE(Call({{"op", "hello"}}).ok());
+}
+
+// The nop backend grants every request: latchd loads it only when the
+// configuration says it is there for benchmarking, and says so in its log.
+TEST(BenchmarkBackendTest, NopIsLoadedOnlyWhenBenchmarkBackendsNamesIt) {
+  LatchdProcess refused(TempDir("nop-refused"), "backends = [ \"posixfd\", \"nop\" ]\n");
+  absl::Status s = refused.Start({}, absl::Seconds(5));
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(refused.Log(), HasSubstr("backend nop grants every request and excludes nobody"));
+  EXPECT_THAT(refused.Log(), HasSubstr("benchmark_backends"));
+
+  LatchdProcess typo(TempDir("nop-typo"),
+                     "backends = [ \"posixfd\" ]\nbenchmark_backends = [ \"nop\" ]\n");
+  ASSERT_FALSE(typo.Start({}, absl::Seconds(5)).ok());
+  EXPECT_THAT(typo.Log(), HasSubstr("benchmark_backends names 'nop', which 'backends' does not list"));
+
+  LatchdProcess ok(TempDir("nop-ok"), "backends = [ \"posixfd\", \"nop\" ]\n"
+                                      "benchmark_backends = [ \"nop\" ]\n");
+  ASSERT_TRUE(ok.Start().ok()) << ok.Log();
+  EXPECT_THAT(ok.Log(), HasSubstr("for benchmarks only"));
+  absl::StatusOr<LatchdClient> c = ok.Connect();
+  ASSERT_TRUE(c.ok()) << c.status();
+  // Two owners both get the same lease exclusively: nop excludes nobody,
+  // and latchd's own bookkeeping (journal, status) works as for any backend.
+  Vm a("vm-a"), b("vm-b");
+  for (const Vm* vm : {&a, &b}) {
+    absl::StatusOr<json> r = c->Call({{"op", "register"}, {"owner", vm->Owner()}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    r = c->Call({{"op", "acquire"},
+                 {"uuid", vm->uuid},
+                 {"resources", {{{"lease", "bench-1"}, {"backend", "nop"}, {"mode", "exclusive"}}}}});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  absl::StatusOr<json> st = c->Call({{"op", "status"}});
+  ASSERT_TRUE(st.ok()) << st.status();
+  int locks = 0;
+  for (const json& o : (*st)["owners"]) locks += static_cast<int>(o["locks"].size());
+  EXPECT_EQ(locks, 2) << st->dump();
+  // The default backend (posixfd) is a lock as always.
+  EXPECT_TRUE(
+      c->Call({{"op", "acquire"}, {"uuid", a.uuid}, {"resources", {{{"lease", "real-1"}}}}}).ok());
+  EXPECT_FALSE(
+      c->Call({{"op", "acquire"}, {"uuid", b.uuid}, {"resources", {{{"lease", "real-1"}}}}}).ok());
 }
 
 TEST_F(LatchdTest, BadConfigNamesTheLine) {

@@ -201,6 +201,7 @@ json LockJson(const LockView& l) {
          {"offset", l.resource.offset},
          {"mode", LockModeName(l.mode)},
          {"fencing_token", l.fencing_token}};
+  if (l.queued) j["queued"] = true;
   if (l.resource.kind == ResourceKind::kDisk) {
     // Which scheme made the name, and what the disk is (docs/disk-identity.md).
     j["naming"] = DiskNamingName(l.resource.naming);
@@ -355,11 +356,11 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
     *reexec = true;
     return json::object();
   }
-  if (op != "set_policy" && op != "acquire" && op != "release" && op != "inquire" &&
-      op != "unregister") {
+  if (op != "set_policy" && op != "acquire" && op != "queue" && op != "release" &&
+      op != "inquire" && op != "unregister") {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown op '", op,
-        "' (expected hello, register, set_policy, acquire, release, inquire, unregister, "
+        "' (expected hello, register, set_policy, acquire, queue, release, inquire, unregister, "
         "holders, status, backend_admin or reexec)"));
   }
   if (absl::Status s = f.String("uuid", &uuid, true); !s.ok()) return s;
@@ -393,6 +394,14 @@ absl::StatusOr<json> Dispatch(Agent* agent, const std::string& op, Fields& f,
     absl::StatusOr<std::vector<LockView>> locks = agent->Acquire(uuid, specs, opts, st, caller);
     if (!locks.ok()) return locks.status();
     return json{{"locks", LocksJson(*locks)}};
+  }
+  if (op == "queue") {
+    std::vector<ResourceSpec> specs;
+    absl::Status s = ParseSpecs(f.Object("resources"), &specs);
+    if (s.ok()) s = f.CheckUnknown();
+    if (s.ok()) s = agent->Queue(uuid, specs, caller);
+    if (!s.ok()) return s;
+    return json{{"queued", true}};
   }
   if (op == "release" || op == "unregister") {
     std::optional<std::vector<ResourceSpec>> specs;
@@ -520,6 +529,12 @@ std::string Server::Handle(const std::string& line, const Caller& caller, int ca
   if (!result.ok()) {
     spdlog::debug("{} refused: {}", op, result.status().ToString());
     return Dump(ErrorJson(id, result.status()));
+  }
+  // One line per change that succeeded, with its caller: the lab measures
+  // hand-off windows between nodes from these (docs/libvirt.md).
+  if (op == "acquire" || op == "release" || op == "queue" || op == "register" ||
+      op == "unregister") {
+    spdlog::debug("{} done for pid {}", op, caller.pid);
   }
   json out = {{"v", kProtocolVersion}, {"id", id}, {"ok", true}};
   out.update(*result);

@@ -100,6 +100,8 @@ Capabilities FromAbi(const lk_capabilities& c) {
   out.orphan_adoption = (c.flags & LK_CAP_ORPHAN_ADOPTION) != 0;
   out.holder_identity = (c.flags & LK_CAP_HOLDER_IDENTITY) != 0;
   out.fencing_tokens = (c.flags & LK_CAP_FENCING_TOKENS) != 0;
+  out.queues = (c.flags & LK_CAP_QUEUES) != 0;
+  out.no_exclusion = (c.flags & LK_CAP_NO_EXCLUSION) != 0;
   out.max_name_len = c.max_name_len == 0 || c.max_name_len > kMaxNameLen ? kMaxNameLen
                                                                           : c.max_name_len;
   return out;

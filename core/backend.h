@@ -68,6 +68,13 @@ struct Capabilities {
   bool holder_identity = false;
   // Grants carry fencing tokens that grow per resource.
   bool fencing_tokens = false;
+  // Waiting requests are granted in the order they were queued
+  // (LK_CAP_QUEUES), and CheckSuccession works.
+  bool queues = false;
+  // The backend grants every request and excludes nobody (LK_CAP_NO_EXCLUSION:
+  // the nop backend, a benchmark's floor). Not a lock: latchd refuses to
+  // load it unless its configuration lists it in benchmark_backends.
+  bool no_exclusion = false;
   // Lockspace and resource names are limited to this many bytes.
   size_t max_name_len = kMaxNameLen;
 };
@@ -210,6 +217,23 @@ class Backend {
   // JSON object {"command": NAME, ...}; the result is JSON text. The
   // default has none (Unimplemented). Held locks are never touched by a
   // command that fails.
+  // Whether `granted_token`, owner's grant of `resource` in `mode`, is the
+  // first grant conflicting with `mode` since the one that carried
+  // `since_token`: the hand-off check of expect_token, made after a grant
+  // that was queued before the token was known. Aborted when someone else
+  // was granted in between; Unimplemented when the backend cannot tell.
+  virtual absl::Status CheckSuccession(const Owner& owner, const Resource& resource,
+                                       LockMode mode, uint64_t since_token,
+                                       uint64_t granted_token) {
+    (void)owner;
+    (void)resource;
+    (void)mode;
+    (void)since_token;
+    (void)granted_token;
+    return absl::UnimplementedError(
+        absl::StrCat("backend ", name(), " cannot check a hand-off after the grant"));
+  }
+
   virtual absl::StatusOr<std::string> Admin(const std::string& request) {
     (void)request;
     return absl::UnimplementedError(

@@ -25,6 +25,13 @@
  *      acquire or convert ends when its caller gives up.
  *   5  admin: administrative commands on the backend's own objects (the
  *      sanlock backend's lease areas), for `latchctl leases`.
+ *   6  check_succession and LK_CAP_QUEUES: a waiting request queued before
+ *      a holder lets go is granted before anyone asking later, and a grant
+ *      can be checked to be the first conflicting one since a token (how
+ *      latchd closes libvirt's migration window).
+ *   7  LK_CAP_NO_EXCLUSION: a backend that grants every request (the nop
+ *      backend, the floor of a benchmark). A loader of version 6 would
+ *      take it for a lock, so the version changes with the flag.
  *
  * Plugin authors normally do not write against this header directly: they
  * implement latchkey::Backend and export it with LATCHKEY_EXPORT_BACKEND
@@ -40,7 +47,7 @@
 extern "C" {
 #endif
 
-#define LK_BACKEND_ABI_VERSION 5u
+#define LK_BACKEND_ABI_VERSION 7u
 #define LK_BACKEND_SYMBOL "latchkey_backend"
 
 /* Lock modes (same numbers as latchkey::LockMode). */
@@ -57,6 +64,13 @@ extern "C" {
 #define LK_CAP_ORPHAN_ADOPTION 0x2u
 #define LK_CAP_HOLDER_IDENTITY 0x4u
 #define LK_CAP_FENCING_TOKENS 0x8u
+/* Waiting requests are queued in order: one queued before the holder lets
+ * go is granted before any request made later (the DLM's queues). */
+#define LK_CAP_QUEUES 0x10u
+/* The backend grants every request and excludes nobody: no conflict is
+ * ever refused or waited for. Only for measuring the framework's own cost;
+ * latchd loads such a backend only when configured to (benchmark_backends). */
+#define LK_CAP_NO_EXCLUSION 0x20u
 
 /* lk_acquire_options.flags */
 #define LK_ACQUIRE_WAIT 0x1u
@@ -203,6 +217,16 @@ typedef struct lk_backend_descriptor {
    * (Unimplemented) naming itself (latchkey::Backend::Admin). */
   int (*admin)(lk_backend *backend, const char *request, lk_text_fn emit,
                void *ctx, lk_error *err);
+  /* Since version 6. Whether `granted_token`, a grant in `mode` the owner
+   * holds on `resource`, is the first grant conflicting with `mode` since
+   * the grant that carried `since_token` (a hand-off checked after the
+   * grant: the request was queued before the state was known). 0, or code
+   * 10 (Aborted) naming what moved; 12 (Unimplemented) when the backend
+   * cannot tell (latchkey::Backend::CheckSuccession). */
+  int (*check_succession)(lk_backend *backend, const lk_owner *owner,
+                          const lk_resource *resource, uint32_t mode,
+                          uint64_t since_token, uint64_t granted_token,
+                          lk_error *err);
 } lk_backend_descriptor;
 
 #ifdef __cplusplus

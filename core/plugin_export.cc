@@ -55,6 +55,16 @@ absl::Status CheckedInput(Backend* backend, const lk_owner* owner, const lk_reso
   return absl::OkStatus();
 }
 
+// The checked owner and resource of a call that names both (this thread's
+// copies: valid until the thread's next call).
+absl::Status OwnerAndResource(lk_backend* backend, const lk_owner* owner,
+                              const lk_resource* resource, Owner** o, Resource** r) {
+  if (backend == nullptr) return NullBackend();
+  *o = &ThreadOwner();
+  *r = &ThreadResource();
+  return CheckedInput(Cast(backend), owner, resource, *o, *r, Cast(backend)->capabilities());
+}
+
 absl::Status DoAcquireOrConvert(bool convert, lk_backend* backend, const lk_owner* owner,
                                 const lk_resource* resource, uint32_t mode,
                                 const lk_acquire_options* options, lk_grant* out) {
@@ -120,15 +130,10 @@ int Convert(lk_backend* backend, const lk_owner* owner, const lk_resource* resou
 int Release(lk_backend* backend, const lk_owner* owner, const lk_resource* resource,
             lk_error* err) {
   return Guard(err, [&]() -> absl::Status {
-    if (backend == nullptr) return NullBackend();
-    Owner& o = ThreadOwner();
-    Resource& r = ThreadResource();
-    if (absl::Status s = CheckedInput(Cast(backend), owner, resource, &o, &r,
-                                      Cast(backend)->capabilities());
-        !s.ok()) {
-      return s;
-    }
-    return Cast(backend)->Release(o, r);
+    Owner* o = nullptr;
+    Resource* r = nullptr;
+    if (absl::Status s = OwnerAndResource(backend, owner, resource, &o, &r); !s.ok()) return s;
+    return Cast(backend)->Release(*o, *r);
   });
 }
 
@@ -226,6 +231,18 @@ int Admin(lk_backend* backend, const char* request, lk_text_fn emit, void* ctx, 
     if (!out.ok()) return out.status();
     emit(ctx, out->c_str());
     return absl::OkStatus();
+  });
+}
+
+int CheckSuccession(lk_backend* backend, const lk_owner* owner, const lk_resource* resource,
+                    uint32_t mode, uint64_t since_token, uint64_t granted_token, lk_error* err) {
+  return Guard(err, [&]() -> absl::Status {
+    Owner* o = nullptr;
+    Resource* r = nullptr;
+    if (absl::Status s = OwnerAndResource(backend, owner, resource, &o, &r); !s.ok()) return s;
+    absl::StatusOr<LockMode> m = LockModeFromInt(mode);
+    if (!m.ok()) return m.status();
+    return Cast(backend)->CheckSuccession(*o, *r, *m, since_token, granted_token);
   });
 }
 

@@ -52,6 +52,8 @@ int PrepareExec(lk_backend* backend, lk_error* err);
 void FinishAdoption(lk_backend* backend);
 int DescribeState(lk_backend* backend, lk_text_fn emit, void* ctx, lk_error* err);
 int Admin(lk_backend* backend, const char* request, lk_text_fn emit, void* ctx, lk_error* err);
+int CheckSuccession(lk_backend* backend, const lk_owner* owner, const lk_resource* resource,
+                    uint32_t mode, uint64_t since_token, uint64_t granted_token, lk_error* err);
 void WatchEvents(lk_backend* backend, lk_event_fn fn, void* ctx);
 
 template <Factory F>
@@ -79,7 +81,8 @@ constexpr lk_backend_descriptor Describe(const char* name, const char* descripti
                                &FinishAdoption,
                                &DescribeState,
                                &WatchEvents,
-                               &Admin};
+                               &Admin,
+                               &CheckSuccession};
 }
 
 }  // namespace plugin_export

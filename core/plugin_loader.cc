@@ -98,6 +98,7 @@ absl::StatusOr<const lk_backend_descriptor*> LoadDescriptor(const std::string& f
       {"describe_state", d->describe_state != nullptr},
       {"watch_events", d->watch_events != nullptr},
       {"admin", d->admin != nullptr},
+      {"check_succession", d->check_succession != nullptr},
   };
   for (const auto& [entry, present] : entries) {
     if (!present) {
@@ -217,6 +218,17 @@ class PluginBackend final : public Backend {
         &err);
     if (rc != 0) return abi::ErrorToStatus(rc, err);
     return text;
+  }
+
+  absl::Status CheckSuccession(const Owner& owner, const Resource& resource, LockMode mode,
+                               uint64_t since_token, uint64_t granted_token) override {
+    const lk_owner o = abi::ToAbi(owner);
+    const lk_resource r = abi::ToAbi(resource);
+    lk_error err{};
+    return abi::ErrorToStatus(
+        d_->check_succession(handle_, &o, &r, static_cast<uint32_t>(mode), since_token,
+                             granted_token, &err),
+        err);
   }
 
   void WatchLockLoss(LockLossHandler handler) override {

@@ -205,7 +205,7 @@ TEST_F(PluginLoaderTest, WrongAbiAndMissingSymbolNameTheFile) {
   absl::StatusOr<std::unique_ptr<Backend>> b = LoadBackend({dir_}, "badabi", Config());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(b.status().message(), HasSubstr(dir_ + "/latchkey-badabi.so"));
-  EXPECT_THAT(b.status().message(), HasSubstr("ABI version 99; this latchkey speaks version 5"));
+  EXPECT_THAT(b.status().message(), HasSubstr("ABI version 99; this latchkey speaks version 7"));
 
   b = LoadBackend({dir_}, "nosymbol", Config());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);

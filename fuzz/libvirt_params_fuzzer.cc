@@ -80,8 +80,9 @@ Behaviour g_behaviour;  // guarded by g_mu
 int g_responses = 0;    // guarded by g_mu
 json g_locks = json::array();  // what the fake latchd holds for the domain
 
-const char* const kOps[] = {"hello",   "register", "set_policy", "acquire", "release",
-                            "inquire", "unregister", "holders",  "status",  "reexec"};
+const char* const kOps[] = {"hello",   "register",   "set_policy", "acquire", "queue",
+                            "release", "inquire",    "unregister", "holders", "status",
+                            "reexec"};
 
 void CheckSpec(const json& spec) {
   FUZZ_CHECK(spec.is_object(), spec.dump());
@@ -139,7 +140,7 @@ std::string Answer(const std::string& line) {
       resp["grace_ms"] = req["grace_ms"];
       resp["locks"] = g_locks;
     }
-  } else if (op == "holders" || op == "acquire" || op == "release") {
+  } else if (op == "holders" || op == "acquire" || op == "queue" || op == "release") {
     const json* specs = req.contains("resources") ? &req["resources"] : nullptr;
     if (op != "release") FUZZ_CHECK(specs != nullptr && specs->is_array() && !specs->empty(), line);
     if (specs != nullptr) {
@@ -147,7 +148,10 @@ std::string Answer(const std::string& line) {
       for (const json& s : *specs) CheckSpec(s);
     }
     if (op == "acquire" && req.contains("state")) FUZZ_CHECK(req["state"].is_string(), line);
-    if (op == "holders") {
+    if (op == "queue") {
+      // The fake stands for posixfd, which has no ordered queue.
+      refuse("unimplemented", "backend posixfd cannot queue a request ahead of time");
+    } else if (op == "holders") {
       json views = json::array();
       for (const json& s : *specs) {
         json r = {{"backend", s.value("backend", "posixfd")},

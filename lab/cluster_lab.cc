@@ -279,6 +279,7 @@ std::vector<std::string> WithWire(std::vector<std::string> args, const std::stri
 absl::Status ClusterLab::Freeze(int node) { return ToolOk({"freeze", dir_, absl::StrCat(node)}); }
 absl::Status ClusterLab::Thaw(int node) { return ToolOk({"thaw", dir_, absl::StrCat(node)}); }
 absl::Status ClusterLab::Kill(int node) { return ToolOk({"kill", dir_, absl::StrCat(node)}); }
+absl::Status ClusterLab::Reset() { return ToolOk({"reset", dir_}); }
 absl::Status ClusterLab::Restart(int node) { return ToolOk({"restart", dir_, absl::StrCat(node)}); }
 absl::Status ClusterLab::Cut(int node, const std::string& wire) {
   return ToolOk(WithWire({"cut", dir_, absl::StrCat(node)}, wire));

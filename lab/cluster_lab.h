@@ -91,6 +91,10 @@ class ClusterLab {
   // Copies files (and the libraries they need) into the nodes' /shared/bin.
   absl::Status Install(const std::vector<std::string>& files);
 
+  // `uml-cluster reset`: every fault lifted, leftover commands killed, dead
+  // or damaged machines restarted, the cluster whole again.
+  absl::Status Reset();
+
   // Node faults.
   absl::Status Freeze(int node);
   absl::Status Thaw(int node);

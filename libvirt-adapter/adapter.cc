@@ -538,6 +538,24 @@ absl::Status CheckFree(Session& s, const AdapterConfig& c, const Domain& d) {
   return absl::OkStatus();
 }
 
+// Where the backend queues (the DLM), asks latchd to queue the domain's
+// requests now, at the register-only acquire in the QEMU child: for an
+// incoming migration the source still holds the disk, and a request queued
+// before it lets go is granted before anyone asking later, so the window
+// between the source's release and the destination's acquire is closed.
+// The queue belongs to the registered owner (this QEMU) and ends with it;
+// the daemon-side acquire claims it (checking the migration state's tokens)
+// or, if it is not granted, gives it up and is refused as usual. Failures
+// change nothing: the acquire then asks as before.
+void QueueAhead(Session& s, const AdapterConfig& c, const Domain& d) {
+  json specs = json::array();
+  for (const DomainResource& r : d.resources) {
+    if (std::optional<json> spec = SpecFor(c, r)) specs.push_back(*std::move(spec));
+  }
+  if (specs.empty()) return;
+  (void)s.Call({{"op", "queue"}, {"uuid", d.uuid}, {"resources", specs}});
+}
+
 // Checks the domain's text and lock-failure policy, connects, checks the
 // backend (when the config names one) and registers the domain.
 absl::StatusOr<Session> OpenRegistered(const AdapterConfig& c, const Domain& d, int on_failure) {
@@ -600,7 +618,9 @@ absl::Status Adapter::Register(const Domain& d, int on_failure) const {
   }
   absl::StatusOr<Session> s = OpenRegistered(config_, d, on_failure);
   if (!s.ok()) return s.status();
-  return CheckFree(*s, config_, d);
+  if (absl::Status st = CheckFree(*s, config_, d); !st.ok()) return st;
+  QueueAhead(*s, config_, d);
+  return absl::OkStatus();
 }
 
 absl::Status Adapter::Acquire(const Domain& d, const std::string& state, int on_failure) const {
@@ -616,7 +636,10 @@ absl::Status Adapter::Acquire(const Domain& d, const std::string& state, int on_
     if (!spec) continue;
     bool already = false;
     if (held->has_value()) {
-      for (const json& l : (**held)["locks"]) already |= Matches(config_, l, r);
+      // A lock granted from the queue is claimed by acquiring it again.
+      for (const json& l : (**held)["locks"]) {
+        already |= Matches(config_, l, r) && !l.value("queued", false);
+      }
     }
     if (already) continue;
     what.push_back(absl::StrCat(r.lease ? "lease " : "disk ", r.name, " ",

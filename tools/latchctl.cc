@@ -69,6 +69,13 @@ Commands:
                        release every lock of the owner and forget it
   acquire RESOURCE... --uuid UUID [--wait SECONDS] [--state STATE] [--json]
                        take all the resources for the owner, or none
+  queue RESOURCE... --uuid UUID
+                       queue requests for the owner, granted in the background
+                       as soon as the resources are free, before anyone asking
+                       later (backends with ordered queues: dlm); the owner's
+                       next acquire of them claims the grant (with --state:
+                       only if it is the first one since the state's tokens);
+                       given up when the owner exits
   release [RESOURCE...] --uuid UUID [--json]
                        release them (default: every lock of the owner) and
                        print the state string (for 'acquire --state')
@@ -279,9 +286,10 @@ std::string DescribeOwner(const nlohmann::json& owner) {
 void PrintLocks(FILE* out, const char* verb, const nlohmann::json& locks) {
   if (!locks.is_array()) return;
   for (const nlohmann::json& l : locks) {
-    fprintf(out, "%s %s %s, fencing token %s (backend %s, lockspace %s)\n", verb,
+    fprintf(out, "%s %s %s, fencing token %s (backend %s, lockspace %s)%s\n", verb,
             Str(l, "mode").c_str(), DescribeLock(l).c_str(), Str(l, "fencing_token").c_str(),
-            Str(l, "backend").c_str(), Str(l, "lockspace").c_str());
+            Str(l, "backend").c_str(), Str(l, "lockspace").c_str(),
+            l.value("queued", false) ? ", from the queue (claim it with acquire)" : "");
   }
 }
 
@@ -317,6 +325,7 @@ class Ctl {
         {"unregister", {"--uuid", "--json"}, false, &Ctl::Unregister},
         {"acquire", {"--uuid", "--wait", "--state", "--json"}, true, &Ctl::Acquire},
         {"release", {"--uuid", "--json"}, true, &Ctl::Release},
+        {"queue", {"--uuid"}, true, &Ctl::Queue},
         {"inquire", {"--uuid", "--json"}, false, &Ctl::Inquire},
         {"journal", {"--state-dir", "--journal", "--json"}, false, &Ctl::JournalCmd},
         {"reexec", {}, false, &Ctl::Reexec},
@@ -588,10 +597,15 @@ class Ctl {
              p.file.c_str(), absl::StrJoin(modes, ", ").c_str(),
              c.folded_modes.empty() ? "" : absl::StrCat(" (", c.folded_modes, ")").c_str());
       printf("  locks survive the holder's death: %s\n  orphan adoption: %s\n"
-             "  names the holder: %s\n  fencing tokens: %s\n  name limit: %zu bytes\n",
+             "  names the holder: %s\n  fencing tokens: %s\n  ordered queue: %s\n"
+             "  name limit: %zu bytes\n",
              c.survives_holder_death ? "yes" : "no", c.orphan_adoption ? "yes" : "no",
              c.holder_identity ? "yes" : "no", c.fencing_tokens ? "yes" : "no",
-             c.max_name_len);
+             c.queues ? "yes" : "no", c.max_name_len);
+      if (c.no_exclusion) {
+        printf("  excludes nobody: every request is granted (a benchmark's floor; latchd loads "
+               "it only when benchmark_backends names it)\n");
+      }
     }
     return kOk;
   }
@@ -709,6 +723,15 @@ class Ctl {
       PrintLocks(stdout, "granted", Field(*r, "locks"));
     }
     return kOk;
+  }
+
+  int Queue() {
+    absl::StatusOr<std::string> uuid = Need("--uuid", "UUID");
+    if (!uuid.ok()) return Fail(uuid.status());
+    absl::StatusOr<nlohmann::json> specs = Resources(/*required=*/true);
+    if (!specs.ok()) return Fail(specs.status());
+    return Simple({{"op", "queue"}, {"uuid", *uuid}, {"resources", *specs}},
+                  [](const nlohmann::json&) { printf("queued\n"); });
   }
 
   int Release() {

@@ -55,7 +55,13 @@ void KillAndReap(pid_t pid, int sig) {
   }
 }
 
-std::string LatchdProcess::BinaryPath() { return Runfile("agent/latchd"); }
+// Outside Bazel (a test binary copied into a lab node) there are no
+// runfiles: LATCHKEY_LATCHD and LATCHKEY_PLUGIN_DIR name latchd and the
+// directory of the plugins instead.
+std::string LatchdProcess::BinaryPath() {
+  if (const char* e = getenv("LATCHKEY_LATCHD")) return e;
+  return Runfile("agent/latchd");
+}
 
 char ProcessState(pid_t pid) {
   absl::StatusOr<ProcessInfo> info = ReadProcessInfo(pid);
@@ -63,11 +69,19 @@ char ProcessState(pid_t pid) {
 }
 
 std::string LatchdProcess::SanlockPluginDir() {
+  if (const char* e = getenv("LATCHKEY_PLUGIN_DIR")) return e;
   std::string so = Runfile("backends/sanlock/latchkey-sanlock.so");
   return so.substr(0, so.rfind('/'));
 }
 
+std::string LatchdProcess::NopPluginDir() {
+  if (const char* e = getenv("LATCHKEY_PLUGIN_DIR")) return e;
+  std::string so = Runfile("backends/nop/latchkey-nop.so");
+  return so.substr(0, so.rfind('/'));
+}
+
 std::string LatchdProcess::PluginDir() {
+  if (const char* e = getenv("LATCHKEY_PLUGIN_DIR")) return e;
   std::string so = Runfile("backends/posixfd/latchkey-posixfd.so");
   return so.substr(0, so.rfind('/'));
 }
@@ -80,8 +94,16 @@ LatchdProcess::LatchdProcess(std::string dir, std::string extra_config, std::str
   std::ofstream conf(config());
   conf << "state_dir = \"" << state_dir() << "\"\n"
        << "socket = \"" << socket() << "\"\n"
-       << "plugin_path = [ \"" << PluginDir() << "\", \"" << SanlockPluginDir() << "\" ]\n"
-       << "posixfd_lock_dir = \"" << lock_dir_ << "\"\n"
+       << "plugin_path = [ \"" << PluginDir() << "\", \"" << SanlockPluginDir() << "\", \""
+       << NopPluginDir() << "\" ]\n";
+  // posixfd's setting, unless the extra configuration loads other backends
+  // only (latchd refuses settings of a backend it does not load).
+  const size_t b = extra_config.find("backends");
+  if (b == std::string::npos ||
+      extra_config.substr(b, extra_config.find('\n', b) - b).find("posixfd") != std::string::npos) {
+    conf << "posixfd_lock_dir = \"" << lock_dir_ << "\"\n";
+  }
+  conf
        << "log_syslog = 0\n"
        << extra_config << "\n";
 }

@@ -98,10 +98,14 @@ class LatchdProcess {
   std::string Log() const;  // the whole log so far
 
   // The directory holding latchkey-posixfd.so, for in-process backends
-  // that must see the same plugin as latchd.
+  // that must see the same plugin as latchd ($LATCHKEY_PLUGIN_DIR outside
+  // Bazel; latchd itself: $LATCHKEY_LATCHD).
   static std::string PluginDir();
   // The directory holding latchkey-sanlock.so (also on latchd's plugin_path).
   static std::string SanlockPluginDir();
+  // The directory holding latchkey-nop.so (also on latchd's plugin_path;
+  // latchd loads it only when benchmark_backends names it).
+  static std::string NopPluginDir();
   static std::string BinaryPath();
 
  private:

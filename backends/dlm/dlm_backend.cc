@@ -9,8 +9,15 @@
 //    latchkey's, between owners on one node as between nodes.
 //  * Every lock is PERSISTENT: when this process dies its locks stay granted
 //    as orphans of this node; the next latchd adopts each one (LKF_ORPHAN,
-//    same name and mode, no window) from its journal record, and
-//    FinishAdoption purges the orphans nobody claimed.
+//    same name and mode, no window) from its journal record, and releases
+//    the ones no live owner claims (also found in the journal: latchd writes
+//    an intent row before every request). Nothing is purged wholesale: the
+//    DLM keeps one orphan list per lockspace and node, and other programs'
+//    persistent locks may be in it.
+//  * Latchkey's lockspaces are its own. A lockspace another program of this
+//    node has open is refused (unless listed in shared_lockspaces), and a
+//    resource whose LVB another program wrote is refused always: its LVB is
+//    left as it was.
 //  * The lock value block (32 bytes, struct Lvb) carries the resource's
 //    exclusive epoch E and, while someone holds it exclusively and another
 //    request is blocked by it, the holder's node, pid and owner name. The
@@ -35,6 +42,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -42,6 +50,7 @@
 #include <array>
 #include <cstring>
 #include <fstream>
+#include <list>
 #include <map>
 #include <memory>
 #include <set>
@@ -60,6 +69,7 @@ extern "C" {
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "backends/dlm/lockspace_users.h"
 #include "core/plugin_export.h"
 
 namespace latchkey {
@@ -69,13 +79,13 @@ namespace {
 constexpr int kSeqBits = 16;
 constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
 constexpr uint32_t kLvbMagic = 0x31544b4c;  // "LKT1"
-constexpr size_t kMaxAnchors = 4096;  // NL anchors kept per lockspace
+constexpr size_t kMaxIdleAnchors = 4096;  // NL anchors of unheld resources per lockspace
 constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);  // see Request
 
 constexpr lk_capabilities kCapabilities = {
     (1u << LK_MODE_SHARED_READ) | (1u << LK_MODE_SHARED_WRITE) | (1u << LK_MODE_EXCLUSIVE),
     LK_CAP_SURVIVES_HOLDER_DEATH | LK_CAP_ORPHAN_ADOPTION | LK_CAP_HOLDER_IDENTITY |
-        LK_CAP_FENCING_TOKENS,
+        LK_CAP_FENCING_TOKENS | LK_CAP_QUEUES,
     DLM_RESNAME_MAXLEN,
     "",
 };
@@ -268,6 +278,10 @@ struct Lock {
   // A convert, release or identity publication works on this lock outside
   // the backend's mutex (guarded by it); the others wait.
   bool busy = false;
+  // Adopted from a journal row without a token (an unfinished request):
+  // nobody knows its epoch, so its exclusive unlock invalidates the LVB
+  // (LKF_IVVALBLK) instead of writing an epoch that may be far too low.
+  bool epoch_unknown = false;
 };
 
 // libdlm's completion thread: sb_status is positive here (0 granted,
@@ -293,19 +307,30 @@ struct Lockspace {
   // overall and per mode (index: LockMode - 1).
   std::map<std::string, uint64_t> last_token;
   std::map<std::string, std::array<uint64_t, 3>> last_by_mode;
-  // An NL lock per resource used here: the DLM drops a resource's LVB (our
-  // epoch) the moment its last lock goes; an NL holder keeps it.
+  // An NL lock per resource used here and no longer held: the DLM drops a
+  // resource's LVB (our epoch) the moment its last lock goes; an NL holder
+  // keeps it. Taken when the last local lock on a resource is released
+  // (before the unlock), kept while the resource is held again; the unheld
+  // ones are bounded (kMaxIdleAnchors), the least recently released dropped
+  // first. O(log n) per operation whatever the number of held locks.
   std::map<std::string, std::unique_ptr<Lock>> anchors;
-  std::vector<std::string> anchor_order;  // oldest first
-  // The epoch standing for "no exclusive grant since our anchor was taken"
-  // while the resource's LVB was never written (erased with the anchor).
+  std::list<std::string> idle_anchors;  // anchored, not held here; oldest first
+  std::map<std::string, std::list<std::string>::iterator> idle_pos;
+  // The epoch standing for "no exclusive grant since this node has had a
+  // lock or an anchor on the resource without a break", while the
+  // resource's LVB was never written. Erased when that presence breaks
+  // (anchor dropped or not taken).
   std::map<std::string, uint64_t> empty_epoch;
+  // Other programs of this node with the lockspace open (DescribeUsers), as
+  // last looked; "" when none were seen.
+  std::string other_users;
   bool lost = false;
   std::string lost_reason;
 };
 
 struct Settings {
   std::vector<std::string> lockspaces;
+  std::set<std::string> shared;  // lockspaces other programs may use too
   bool create = true;
   absl::Duration poll = absl::Milliseconds(250);
   absl::Duration identity_wait = absl::Milliseconds(100);
@@ -386,12 +411,14 @@ class DlmBackend final : public Backend {
       absl::StatusOr<Lockspace*> ls = OpenLocked(resource.lockspace);
       if (!ls.ok()) return ls.status();
       if (absl::Status st = Usable(**ls); !st.ok()) return st;
+      if (absl::Status st = NotShared(**ls); !st.ok()) return st;
       lk->ls = *ls;
       auto& holders = (*ls)->locks[resource.name];
       if (holders.count(owner.uuid)) {
         return absl::FailedPreconditionError(absl::StrCat(
             owner.Describe(), " already holds ", resource.Describe(), ": use convert"));
       }
+      Unidle(**ls, resource.name);
       if (options.expect_token) {
         if (absl::Status st = LocalHandOffCheck(**ls, resource, mode, *options.expect_token);
             !st.ok()) {
@@ -401,7 +428,6 @@ class DlmBackend final : public Backend {
       holders[owner.uuid] = nullptr;  // reserved while the request runs
     }
     Lockspace* ls = lk->ls;
-    Anchor(*ls, resource.name);
     uint32_t flags = LKF_PERSISTENT | LKF_VALBLK;
     if (!options.wait) flags |= LKF_NOQUEUE | LKF_NOQUEUEBAST;
     lk->lksb.sb_lvbptr = reinterpret_cast<char*>(&lk->lvb);
@@ -416,7 +442,8 @@ class DlmBackend final : public Backend {
     if (!token.ok()) {
       ls->locks[resource.name].erase(owner.uuid);
       if (ls->locks[resource.name].empty()) ls->locks.erase(resource.name);
-      Unlock(*lk);  // writes back the LVB exactly as read
+      Unlock(*lk);  // writes back the LVB exactly as read (or nothing: foreign)
+      ForgetIfAbsent(*ls, resource.name);
       return token.status();
     }
     latchkey::Grant g{mode, *token, absl::StrCat(lk->lksb.sb_lkid)};
@@ -464,8 +491,13 @@ class DlmBackend final : public Backend {
       // The conversion happened but the token moved: give the lock back
       // in its old mode is not possible without a window either way;
       // release it (the caller's hand-off failed).
-      lk->ls->locks[resource.name].erase(owner.uuid);
-      Unlock(*lk);
+      Lockspace& ls = *lk->ls;
+      auto& holders = ls.locks[resource.name];
+      std::unique_ptr<Lock> gone = std::move(holders[owner.uuid]);
+      holders.erase(owner.uuid);
+      if (holders.empty()) ls.locks.erase(resource.name);
+      Unlock(*gone);
+      ForgetIfAbsent(ls, resource.name);
       return token.status();
     }
     return latchkey::Grant{new_mode, *token, absl::StrCat(lk->lksb.sb_lkid)};
@@ -482,8 +514,12 @@ class DlmBackend final : public Backend {
       holders.erase(owner.uuid);
       if (holders.empty()) (*found)->ls->locks.erase(resource.name);
     }
+    Lockspace& ls = *lk->ls;
+    // Our last lock on it: the anchor keeps the LVB past the unlock.
+    if (!StillHeldHere(ls, resource.name)) Anchor(ls, resource.name);
     if (lk->mode == LockMode::kExclusive) FillLvb(*lk, /*publish=*/false);
     const int st = Unlock(*lk);
+    if (st == 0) Idle(ls, resource.name);
     if (st != 0) {
       // The lock may still be held by the DLM: keep it in the table so the
       // caller sees it and can retry.
@@ -521,6 +557,7 @@ class DlmBackend final : public Backend {
     lk->mode = record.mode;
     lk->token = record.fencing_token;
     lk->epoch = record.fencing_token >> kSeqBits;
+    lk->epoch_unknown = record.fencing_token == 0;
     lk->lksb.sb_lvbptr = reinterpret_cast<char*>(&lk->lvb);
     {
       absl::MutexLock l(&mu_);
@@ -533,6 +570,7 @@ class DlmBackend final : public Backend {
             record.owner.Describe(), " already holds ", record.resource.Describe()));
       }
       holders[record.owner.uuid] = nullptr;
+      Unidle(**ls, record.resource.name);
     }
     Lockspace* ls = lk->ls;
     // An orphan is handed over by the kernel at once: no completion AST.
@@ -556,13 +594,38 @@ class DlmBackend final : public Backend {
       return absl::UnavailableError(absl::StrCat("dlm: adopting ", record.resource.Describe(),
                                                  ": ", ErrnoText(e)));
     }
-    Anchor(*ls, record.resource.name);
     absl::MutexLock l(&mu_);
     uint64_t& last = ls->last_token[lk->dlm_name];
     last = std::max(last, lk->token);
     latchkey::Grant g{record.mode, lk->token, absl::StrCat(lk->lksb.sb_lkid)};
     ls->locks[record.resource.name][record.owner.uuid] = std::move(lk);
     return g;
+  }
+
+  // A grant made from a request queued before the hand-off state was known:
+  // the first conflicting grant since `since` iff its epoch is the next one
+  // (exclusive: every exclusive grant takes E+1 from the LVB its
+  // predecessor wrote) or the same one (shared: no exclusive grant came
+  // between), and no local grant the LVB cannot show came between. Shared
+  // grants on other nodes in between are not seen (as for expect_token).
+  absl::Status CheckSuccession(const Owner& owner, const Resource& resource, LockMode mode,
+                               uint64_t since_token, uint64_t granted_token) override {
+    absl::MutexLock l(&mu_);
+    absl::StatusOr<Lock*> lk = Find(owner, resource);
+    if (!lk.ok()) return lk.status();
+    if ((*lk)->token != granted_token || (*lk)->mode != mode) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          owner.Describe(), " holds ", resource.Describe(), " ", LockModeName((*lk)->mode),
+          " with token ", (*lk)->token, ", not ", LockModeName(mode), " with token ",
+          granted_token));
+    }
+    const uint64_t since = since_token >> kSeqBits, got = granted_token >> kSeqBits;
+    if (got != (mode == LockMode::kExclusive ? since + 1 : since)) {
+      return absl::AbortedError(absl::StrCat(
+          "dlm: ", resource.Describe(), ": fencing token moved since ", since_token,
+          ": the grant (token ", granted_token, ") is not the first conflicting one after it"));
+    }
+    return LocalHandOffCheck(*(*lk)->ls, resource, mode, since_token, *lk);
   }
 
   absl::Status Health() override {
@@ -580,6 +643,7 @@ class DlmBackend final : public Backend {
         return absl::FailedPreconditionError(
             absl::StrCat("dlm: lockspace ", name, " lost: ", ls->lost_reason));
       }
+      if (absl::Status st = NotShared(*ls); !st.ok()) return st;
     }
     return absl::OkStatus();
   }
@@ -598,11 +662,11 @@ class DlmBackend final : public Backend {
   }
 
   void FinishAdoption() override {
-    // Orphans of this node nobody adopted belong to no owner any more.
-    absl::MutexLock l(&mu_);
-    for (auto& [name, ls] : lockspaces_) {
-      if (ls->handle != nullptr) dlm_ls_purge(ls->handle, static_cast<int>(node_id_), 0);
-    }
+    // Nothing to purge: latchd adopted and released every orphan of its own
+    // that no live owner claims (its journal names them all); any other
+    // orphan on this node is another program's (dlm_ls_purge with pid 0
+    // would free those too, and the kernel's pid filter cannot help: it
+    // matches the thread that last wrote a request, not the process).
   }
 
   std::string StateJson() override {
@@ -675,6 +739,7 @@ class DlmBackend final : public Backend {
     ls->backend = this;
     ls->name = name;
     ls->handle = h;
+    ls->other_users = OtherUsers(*ls);
     Lockspace* p = ls.get();
     lockspaces_[name] = std::move(ls);
     return p;
@@ -686,6 +751,76 @@ class DlmBackend final : public Backend {
           "dlm: lockspace ", ls.name, " cannot be used on this node: ", ls.lost_reason));
     }
     return absl::OkStatus();
+  }
+
+  // Other programs of this node with the lockspace's device open.
+  static std::string OtherUsers(const Lockspace& ls) {
+    struct stat st;
+    const int fd = ls.handle != nullptr ? dlm_ls_get_fd(ls.handle) : -1;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISCHR(st.st_mode)) return "";
+    return DescribeUsers(DeviceUsers(st.st_rdev, getpid()));
+  }
+
+  // Refuses a lockspace other programs of this node use, unless the
+  // configuration allows sharing it. Looks again while it is refused, so a
+  // lockspace becomes usable once they are gone.
+  absl::Status NotShared(Lockspace& ls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ls.other_users.empty() || s_.shared.count(ls.name)) return absl::OkStatus();
+    ls.other_users = OtherUsers(ls);
+    if (ls.other_users.empty()) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dlm: lockspace ", ls.name, " is shared: other programs on this node have it open (",
+        ls.other_users, "); latchkey cannot tell their locks, orphans and lock value blocks "
+        "from its own there, so it takes no new lock in it. Give latchkey a lockspace of its "
+        "own, or list ", ls.name, " in dlm_shared_lockspaces to share it"));
+  }
+
+  // Keeps the invariant behind empty_epoch: it exists only while this node
+  // has a lock or an anchor on the resource.
+  static void ForgetIfAbsent(Lockspace& ls, const std::string& rname) {
+    auto a = ls.anchors.find(rname);
+    if (ls.locks.count(rname) || (a != ls.anchors.end() && a->second != nullptr)) return;
+    ls.empty_epoch.erase(rname);
+  }
+
+  bool StillHeldHere(Lockspace& ls, const std::string& rname) {
+    absl::MutexLock l(&mu_);
+    return ls.locks.count(rname) > 0;
+  }
+
+  // The resource is held here again: its anchor (if any) is not idle.
+  void Unidle(Lockspace& ls, const std::string& rname) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = ls.idle_pos.find(rname);
+    if (it == ls.idle_pos.end()) return;
+    ls.idle_anchors.erase(it->second);
+    ls.idle_pos.erase(it);
+  }
+
+  // After a release: when nobody here holds the resource any more, its
+  // anchor becomes the newest idle one, and the oldest beyond the bound go.
+  void Idle(Lockspace& ls, const std::string& rname) {
+    std::vector<std::unique_ptr<Lock>> evicted;
+    {
+      absl::MutexLock l(&mu_);
+      auto a = ls.anchors.find(rname);
+      if (ls.locks.count(rname) || a == ls.anchors.end() || a->second == nullptr ||
+          ls.idle_pos.count(rname)) {
+        return;
+      }
+      ls.idle_pos[rname] = ls.idle_anchors.insert(ls.idle_anchors.end(), rname);
+      while (ls.idle_anchors.size() > kMaxIdleAnchors) {
+        const std::string old = ls.idle_anchors.front();
+        ls.idle_anchors.pop_front();
+        ls.idle_pos.erase(old);
+        auto it = ls.anchors.find(old);
+        if (it != ls.anchors.end()) {
+          evicted.push_back(std::move(it->second));
+          ls.anchors.erase(it);
+        }
+        ls.empty_epoch.erase(old);
+      }
+    }
+    for (auto& old : evicted) Unlock(*old);
   }
 
   void Unreserve(Lockspace& ls, const std::string& rname, const std::string& uuid) {
@@ -788,10 +923,13 @@ class DlmBackend final : public Backend {
     req.lock.lkid = lk.lksb.sb_lkid;
     req.lock.lksb = &lk.lksb;
     req.lock.castparam = &lk;  // the lock's completion AST stays
+    // The kernel copies this field over the lock's LVB whatever the flags,
+    // and stores it in the resource when an EX lock that asked for the LVB
+    // goes: ours, or the other program's exactly as it was read.
     if (lk.mode == LockMode::kExclusive) {
-      req.lock.flags = LKF_VALBLK;
-      memcpy(req.lock.lvb, &lk.lvb, DLM_LVB_LEN);
+      req.lock.flags = LKF_VALBLK | (lk.epoch_unknown ? LKF_IVVALBLK : 0);
     }
+    memcpy(req.lock.lvb, &lk.lvb, DLM_LVB_LEN);
     lk.lksb.sb_status = EINPROG;
     lk.mu.Unlock();
     const ssize_t rv = write(dlm_ls_get_fd(lk.ls->handle), &req, sizeof(req));
@@ -805,7 +943,9 @@ class DlmBackend final : public Backend {
     return lk.status == EUNLOCK || lk.status == 0 ? 0 : lk.status;
   }
 
-  // Takes the resource's NL anchor once (see Lockspace::anchors).
+  // Takes the resource's NL anchor unless it has one (see Lockspace::anchors).
+  // When it cannot, this node's presence on the resource breaks at the
+  // coming unlock: the empty epoch goes.
   void Anchor(Lockspace& ls, const std::string& name) {
     {
       absl::MutexLock l(&mu_);
@@ -817,31 +957,17 @@ class DlmBackend final : public Backend {
     a->dlm_name = name;
     a->mode = LockMode::kSharedRead;  // for Unlock: writes no LVB
     AcquireOptions o;
-    const int st = Request(*a, LKM_NLMODE, 0, o);
-    std::vector<std::unique_ptr<Lock>> evicted;
-    {
-      absl::MutexLock l(&mu_);
-      if (st != 0) {
-        ls.anchors.erase(name);
-        return;
-      }
-      ls.anchors[name] = std::move(a);
-      ls.anchor_order.push_back(name);
-      // Bounded: drop the oldest anchors of resources nobody here holds.
-      for (size_t i = 0; ls.anchor_order.size() > kMaxAnchors && i < ls.anchor_order.size();) {
-        const std::string& old = ls.anchor_order[i];
-        auto it = ls.anchors.find(old);
-        if (it != ls.anchors.end() && it->second != nullptr && !ls.locks.count(old)) {
-          evicted.push_back(std::move(it->second));
-          ls.anchors.erase(it);
-          ls.empty_epoch.erase(old);
-          ls.anchor_order.erase(ls.anchor_order.begin() + i);
-        } else {
-          ++i;
-        }
-      }
+    // EXPEDITE: granted at once even behind a queued conflicting request
+    // (an NL request otherwise waits its turn, and the waiter ahead waits
+    // for the very unlock this anchor precedes).
+    const int st = Request(*a, LKM_NLMODE, LKF_EXPEDITE, o);
+    absl::MutexLock l(&mu_);
+    if (st != 0) {
+      ls.anchors.erase(name);
+      ls.empty_epoch.erase(name);
+      return;
     }
-    for (auto& old : evicted) Unlock(*old);
+    ls.anchors[name] = std::move(a);
   }
 
   void FillLvb(Lock& lk, bool publish) {
@@ -874,9 +1000,21 @@ class DlmBackend final : public Backend {
       epoch = lk.epoch;
     } else if (lk.lvb.magic == kLvbMagic && !not_valid) {
       epoch = lk.lvb.epoch;
-    } else if (lk.lvb.magic == 0 && !not_valid && ls.anchors[lk.dlm_name] != nullptr) {
-      // Never written while our NL anchor held the resource: no exclusive
-      // grant since the anchor was taken. One clock epoch stands for that.
+    } else if (lk.lvb.magic != 0 && !not_valid) {
+      // Another program's lock value block: this name is in use by
+      // something that is not latchkey. Refuse; lk.lvb keeps what was read,
+      // so the unlock writes it back unchanged.
+      const unsigned char* b = reinterpret_cast<const unsigned char*>(&lk.lvb);
+      std::string hex;
+      for (size_t i = 0; i < 8; ++i) absl::StrAppend(&hex, absl::Hex(b[i], absl::kZeroPad2));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "dlm: ", lk.resource.Describe(), " carries a lock value block latchkey did not "
+          "write (first bytes ", hex, "): another program uses this name in lockspace ",
+          ls.name, ". Refused; its lock value block is left as it was"));
+    } else if (lk.lvb.magic == 0 && !not_valid) {
+      // Never written while this node had a lock or an anchor on the
+      // resource: no exclusive grant since then. One clock epoch stands for
+      // that, kept until that presence breaks.
       uint64_t& empty = ls.empty_epoch[lk.dlm_name];
       if (empty == 0) empty = std::max(ClockEpoch(), (last >> kSeqBits) + 1);
       epoch = empty;
@@ -1014,8 +1152,23 @@ class DlmBackend final : public Backend {
       }
       absl::SleepFor(absl::Milliseconds(2));
     } while (absl::Now() < until);
-    return "held in a conflicting mode by another node (its holder did not publish itself: "
-           "a shared holder, or one that does not answer)";
+    // Nobody named itself. Latchkey's exclusive holders on other nodes do;
+    // so the holder is a shared one, one that does not answer, or not
+    // latchkey's at all: say which programs of this node could be it.
+    std::string others;
+    {
+      absl::MutexLock l(&mu_);
+      lk.ls->other_users = OtherUsers(*lk.ls);
+      others = lk.ls->other_users;
+    }
+    if (!others.empty()) {
+      return absl::StrCat("held in a conflicting mode by a holder that did not name itself: "
+                          "another program on this node that has lockspace ", lk.ls->name,
+                          " open (", others, "), or a shared holder on another node");
+    }
+    return "held in a conflicting mode by a holder that did not name itself: a shared holder "
+           "on another node, one that does not answer, or an orphan lock another program left "
+           "on this node";
   }
 
   static bool Compatible(LockMode a, LockMode b) {
@@ -1133,6 +1286,7 @@ class DlmBackend final : public Backend {
             }
           }
           ls->locks.clear();
+          ls->empty_epoch.clear();
         }
       }
       if (!losses.empty()) {
@@ -1165,7 +1319,8 @@ class DlmBackend final : public Backend {
 
 absl::StatusOr<std::unique_ptr<Backend>> NewDlmBackend(const Config& settings) {
   if (absl::Status st = settings.CheckKeys(
-          {"lockspaces", "create_lockspaces", "poll_ms", "identity_wait_ms", "watch_quorum"});
+          {"lockspaces", "create_lockspaces", "poll_ms", "identity_wait_ms", "watch_quorum",
+           "shared_lockspaces"});
       !st.ok()) {
     return st;
   }
@@ -1179,6 +1334,16 @@ absl::StatusOr<std::unique_ptr<Backend>> NewDlmBackend(const Config& settings) {
       return absl::InvalidArgumentError(
           absl::StrCat(e ? e->Where() : "lockspaces", ": ", st.message()));
     }
+  }
+  absl::StatusOr<std::vector<std::string>> shared = settings.GetStringList("shared_lockspaces", {});
+  if (!shared.ok()) return shared.status();
+  for (const std::string& name : *shared) {
+    if (absl::Status st = ValidateName("dlm lockspace", name, DLM_LOCKSPACE_LEN); !st.ok()) {
+      const ConfigEntry* e = settings.Find("shared_lockspaces");
+      return absl::InvalidArgumentError(
+          absl::StrCat(e ? e->Where() : "shared_lockspaces", ": ", st.message()));
+    }
+    s.shared.insert(name);
   }
   absl::StatusOr<bool> create = settings.GetBool("create_lockspaces", true);
   if (!create.ok()) return create.status();

@@ -65,7 +65,11 @@ int Die(const std::string& what) {
 
 std::unique_ptr<Backend> Open(const std::string& plugin_dir, const std::string& ls, bool* ok) {
   absl::StatusOr<Config> c = Config::ParseText(
-      absl::StrCat("lockspaces = [ \"", ls, "\" ]\nwatch_quorum = 1\n"), "<bench>");
+      // Shared on purpose: raw libdlm (hold-nl, the raw cycles) and other
+      // latchkey processes use the same lockspace here.
+      absl::StrCat("lockspaces = [ \"", ls, "\" ]\nshared_lockspaces = [ \"", ls,
+                   "\" ]\nwatch_quorum = 1\n"),
+      "<bench>");
   absl::StatusOr<std::unique_ptr<Backend>> b =
       c.ok() ? LoadBackend({plugin_dir}, "dlm", *c)
              : absl::StatusOr<std::unique_ptr<Backend>>(c.status());

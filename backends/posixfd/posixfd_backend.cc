@@ -533,6 +533,14 @@ class PosixFdBackend final : public Backend {
     // fstatfs on NFS asks the server: not under mu_ (h is still pending,
     // so only this thread touches it).
     const bool on_nfs = s.ok() && OnNfs(h->target.get());
+    // On NFS the grant's header and record may sit in this client's page
+    // cache until the gate is unlocked, which an exclusive holder does only
+    // at release: other nodes' refusals then read the previous holder's
+    // record from the server and name the wrong owner (seen in the lab).
+    // Admissions are unaffected: they read under the gate, after the
+    // holder's unlock flushed. Flushed here, so every node reads the
+    // current holder.
+    if (on_nfs && mode == LockMode::kExclusive) (void)fdatasync(h->state_fd());
     std::lock_guard<std::mutex> l(mu_);
     if (!s.ok()) {
       held_.erase(key);

@@ -54,20 +54,31 @@ cluster_setup() {
   ln -sfn "$out/dlm_controld.log" /var/log/dlm_controld/dlm_controld.log
 }
 
+# A daemon that exits during bring-up (another node's dlm_controld kicks a
+# member it takes for an old incarnation: corosync logs "Killed by node N")
+# never comes back: fail the boot with its last words instead of waiting.
+cluster_daemon_alive() {
+  kill -0 "$2" 2>/dev/null && return 0
+  hang "$1 exited during bring-up: $(grep -v '^$' "$3" 2>/dev/null | tail -n 2 | tr '\n' ' ')"
+}
+
 cluster_bringup() {
   say "starting corosync"
   corosync -f </dev/null >>"$out/corosync.out" 2>&1 &
-  local i
+  local i corosync_pid=$!
   for ((i = 0; ; i++)); do
     corosync-quorumtool -s 2>/dev/null | grep -q '^Quorate: *Yes' && break
+    cluster_daemon_alive corosync "$corosync_pid" "$out/corosync.log"
     ((i % 40 == 39)) && say "still waiting for corosync quorum"
     nap 0.25
   done
   phase corosync-quorate
   say "starting dlm_controld"
   dlm_controld -D </dev/null >>"$out/dlm_controld.log" 2>&1 &
-  local status count
+  local status count dlm_pid=$!
   for ((i = 0; ; i++)); do
+    cluster_daemon_alive corosync "$corosync_pid" "$out/corosync.log"
+    cluster_daemon_alive dlm_controld "$dlm_pid" "$out/dlm_controld.log"
     status=$(dlm_tool status 2>/dev/null)
     if [[ $status == *"quorate 1"* ]]; then
       count=$(grep -c '^node [0-9]* M ' <<<"$status")

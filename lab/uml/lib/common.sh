@@ -147,6 +147,7 @@ channel_run() {
     fi
     if ((++n % 50 == 0)) && ! node_alive "$k"; then
       log "error: $name died while running: $*"
+      death_clues "$k"
       rm -f "$q/$id".*
       run_cleanup_id=
       run_rc=125
@@ -162,6 +163,17 @@ channel_run() {
     sleep "$nap"
     [[ $nap == 0.005 ]] && ((n > 20)) && nap=0.02
   done
+}
+
+# Why machine K may have died, for the error above: the lab's events naming
+# it (a fence, a kill) and the last lines of its console (a panic, a watchdog,
+# corosync's exit).
+death_clues() {
+  local k=$1 name
+  name=$(node_name "$k")
+  awk -v n="$name" '$3 == n' "$lab/events.log" 2>/dev/null | tail -n 4 | sed "s/^/$name event| /" >&2
+  [[ -s $lab/n$k.console ]] && tail -n 12 "$lab/n$k.console" | tr -d '\r' | grep -v '^$' | sed "s/^/$name console| /" >&2
+  return 0
 }
 
 # Kills a command that is still running in the node (by its process group)

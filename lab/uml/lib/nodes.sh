@@ -140,6 +140,61 @@ boot_node() {
   boot_began[$k]=$(now)
 }
 
+# Node S's view of the cluster: `corosync-quorumtool -l`, a line "== dlm",
+# then `dlm_tool status`; "" when S does not answer.
+cluster_view() {
+  local v
+  v=$(probe "$1" "$2" sh -c 'corosync-quorumtool -l; echo "== dlm"; dlm_tool status')
+  [[ $v == *"== dlm"* ]] && echo "$v"
+}
+# Whether VIEW's corosync counts node K a member.
+corosync_member() { awk -v k="$2" '/^== dlm/ { exit 1 } $1 == k { exit 0 }' <<<"$1"; }
+
+# Waits, up to 40 s, until the surviving nodes are done with node K (just
+# killed): their corosync no longer counts it a member, and their
+# dlm_controld has fenced it (its "fence" time at or after its "fail"
+# time). A node booted again before that is taken for the old one: joining
+# in the same membership change as its leave, dlm_controld sees the old
+# incarnation merging back with its state ("stateful merge") and has
+# corosync kill it; booted before the fence, the fencer may kill the new
+# incarnation (the failure and the boot fall in one second). One
+# survivor's view is enough: membership is agreed, and fencing told to all.
+wait_left() {
+  local k=$1 s view deadline=$(($(now) + 40000))
+  ((k >= 1)) || return 0
+  for s in $(all_nodes); do
+    ((s >= 1 && s != k)) || continue
+    [[ $(node_state "$s") == running && ! -e $lab/n$s.frozen && ! -e $lab/n$s.cut.cluster ]] || continue
+    while (($(now) < deadline)); do
+      view=$(cluster_view "$s" 5)
+      [[ -n $view ]] || return 0  # no answer: nothing to wait for
+      if ! corosync_member "$view" "$k" &&
+        awk -v k="$k" '$1 == "node" && $2 == k { found = 1; done = ($3 != "M" && $11 >= $9) }
+          END { exit !(!found || done) }' <<<"${view#*== dlm}"; then
+        return 0
+      fi
+      sleep 0.5
+    done
+    log "warning: $(node_name "$s") is not done with $(node_name "$k") 40 s after its kill:" \
+      "$(grep -E "^ +$k |^node $k " <<<"$view" | tr -s ' ' | tr '\n' ';')"
+    return 0
+  done
+}
+
+# The cluster nodes node1's corosync and dlm_controld do not count as
+# members, as "corosync:K dlm:K" words; "" when the cluster is whole, "?"
+# when node1 does not answer.
+missing_members() {
+  local view k words=()
+  view=$(cluster_view 1 10)
+  [[ -n $view ]] || { echo "?"; return; }
+  for ((k = 1; k <= LAB_NODES; k++)); do
+    corosync_member "$view" "$k" || words+=("corosync:$k")
+    grep -q "^node $k M " <<<"${view#*== dlm}" || words+=("dlm:$k")
+  done
+  echo "${words[*]}"
+}
+
 # Prints the tails of machine K's logs (on a failure).
 show_node_logs() {
   local k=$1 f name

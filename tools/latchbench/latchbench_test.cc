@@ -1,0 +1,174 @@
+// latchbench's quick form, as CI runs it: posixfd and nop, in process and
+// through a private latchd. Checks the document, not the speed.
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tools/cpp/runfiles/runfiles.h"
+
+namespace {
+
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+
+std::string Latchbench() {
+  std::string err;
+  std::unique_ptr<bazel::tools::cpp::runfiles::Runfiles> rf(
+      bazel::tools::cpp::runfiles::Runfiles::CreateForTest(&err));
+  return rf == nullptr ? "" : rf->Rlocation("latchkey/tools/latchbench/latchbench");
+}
+
+struct Ran {
+  int status = -1;  // exit code
+  std::string out;  // stdout and stderr
+};
+
+Ran Latch(const std::string& args) {
+  Ran r;
+  FILE* p = popen(absl::StrCat(Latchbench(), " ", args, " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string Tmp() {
+  const char* t = getenv("TEST_TMPDIR");
+  return t != nullptr ? t : "/tmp";
+}
+
+TEST(LatchbenchTest, ListNamesScenariosAndBackends) {
+  Ran r = Latch("list");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("uncontended"));
+  EXPECT_THAT(r.out, HasSubstr("posixfd"));
+  EXPECT_THAT(r.out, HasSubstr("nop"));
+}
+
+TEST(LatchbenchTest, QuickRunWritesOneDocumentWithEveryBackendPathAndMode) {
+  const std::string out = Tmp() + "/quick.json";
+  Ran r = Latch(absl::StrCat("run --quick --cycles=50 --warmup=5 --backends=posixfd,nop --out=", out));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("written to " + out));
+  EXPECT_THAT(r.out, HasSubstr("ETA"));  // progress
+  std::ifstream in(out);
+  std::stringstream s;
+  s << in.rdbuf();
+  const json doc = json::parse(s.str(), nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << "not JSON: " << s.str().substr(0, 200);
+  EXPECT_EQ(doc["schema"], "latchbench/1");
+  EXPECT_EQ(doc["latchd_hello"]["server"], "latchd");
+  EXPECT_EQ(doc["latchd_hello"]["backends"], json::array({"posixfd", "nop"}));
+  for (const char* k : {"hostname", "kernel", "cpu_model", "cpus_online", "load", "load_end"}) {
+    EXPECT_TRUE(doc["environment"].contains(k)) << k;
+  }
+  EXPECT_EQ(doc["parameters"]["runs"], 3);
+  EXPECT_EQ(doc["parameters"]["cycles"], 50);
+  EXPECT_EQ(doc["parameters"]["seed"], 1);
+  std::set<std::string> seen;
+  for (const json& r : doc["results"]) {
+    const std::string key = absl::StrCat(r["backend"].get<std::string>(), "/",
+                                         r["path"].get<std::string>(), "/",
+                                         r["mode"].get<std::string>());
+    EXPECT_TRUE(seen.insert(key).second) << key << " twice";
+    EXPECT_EQ(r["scenario"], "uncontended");
+    ASSERT_EQ(r["runs"].size(), 3u) << key;
+    for (const json& run : r["runs"]) {
+      EXPECT_EQ(run["samples"].size(), 50u) << key;
+      EXPECT_EQ(run["summary"]["n"], 50) << key;
+      EXPECT_GT(run["summary"]["median"].get<double>(), 0) << key;
+      EXPECT_LE(run["summary"]["median"].get<double>(), run["summary"]["p99"].get<double>());
+    }
+    EXPECT_EQ(r["summary"]["n"], 150) << key;
+    EXPECT_TRUE(r["verdict"].contains("trusted")) << key;
+    EXPECT_FALSE(r["verdict"]["why"].get<std::string>().empty()) << key;
+  }
+  // Both backends grant all three modes; both paths.
+  EXPECT_EQ(seen.size(), 12u);
+  EXPECT_EQ(seen.count("nop/latchd/exclusive"), 1u);
+  EXPECT_EQ(seen.count("posixfd/in-process/shared-read"), 1u);
+}
+
+TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
+  struct Case {
+    const char* args;
+    int status;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"run --backends=posixfd,bogus", 2, "unknown backend 'bogus'"},
+      {"run --scenarios=nope", 2, "unknown scenario 'nope'"},
+      {"run --runs=0", 2, "--runs must be"},
+      {"run --cycles=12x", 2, "--cycles must be"},
+      {"run --warmup=-1", 2, "--warmup must be"},
+      {"run --backends=nop,nop", 2, "named twice"},
+      {"run --latchd=/nonexistent/latchd --backends=nop", 2,
+       "latchd is not at '/nonexistent/latchd'"},
+      {"frobnicate", 2, "unknown command"},
+      // An output file that cannot be written: the run fails and says where.
+      {"run --quick --cycles=5 --warmup=0 --runs=1 --backends=nop --out=/nonexistent/dir/x.json",
+       1, "cannot write /nonexistent/dir/x.json"},
+  };
+  for (const Case& c : cases) {
+    Ran r = Latch(c.args);
+    EXPECT_EQ(r.status, c.status) << c.args << ": " << r.out;
+    EXPECT_THAT(r.out, HasSubstr(c.says)) << c.args;
+  }
+}
+
+// Processes whose command line mentions `needle`.
+int ProcessesMentioning(const std::string& needle) {
+  int n = 0;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return -1;
+  while (dirent* e = readdir(d)) {
+    std::ifstream in(absl::StrCat("/proc/", e->d_name, "/cmdline"));
+    std::stringstream s;
+    s << in.rdbuf();
+    if (s.str().find(needle) != std::string::npos) ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+TEST(LatchbenchTest, AnInterruptedRunStopsItsLatchdAndWritesNothing) {
+  const std::string out = Tmp() + "/interrupted.json";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string bin = Latchbench();
+    const std::string o = "--out=" + out;
+    freopen("/dev/null", "w", stderr);
+    execl(bin.c_str(), bin.c_str(), "run", "--backends=nop", "--runs=1", "--cycles=10000000", o.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Until its private latchd runs (its config lives in /tmp/latchbench.*).
+  for (int i = 0; i < 100 && ProcessesMentioning("/tmp/latchbench.") == 0; ++i) usleep(50000);
+  ASSERT_GT(ProcessesMentioning("/tmp/latchbench."), 0) << "latchd never started";
+  usleep(300000);
+  kill(pid, SIGINT);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 130);
+  EXPECT_EQ(ProcessesMentioning("/tmp/latchbench."), 0) << "its latchd outlived it";
+  EXPECT_NE(access(out.c_str(), F_OK), 0) << "an interrupted run wrote " << out;
+}
+
+}  // namespace
