@@ -63,6 +63,7 @@ constexpr char kUsage[] = R"(usage: latchbench list
        latchbench run [--quick] [--backends=posixfd,nop] [--scenarios=uncontended]
                       [--runs=N] [--cycles=N] [--warmup=N] [--seed=N] [--out=FILE]
                       [--latchd=PATH] [--plugin-path=DIR:DIR] [--max-run-spread=F]
+       latchbench report [--out=DIR] A.json [B.json]
 )";
 
 // Exit codes: 0 done, 1 a measurement failed, 2 bad usage, 130 interrupted.
@@ -565,6 +566,52 @@ int Run(const Options& o) {
   return kOk;
 }
 
+// `report`: the page and figures come from report.py (matplotlib), run by
+// Debian's python3, where python3-matplotlib is installed (a python3 found
+// first on PATH may be another one). LATCHBENCH_PYTHON overrides it.
+int Report(int argc, char** argv) {
+  std::string out = "latchbench-report";
+  std::vector<std::string> docs;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (absl::StartsWith(a, "--out=")) {
+      out = a.substr(6);
+      if (out.empty()) {
+        fprintf(stderr, "latchbench report: --out needs a directory\n");
+        return kUsageError;
+      }
+    } else if (absl::StartsWith(a, "-") && a != "-") {
+      fprintf(stderr, "latchbench report: unknown argument '%s'\n%s", a.c_str(), kUsage);
+      return kUsageError;
+    } else {
+      docs.push_back(a);
+    }
+  }
+  if (docs.empty() || docs.size() > 2) {
+    fprintf(stderr, "latchbench report: give one document, or two to compare (got %zu)\n%s",
+            docs.size(), kUsage);
+    return kUsageError;
+  }
+  std::string script = Runfile("tools/latchbench/report.py");
+  if (script.empty()) script = Dir(SelfPath()) + "/report.py";
+  if (access(script.c_str(), R_OK) != 0) {
+    fprintf(stderr, "latchbench report: report.py is not beside latchbench (%s)\n",
+            script.c_str());
+    return kFailed;
+  }
+  const char* env_python = getenv("LATCHBENCH_PYTHON");
+  const std::string python =
+      env_python != nullptr && *env_python != '\0' ? env_python : "/usr/bin/python3";
+  std::vector<char*> args = {const_cast<char*>(python.c_str()),
+                             const_cast<char*>(script.c_str()), const_cast<char*>(out.c_str())};
+  for (std::string& d : docs) args.push_back(d.data());
+  args.push_back(nullptr);
+  execv(python.c_str(), args.data());
+  fprintf(stderr, "latchbench report: cannot run %s: %s (Debian: python3, python3-matplotlib)\n",
+          python.c_str(), strerror(errno));
+  return kFailed;
+}
+
 }  // namespace
 }  // namespace bench
 }  // namespace latchkey
@@ -581,6 +628,7 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   if (cmd == "list") return List();
+  if (cmd == "report") return Report(argc, argv);
   if (cmd == "run") {
     Options o;
     if (int rc = Parse(argc, argv, &o); rc != kOk) return rc;

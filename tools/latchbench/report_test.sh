@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# latchbench report: the page and figures from two recorded quick runs
+# (testdata/, real documents), rendered in headless Chromium, which must
+# decode every figure; the comparison of two runs; and bad input.
+set -uo pipefail
+bench=$(pwd)/tools/latchbench/latchbench
+a=$(pwd)/tools/latchbench/testdata/quick-a.json
+b=$(pwd)/tools/latchbench/testdata/quick-b.json
+tmp=${TEST_TMPDIR:-$(mktemp -d)}
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+
+# Renders $1 in headless Chromium and prints the DOM after the page's load
+# handler ran.
+render() {
+  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --disable-dev-shm-usage --user-data-dir="$tmp/chrome.$RANDOM" \
+    --virtual-time-budget=10000 --dump-dom "file://$1" 2>"$tmp/chrome.err"
+}
+# Checks that the page at $1 shows $2 figures and that the browser decoded
+# every one.
+expect_figures() {
+  local dom want=$2 shown decoded
+  dom=$(render "$1")
+  shown=$(grep -o 'data-figures="[0-9]*"' <<<"$dom" | grep -o '[0-9]*')
+  decoded=$(grep -o 'data-figures-decoded="[0-9]*"' <<<"$dom" | grep -o '[0-9]*')
+  [[ $shown == "$want" ]] || fail "$1: the browser saw '${shown}' figures, expected $want ($(tail -3 "$tmp/chrome.err"))"
+  [[ $decoded == "$want" ]] || fail "$1: the browser decoded '${decoded}' of $want figures"
+}
+
+# One run.
+out=$tmp/one
+"$bench" report --out="$out" "$a" >"$tmp/one.log" 2>&1 || fail "report of one run: $(cat "$tmp/one.log")"
+grep -q "index.html: 4 figures" "$tmp/one.log" || fail "report did not say what it wrote: $(cat "$tmp/one.log")"
+for f in cdf-uncontended-in-process cdf-uncontended-latchd medians-uncontended runs-uncontended; do
+  for ext in png svg; do
+    [[ -s $out/figures/$f.$ext ]] || fail "figure $f.$ext is missing or empty"
+  done
+  # A figure with data: the CDF and run lines are SVG paths, many of them.
+  (($(grep -c '<path' "$out/figures/$f.svg") > 20)) || fail "$f.svg has (almost) nothing drawn"
+done
+html=$out/index.html
+grep -q 'src=.data:image/png;base64,' "$html" || fail "the page does not embed its figures"
+! grep -q 'src=.figures/' "$html" || fail "the page links files: not self-contained"
+grep -q "Not measured in this report" "$html" || fail "missing scenarios are not named"
+grep -q "contended, handoff, cost, scale, failover" "$html" || fail "the missing scenarios are wrong"
+grep -q "latchd adds" "$html" || fail "latchd's share is not shown"
+grep -q "cpus_online\|2 CPUs" "$html" || fail "the machine is not described"
+# A block whose runs disagree is flagged, not hidden.
+python3 -c "
+import json; d = json.load(open('$a'))
+for r in d['results']: r['verdict']['trusted'] = True
+d['results'][2]['verdict'] = {'trusted': False, 'relative': 0.6,
+  'why': 'medians of 3 runs within 60% of their median (limit 25%): too noisy to compare'}
+json.dump(d, open('$tmp/noisy.json', 'w'))"
+"$bench" report --out="$tmp/noisy" "$tmp/noisy.json" >/dev/null 2>&1 || fail "report of a noisy run"
+grep -q "1 of 12 results are too noisy to compare" "$tmp/noisy/index.html" || fail "a noisy result is not flagged"
+# Summary rows are one per line; the marked one is the third result's.
+marked=$(grep "^<tr class='noisy'>" "$tmp/noisy/index.html")
+[[ $(wc -l <<<"$marked") == 1 ]] || fail "not exactly the noisy row is marked: $marked"
+r2=$(python3 -c "import json; r = json.load(open('$a'))['results'][2]; print(r['backend'], r['path'], r['mode'])")
+[[ $marked == *"<td>${r2// /</td><td>}</td>"* ]] || fail "the marked row is not $r2: $marked"
+expect_figures "$html" 4
+
+# Two runs: B against A, said to be from different runs.
+out=$tmp/two
+"$bench" report --out="$out" "$a" "$b" >"$tmp/two.log" 2>&1 || fail "report of two runs: $(cat "$tmp/two.log")"
+html=$out/index.html
+grep -q "These figures come from two different runs" "$html" || fail "two runs are not said to differ"
+grep -q "B / A" "$html" || fail "no comparison table"
+grep -q "Environment and parameters match" "$html" || fail "same machine and parameters not said"
+# Comparable: the blocks both runs trust (the recorded runs were noisy in places).
+both=$(python3 -c "
+import json
+t = lambda p: {(r['backend'], r['path'], r['mode']) for r in json.load(open(p))['results'] if r['verdict']['trusted']}
+print(len(t('$a') & t('$b')))")
+((both > 0)) || fail "the recorded runs trust no common block"
+(($(grep -o ">comparable<" "$html" | wc -l) == both)) || fail "not the $both blocks both runs trust are comparable"
+expect_figures "$html" 4
+# A different machine: every ratio is said not to be comparable.
+python3 -c "
+import json; d = json.load(open('$b')); d['environment']['cpus_online'] = 64
+json.dump(d, open('$tmp/big.json', 'w'))"
+"$bench" report --out="$tmp/big" "$a" "$tmp/big.json" >/dev/null 2>&1 || fail "report of two machines"
+grep -q "They differ in: environment.cpus_online: A 2, B 64" "$tmp/big/index.html" ||
+  fail "a different machine is not named"
+(($(grep -o "not comparable: [^<]*environment or parameters differ" "$tmp/big/index.html" | wc -l) == 12)) ||
+  fail "ratios across machines not flagged"
+
+# Bad input: exit 2 and a message that names the file and the fault; no page.
+bad() {  # expected-substring, args...
+  local want=$1 rc
+  shift
+  "$bench" report --out="$tmp/bad" "$@" >"$tmp/bad.log" 2>&1
+  rc=$?
+  [[ $rc == 2 ]] || fail "report $*: exit $rc, expected 2 ($(cat "$tmp/bad.log"))"
+  grep -qF -- "$want" "$tmp/bad.log" || fail "report $*: '$(cat "$tmp/bad.log")' lacks '$want'"
+  [[ ! -e $tmp/bad/index.html ]] || fail "report $*: wrote a page anyway"
+}
+bad "$tmp/absent.json: cannot read" "$tmp/absent.json"
+printf '{"schema": "latchbench/1", "results": [' >"$tmp/cut.json"
+bad "cut.json: not JSON" "$tmp/cut.json"
+printf '\xff\xfe{}' >"$tmp/latin.json"
+bad "latin.json: not UTF-8" "$tmp/latin.json"
+printf '{"schema": "latchbench/9", "environment": {}, "parameters": {}, "results": []}' >"$tmp/v9.json"
+bad "schema 'latchbench/9' is not 'latchbench/1'" "$tmp/v9.json"
+python3 -c "print('[' * 200000 + ']' * 200000)" >"$tmp/deep.json"
+bad "deep.json: not JSON: nested too deeply" "$tmp/deep.json"
+python3 -c "
+import json; d = json.load(open('$a')); del d['results'][1]['summary']; json.dump(d, open('$tmp/nosum.json', 'w'))"
+bad "results[1]: 'summary' lacks" "$tmp/nosum.json"
+python3 -c "
+import json; d = json.load(open('$a')); d['results'][0]['runs'][0]['samples'][3] = 'x'; json.dump(d, open('$tmp/str.json', 'w'))"
+bad "results[0].runs[0]: 'samples' must be a list of finite numbers" "$tmp/str.json"
+bad "give one document, or two" "$a" "$b" "$a"
+bad "give one document, or two"
+bad "unknown argument '--colour'" --colour "$a"
+touch "$tmp/file"
+"$bench" report --out="$tmp/file" "$a" >"$tmp/bad.log" 2>&1
+[[ $? == 2 ]] && grep -q "exists and is not a directory" "$tmp/bad.log" || fail "--out at a file: $(cat "$tmp/bad.log")"
+
+echo "report_test: $failures failures"
+((failures == 0))
