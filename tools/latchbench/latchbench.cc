@@ -10,6 +10,7 @@
 // nop floor), the `uncontended` scenario, in process (through the plugin
 // ABI) and through a private latchd; the lab backends, the other scenarios
 // and the report come next.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,6 +40,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "agent/client.h"
+#include "backends/posixfd/lock_file.h"
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/lock_mode.h"
@@ -165,6 +167,52 @@ class InProcess final : public CyclePath {
   Resource resource_;
 };
 
+// The raw-API baseline of posixfd: by hand, what an exclusive posixfd grant
+// must do at the least (the backend's own layout: an OFD write lock on its
+// lock range, the header read, the token and holder record written), and
+// close to release. The in-process path adds the plugin ABI, validation, the
+// owner table and the record encoding.
+class RawPosixfd final : public CyclePath {
+ public:
+  explicit RawPosixfd(std::string file) : file_(std::move(file)) {}
+  ~RawPosixfd() override {
+    if (fd_ >= 0) close(fd_);
+  }
+  absl::Status Acquire(LockMode mode) override {
+    if (mode != LockMode::kExclusive) return absl::InvalidArgumentError("raw: exclusive only");
+    fd_ = open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd_ < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", file_));
+    struct flock fl = {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = posixfd::kLockBase;  // the gate and both class bytes
+    fl.l_len = 3;
+    if (fcntl(fd_, F_OFD_SETLK, &fl) != 0) return absl::ErrnoToStatus(errno, "F_OFD_SETLK");
+    unsigned char header[posixfd::kHeaderSize];
+    if (pread(fd_, header, sizeof header, 0) < 0) return absl::ErrnoToStatus(errno, "pread");
+    ++token_;
+    memcpy(record_, &token_, sizeof token_);
+    if (pwrite(fd_, record_, sizeof record_, posixfd::kTokenOffset) !=
+        static_cast<ssize_t>(sizeof record_)) {
+      return absl::ErrnoToStatus(errno, "pwrite");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Release() override {
+    const int fd = fd_;
+    fd_ = -1;
+    return close(fd) == 0 ? absl::OkStatus() : absl::ErrnoToStatus(errno, "close");
+  }
+
+ private:
+  std::string file_;
+  int fd_ = -1;
+  uint64_t token_ = 0;
+  // Token to the end of the exclusive holder record, as posixfd writes them.
+  unsigned char record_[posixfd::kExclusiveRecord - posixfd::kTokenOffset + posixfd::kRecordSize] =
+      {};
+};
+
 // Through latchd: one `acquire` and one `release` request per cycle, on one
 // connection, for one registered owner (this process).
 class ThroughLatchd final : public CyclePath {
@@ -253,7 +301,20 @@ json SummaryJson(const Summary& s) {
           {"p99", s.p99},    {"max", s.max}, {"mean", s.mean},     {"spread", s.spread}};
 }
 
-// The uncontended scenario on every backend and both paths. Fills `results`.
+// What one cycle of the uncontended scenario is on `path`.
+const char* CycleText(const std::string& path) {
+  if (path == "latchd") {
+    return "one acquire request (no wait) + one release request of one lease, one registered "
+           "owner, one connection";
+  }
+  if (path == "raw") {
+    return "raw OFD calls (posixfd's minimum): open, F_OFD_SETLK write lock, read the header, "
+           "write token and holder record; close";
+  }
+  return "Backend::Acquire (no wait) + Backend::Release of one lease, one owner";
+}
+
+// The uncontended scenario on every backend and path. Fills `results`.
 int RunUncontended(const Options& o, const std::string& workdir, json* results,
                    nlohmann::json* latchd_hello) {
   // Backends in this process, with their own private settings.
@@ -303,6 +364,8 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
   };
   std::vector<Block> blocks;
   for (const std::string& b : o.backends) {
+    // The raw API's cycle, where there is one (posixfd: fcntl; nop has none).
+    if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, {}, {}});
     for (const char* path : {"in-process", "latchd"}) {
       for (LockMode m : Modes(loaded[b]->capabilities())) blocks.push_back({b, path, m, {}, {}});
     }
@@ -314,7 +377,9 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
     for (size_t k = 0; k < blocks.size(); ++k) {
       Block& bl = blocks[(k + static_cast<size_t>(run)) % blocks.size()];
       std::unique_ptr<CyclePath> path;
-      if (bl.path == "in-process") {
+      if (bl.path == "raw") {
+        path = std::make_unique<RawPosixfd>(workdir + "/raw.lock");
+      } else if (bl.path == "in-process") {
         absl::StatusOr<Resource> res = Resource::Lease("latchbench", lease);
         if (!res.ok()) {
           fprintf(stderr, "latchbench: %s\n", res.status().ToString().c_str());
@@ -373,10 +438,7 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
          {"path", bl.path},
          {"mode", LockModeName(bl.mode)},
          {"metric", "cycle_seconds"},
-         {"cycle", bl.path == "latchd"
-                       ? "one acquire request (no wait) + one release request of one lease, "
-                         "one registered owner, one connection"
-                       : "Backend::Acquire (no wait) + Backend::Release of one lease, one owner"},
+         {"cycle", CycleText(bl.path)},
          {"runs", runs},
          {"summary", SummaryJson(Summarize(pooled))},
          {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});

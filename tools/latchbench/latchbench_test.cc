@@ -98,10 +98,19 @@ TEST(LatchbenchTest, QuickRunWritesOneDocumentWithEveryBackendPathAndMode) {
     EXPECT_TRUE(r["verdict"].contains("trusted")) << key;
     EXPECT_FALSE(r["verdict"]["why"].get<std::string>().empty()) << key;
   }
-  // Both backends grant all three modes; both paths.
-  EXPECT_EQ(seen.size(), 12u);
+  // Both backends grant all three modes; both paths; posixfd's raw-API
+  // baseline (exclusive).
+  EXPECT_EQ(seen.size(), 13u);
   EXPECT_EQ(seen.count("nop/latchd/exclusive"), 1u);
   EXPECT_EQ(seen.count("posixfd/in-process/shared-read"), 1u);
+  EXPECT_EQ(seen.count("posixfd/raw/exclusive"), 1u);
+  EXPECT_EQ(seen.count("nop/raw/exclusive"), 0u) << "nop has no raw API";
+
+  // What run writes, report reads (report_test checks the page itself).
+  Ran rep = Latch(absl::StrCat("report --out=", Tmp(), "/report ", out));
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_THAT(rep.out, HasSubstr("index.html: 5 figures"));
+  EXPECT_EQ(access((Tmp() + "/report/figures/cdf-uncontended-raw.svg").c_str(), R_OK), 0);
 }
 
 TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {

@@ -319,6 +319,39 @@ def agent_share_table(doc):
             "<th>through latchd</th><th>latchd adds</th><th></th></tr>" + "".join(rows) + "</table>")
 
 
+def raw_ratio_table(doc):
+    """The framework against the raw API in the same run: median over the raw
+    median, per backend that has a raw cycle, for the raw cycle's mode."""
+    by = {}
+    for r in doc["results"]:
+        if r["metric"].endswith("_seconds"):
+            by[(r["scenario"], r["backend"], r["mode"], r["path"])] = r
+    rows = []
+    for (sc, be, mode, path), raw in sorted(by.items()):
+        if path != "raw":
+            continue
+        for other in ("in-process", "latchd"):
+            r = by.get((sc, be, mode, other))
+            if r is None or raw["summary"]["median"] <= 0:
+                continue
+            ratio = r["summary"]["median"] / raw["summary"]["median"]
+            both = r.get("verdict", {}).get("trusted", True) and \
+                raw.get("verdict", {}).get("trusted", True)
+            mark = "" if both else " class='noisy'"
+            rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td><td>{esc(mode)}</td>"
+                        f"<td>{esc(other)}</td><td>{fmt(raw['summary']['median'], 's_seconds')} µs"
+                        f"</td><td>{fmt(r['summary']['median'], 's_seconds')} µs</td>"
+                        f"<td>{ratio:.2f}</td>"
+                        f"<td>{'' if both else 'one of the two is too noisy to compare'}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Against the raw API</h3><p>The backend's median over the median of the same "
+            "work done with the raw API in the same run (the raw cycle is described under the "
+            "scenario).</p><table><tr><th>scenario</th><th>backend</th><th>mode</th><th>path</th>"
+            "<th>raw</th><th>latchkey</th><th>ratio</th><th></th></tr>" + "".join(rows)
+            + "</table>")
+
+
 def compare_table(a, b):
     ia = {key(r): r for r in a["results"]}
     ib = {key(r): r for r in b["results"]}
@@ -415,6 +448,7 @@ def page(docs, figs):
                  "of one cycle over every run; the verdict says whether the runs agree well "
                  "enough to compare.</p>")
         h.append(summary_table(d))
+        h.append(raw_ratio_table(d))
         h.append(agent_share_table(d))
     present = [s for s in SCENARIOS if any(r["scenario"] == s for d in docs for r in d["results"])]
     other = sorted({r["scenario"] for d in docs for r in d["results"]} - set(SCENARIOS))

@@ -32,8 +32,8 @@ expect_figures() {
 # One run.
 out=$tmp/one
 "$bench" report --out="$out" "$a" >"$tmp/one.log" 2>&1 || fail "report of one run: $(cat "$tmp/one.log")"
-grep -q "index.html: 4 figures" "$tmp/one.log" || fail "report did not say what it wrote: $(cat "$tmp/one.log")"
-for f in cdf-uncontended-in-process cdf-uncontended-latchd medians-uncontended runs-uncontended; do
+grep -q "index.html: 5 figures" "$tmp/one.log" || fail "report did not say what it wrote: $(cat "$tmp/one.log")"
+for f in cdf-uncontended-in-process cdf-uncontended-latchd cdf-uncontended-raw medians-uncontended runs-uncontended; do
   for ext in png svg; do
     [[ -s $out/figures/$f.$ext ]] || fail "figure $f.$ext is missing or empty"
   done
@@ -46,6 +46,8 @@ grep -q 'src=.data:image/png;base64,' "$html" || fail "the page does not embed i
 grep -q "Not measured in this report" "$html" || fail "missing scenarios are not named"
 grep -q "contended, handoff, cost, scale, failover" "$html" || fail "the missing scenarios are wrong"
 grep -q "latchd adds" "$html" || fail "latchd's share is not shown"
+grep -q "Against the raw API" "$html" && grep -q "<td>posixfd</td><td>exclusive</td><td>in-process</td>" "$html" ||
+  fail "the ratio against the raw API is not shown"
 grep -q "cpus_online\|2 CPUs" "$html" || fail "the machine is not described"
 # A block whose runs disagree is flagged, not hidden.
 python3 -c "
@@ -55,13 +57,13 @@ d['results'][2]['verdict'] = {'trusted': False, 'relative': 0.6,
   'why': 'medians of 3 runs within 60% of their median (limit 25%): too noisy to compare'}
 json.dump(d, open('$tmp/noisy.json', 'w'))"
 "$bench" report --out="$tmp/noisy" "$tmp/noisy.json" >/dev/null 2>&1 || fail "report of a noisy run"
-grep -q "1 of 12 results are too noisy to compare" "$tmp/noisy/index.html" || fail "a noisy result is not flagged"
+grep -q "1 of 13 results are too noisy to compare" "$tmp/noisy/index.html" || fail "a noisy result is not flagged"
 # Summary rows are one per line; the marked one is the third result's.
 marked=$(grep "^<tr class='noisy'>" "$tmp/noisy/index.html")
 [[ $(wc -l <<<"$marked") == 1 ]] || fail "not exactly the noisy row is marked: $marked"
 r2=$(python3 -c "import json; r = json.load(open('$a'))['results'][2]; print(r['backend'], r['path'], r['mode'])")
 [[ $marked == *"<td>${r2// /</td><td>}</td>"* ]] || fail "the marked row is not $r2: $marked"
-expect_figures "$html" 4
+expect_figures "$html" 5
 
 # Two runs: B against A, said to be from different runs.
 out=$tmp/two
@@ -77,7 +79,7 @@ t = lambda p: {(r['backend'], r['path'], r['mode']) for r in json.load(open(p))[
 print(len(t('$a') & t('$b')))")
 ((both > 0)) || fail "the recorded runs trust no common block"
 (($(grep -o ">comparable<" "$html" | wc -l) == both)) || fail "not the $both blocks both runs trust are comparable"
-expect_figures "$html" 4
+expect_figures "$html" 5
 # A different machine: every ratio is said not to be comparable.
 python3 -c "
 import json; d = json.load(open('$b')); d['environment']['cpus_online'] = 64
@@ -85,7 +87,7 @@ json.dump(d, open('$tmp/big.json', 'w'))"
 "$bench" report --out="$tmp/big" "$a" "$tmp/big.json" >/dev/null 2>&1 || fail "report of two machines"
 grep -q "They differ in: environment.cpus_online: A 2, B 64" "$tmp/big/index.html" ||
   fail "a different machine is not named"
-(($(grep -o "not comparable: [^<]*environment or parameters differ" "$tmp/big/index.html" | wc -l) == 12)) ||
+(($(grep -o "not comparable: [^<]*environment or parameters differ" "$tmp/big/index.html" | wc -l) == 13)) ||
   fail "ratios across machines not flagged"
 
 # Bad input: exit 2 and a message that names the file and the fault; no page.
