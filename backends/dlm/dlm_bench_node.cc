@@ -37,6 +37,7 @@ extern "C" {
 }
 
 #include "absl/strings/numbers.h"
+#include "backends/dlm/raw_lock.h"
 #include "absl/strings/str_cat.h"
 #include "core/backend.h"
 #include "core/config.h"
@@ -101,40 +102,6 @@ void Report(const char* what, std::vector<double> us) {
          sum / us.size());
 }
 
-// One raw libdlm lock driven with the asynchronous calls.
-struct RawLock {
-  dlm_lksb lksb{};
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  int status = 0;
-
-  static void Ast(void* arg) {
-    RawLock* r = static_cast<RawLock*>(arg);
-    std::lock_guard<std::mutex> l(r->mu);
-    r->status = r->lksb.sb_status;
-    r->done = true;
-    r->cv.notify_one();
-  }
-  bool Wait() {
-    std::unique_lock<std::mutex> l(mu);
-    cv.wait(l, [this] { return done; });
-    done = false;
-    return true;
-  }
-  bool Lock(dlm_lshandle_t ls, const std::string& name) {
-    if (dlm_ls_lock(ls, LKM_EXMODE, &lksb, 0, name.data(), name.size(), 0, Ast, this, nullptr,
-                    nullptr) != 0) {
-      return false;
-    }
-    return Wait() && status == 0;
-  }
-  bool Unlock(dlm_lshandle_t ls) {
-    if (dlm_ls_unlock(ls, lksb.sb_lkid, 0, &lksb, this) < 0) return false;
-    return Wait() && status == EUNLOCK;
-  }
-};
-
 int Cycles(int argc, char** argv) {
   if (argc != 7) return Die("cycles PLUGIN_DIR LOCKSPACE NAME N ROUNDS");
   const std::string ls_name = argv[3], name = argv[4];
@@ -158,12 +125,14 @@ int Cycles(int argc, char** argv) {
   // Raw libdlm, twice: the asynchronous calls with a condition variable
   // (what latchkey does underneath: the fair baseline), and libdlm's own
   // synchronous dlm_ls_lock_wait / dlm_ls_unlock_wait.
-  RawLock rl;
+  RawDlmLock rl;
   for (int r = 0; r < rounds; ++r) {
     for (int i = 0; i < n; ++i) {
       const int64_t t0 = MonoNs();
-      if (!rl.Lock(ls, raw_name)) return Die(absl::StrCat("raw lock: status ", rl.status));
-      if (!rl.Unlock(ls)) return Die(absl::StrCat("raw unlock: status ", rl.status));
+      if (!rl.Lock(ls, raw_name, LKM_EXMODE)) {
+        return Die(absl::StrCat("raw lock: status ", rl.status()));
+      }
+      if (!rl.Unlock(ls)) return Die(absl::StrCat("raw unlock: status ", rl.status()));
       raw.push_back((MonoNs() - t0) / 1000.0);
     }
     for (int i = 0; i < n; ++i) {

@@ -2,14 +2,13 @@
 // writes what it measured as one JSON document (docs/latchbench.md).
 //
 //   latchbench list
-//   latchbench run [--quick] [--backends=posixfd,nop] [--scenarios=uncontended]
-//                  [--runs=N] [--cycles=N] [--warmup=N] [--seed=N] [--out=FILE]
-//                  [--latchd=PATH] [--plugin-path=DIR:DIR] [--max-run-spread=0.25]
+//   latchbench run [--quick] [--lab[=DIR]] [--backends=...] [--scenarios=uncontended] ...
+//   latchbench report [--out=DIR] A.json [B.json]
 //
-// This is the first part of issue 18: the local backends (posixfd and the
-// nop floor), the `uncontended` scenario, in process (through the plugin
-// ABI) and through a private latchd; the lab backends, the other scenarios
-// and the report come next.
+// Issue 18 so far: the `uncontended` scenario on this host (posixfd, nop)
+// and in the cluster lab (dlm, sanlock, posixfd on NFS, nop), on the raw
+// API, in process (the plugin ABI) and through latchd; the report
+// (report.py). The other scenarios come next.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -23,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -49,7 +49,9 @@
 #include "core/resource.h"
 #include "nlohmann/json.hpp"
 #include "tools/cpp/runfiles/runfiles.h"
+#include "tools/latchbench/cycle_paths.h"
 #include "tools/latchbench/environment.h"
+#include "tools/latchbench/lab_runner.h"
 #include "tools/latchbench/latchd_runner.h"
 #include "tools/latchbench/stats.h"
 
@@ -62,9 +64,13 @@ using Clock = std::chrono::steady_clock;
 
 constexpr char kSchema[] = "latchbench/1";
 constexpr char kUsage[] = R"(usage: latchbench list
-       latchbench run [--quick] [--backends=posixfd,nop] [--scenarios=uncontended]
-                      [--runs=N] [--cycles=N] [--warmup=N] [--seed=N] [--out=FILE]
-                      [--latchd=PATH] [--plugin-path=DIR:DIR] [--max-run-spread=F]
+       latchbench run [--quick] [--lab[=DIR]] [--backends=posixfd,nop]
+                      [--scenarios=uncontended] [--runs=N] [--cycles=N] [--warmup=N]
+                      [--block-seconds=S] [--seed=N] [--out=FILE] [--latchd=PATH]
+                      [--plugin-path=DIR:DIR] [--max-run-spread=F]
+         --lab        measure on node 1 of the cluster lab (started, or the running
+                      one in DIR); needed for dlm and sanlock
+         --block-seconds  a block's timed part ends after S s once it has 5 cycles
        latchbench report [--out=DIR] A.json [B.json]
 )";
 
@@ -89,12 +95,15 @@ constexpr ScenarioInfo kScenarios[] = {
 struct BackendInfo {
   const char* name;
   const char* needs;
+  bool lab_only;
 };
-// What `run` can measure on this machine. dlm and sanlock need the cluster
-// lab and come with the lab runner (issue 18's next part).
+// What `run` can measure: on this host, or (--lab) on the cluster lab's
+// node 1, where posixfd's lock files are on NFS.
 constexpr BackendInfo kBackends[] = {
-    {"posixfd", "a local lock directory (latchbench makes one)"},
-    {"nop", "nothing: grants everything, the floor (latchkey's own cost)"},
+    {"posixfd", "a lock directory: latchbench makes a local one; in the lab, on NFS", false},
+    {"nop", "nothing: grants everything, the floor (latchkey's own cost)", false},
+    {"dlm", "the cluster lab (--lab): corosync and the kernel DLM", true},
+    {"sanlock", "the cluster lab (--lab): a lease area on the shared iSCSI LUN", true},
 };
 
 // Whether `table` (kBackends, kScenarios) has an entry called `name`.
@@ -138,126 +147,12 @@ struct Options {
   uint64_t seed = 1;
   double max_run_spread = 0.25;
   std::string out;
+  double block_seconds = 0;  // a block's timed part ends after this (0: never)
+  bool lab = false;          // measure in the cluster lab
+  std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
   std::vector<std::string> plugin_path;
   std::vector<std::string> argv;
-};
-
-// One way of taking and dropping the scenario's lease.
-class CyclePath {
- public:
-  virtual ~CyclePath() = default;
-  virtual absl::Status Acquire(LockMode mode) = 0;
-  virtual absl::Status Release() = 0;
-};
-
-// Through the plugin ABI, in this process.
-class InProcess final : public CyclePath {
- public:
-  InProcess(Backend* backend, Owner owner, Resource resource)
-      : backend_(backend), owner_(std::move(owner)), resource_(std::move(resource)) {}
-  absl::Status Acquire(LockMode mode) override {
-    return backend_->Acquire(owner_, resource_, mode, AcquireOptions{}).status();
-  }
-  absl::Status Release() override { return backend_->Release(owner_, resource_); }
-
- private:
-  Backend* backend_;
-  Owner owner_;
-  Resource resource_;
-};
-
-// The raw-API baseline of posixfd: by hand, what an exclusive posixfd grant
-// must do at the least (the backend's own layout: an OFD write lock on its
-// lock range, the header read, the token and holder record written), and
-// close to release. The in-process path adds the plugin ABI, validation, the
-// owner table and the record encoding.
-class RawPosixfd final : public CyclePath {
- public:
-  explicit RawPosixfd(std::string file) : file_(std::move(file)) {}
-  ~RawPosixfd() override {
-    if (fd_ >= 0) close(fd_);
-  }
-  absl::Status Acquire(LockMode mode) override {
-    if (mode != LockMode::kExclusive) return absl::InvalidArgumentError("raw: exclusive only");
-    fd_ = open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd_ < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", file_));
-    struct flock fl = {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = posixfd::kLockBase;  // the gate and both class bytes
-    fl.l_len = 3;
-    if (fcntl(fd_, F_OFD_SETLK, &fl) != 0) return absl::ErrnoToStatus(errno, "F_OFD_SETLK");
-    unsigned char header[posixfd::kHeaderSize];
-    if (pread(fd_, header, sizeof header, 0) < 0) return absl::ErrnoToStatus(errno, "pread");
-    ++token_;
-    memcpy(record_, &token_, sizeof token_);
-    if (pwrite(fd_, record_, sizeof record_, posixfd::kTokenOffset) !=
-        static_cast<ssize_t>(sizeof record_)) {
-      return absl::ErrnoToStatus(errno, "pwrite");
-    }
-    return absl::OkStatus();
-  }
-  absl::Status Release() override {
-    const int fd = fd_;
-    fd_ = -1;
-    return close(fd) == 0 ? absl::OkStatus() : absl::ErrnoToStatus(errno, "close");
-  }
-
- private:
-  std::string file_;
-  int fd_ = -1;
-  uint64_t token_ = 0;
-  // Token to the end of the exclusive holder record, as posixfd writes them.
-  unsigned char record_[posixfd::kExclusiveRecord - posixfd::kTokenOffset + posixfd::kRecordSize] =
-      {};
-};
-
-// Through latchd: one `acquire` and one `release` request per cycle, on one
-// connection, for one registered owner (this process).
-class ThroughLatchd final : public CyclePath {
- public:
-  static absl::StatusOr<std::unique_ptr<ThroughLatchd>> Open(const std::string& socket,
-                                                             const std::string& backend,
-                                                             const std::string& lease) {
-    absl::StatusOr<LatchdClient> c = LatchdClient::Connect(socket, absl::Seconds(10));
-    if (!c.ok()) return c.status();
-    std::unique_ptr<ThroughLatchd> t(new ThroughLatchd(std::move(*c)));
-    t->uuid_ = RandomUuid();
-    t->backend_ = backend;
-    t->lease_ = lease;
-    absl::StatusOr<json> r = t->client_.Call(
-        {{"op", "register"},
-         {"owner", {{"uuid", t->uuid_}, {"name", "latchbench"}, {"pid", getpid()}}},
-         {"policy", "ignore"}});
-    if (!r.ok()) return r.status();
-    return t;
-  }
-  ~ThroughLatchd() override {
-    (void)client_.Call({{"op", "unregister"}, {"uuid", uuid_}});
-  }
-  absl::Status Acquire(LockMode mode) override {
-    return client_
-        .Call({{"op", "acquire"},
-               {"uuid", uuid_},
-               {"resources",
-                {{{"lease", lease_}, {"lockspace", "latchbench"}, {"backend", backend_},
-                  {"mode", LockModeName(mode)}}}}})
-        .status();
-  }
-  absl::Status Release() override {
-    return client_
-        .Call({{"op", "release"},
-               {"uuid", uuid_},
-               {"resources",
-                {{{"lease", lease_}, {"lockspace", "latchbench"}, {"backend", backend_}}}}})
-        .status();
-  }
-
- private:
-  explicit ThroughLatchd(LatchdClient c) : client_(std::move(c)) {}
-  LatchdClient client_;
-  std::string uuid_, backend_, lease_;
 };
 
 // Progress on stderr: one line per block, rewritten in place on a terminal.
@@ -301,20 +196,72 @@ json SummaryJson(const Summary& s) {
           {"p99", s.p99},    {"max", s.max}, {"mean", s.mean},     {"spread", s.spread}};
 }
 
-// What one cycle of the uncontended scenario is on `path`.
-const char* CycleText(const std::string& path) {
-  if (path == "latchd") {
-    return "one acquire request (no wait) + one release request of one lease, one registered "
-           "owner, one connection";
+// One block: a backend, path and mode measured `runs` times, where.
+struct Block {
+  std::string backend, path;
+  LockMode mode;
+  std::string placement;  // "host", "node1, master node2", ...
+  std::string lease;
+  int node = 0;  // 0: this host
+  std::vector<Summary> runs;
+  std::vector<std::vector<double>> samples;
+};
+
+// Measures every block `o.runs` times, rotated each run so a drift of the
+// machine does not favour one block, with `measure` timing one block once;
+// then appends the results. kOk, kFailed or kInterrupted.
+int MeasureBlocks(
+    const Options& o, std::vector<Block>* blocks, json* results,
+    const std::function<absl::StatusOr<std::vector<double>>(
+        const Block&, const std::function<void(int, int)>&)>& measure) {
+  Progress progress(static_cast<int64_t>(blocks->size()) * o.runs * (o.cycles + o.warmup));
+  for (int run = 0; run < o.runs; ++run) {
+    for (size_t k = 0; k < blocks->size(); ++k) {
+      Block& bl = (*blocks)[(k + static_cast<size_t>(run)) % blocks->size()];
+      const std::string name =
+          absl::StrCat("uncontended ", bl.backend, " ", bl.path, " ", LockModeName(bl.mode),
+                       bl.node > 0 ? absl::StrCat(" (", bl.placement, ")") : "", ", run ", run + 1,
+                       "/", o.runs);
+      absl::StatusOr<std::vector<double>> timed =
+          measure(bl, [&](int done, int total) { progress.Update(name, done, total, false); });
+      if (g_interrupted || absl::IsCancelled(timed.status())) {
+        fprintf(stderr, "\nlatchbench: interrupted in %s; nothing written\n", name.c_str());
+        return kInterrupted;
+      }
+      if (!timed.ok()) {
+        fprintf(stderr, "\nlatchbench: %s: %s\n", name.c_str(), timed.status().ToString().c_str());
+        return kFailed;
+      }
+      progress.Update(name, o.warmup + o.cycles, o.warmup + o.cycles, true);
+      bl.runs.push_back(Summarize(*timed));
+      bl.samples.push_back(std::move(*timed));
+    }
   }
-  if (path == "raw") {
-    return "raw OFD calls (posixfd's minimum): open, F_OFD_SETLK write lock, read the header, "
-           "write token and holder record; close";
+  for (const Block& bl : *blocks) {
+    json runs = json::array();
+    std::vector<double> pooled;
+    for (size_t r = 0; r < bl.runs.size(); ++r) {
+      runs.push_back({{"summary", SummaryJson(bl.runs[r])}, {"samples", bl.samples[r]}});
+      pooled.insert(pooled.end(), bl.samples[r].begin(), bl.samples[r].end());
+    }
+    const Verdict v = JudgeRuns(bl.runs, o.max_run_spread);
+    results->push_back(
+        {{"scenario", "uncontended"},
+         {"backend", bl.backend},
+         {"path", bl.path},
+         {"mode", LockModeName(bl.mode)},
+         {"placement", bl.placement},
+         {"metric", "cycle_seconds"},
+         {"cycle", CycleText(bl.backend, bl.path)},
+         {"runs", runs},
+         {"summary", SummaryJson(Summarize(pooled))},
+         {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});
   }
-  return "Backend::Acquire (no wait) + Backend::Release of one lease, one owner";
+  return kOk;
 }
 
-// The uncontended scenario on every backend and path. Fills `results`.
+// The uncontended scenario on this host: every backend and path. Fills
+// `results`.
 int RunUncontended(const Options& o, const std::string& workdir, json* results,
                    nlohmann::json* latchd_hello) {
   // Backends in this process, with their own private settings.
@@ -356,99 +303,118 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
   }
   *latchd_hello = (*latchd)->hello();
 
-  struct Block {
-    std::string backend, path;
-    LockMode mode;
-    std::vector<Summary> runs;
-    std::vector<std::vector<double>> samples;
-  };
+  const std::string lease = absl::StrCat("uncontended-", o.seed);
   std::vector<Block> blocks;
   for (const std::string& b : o.backends) {
+    const std::string placement = b == "posixfd" ? "host, local lock directory" : "host";
     // The raw API's cycle, where there is one (posixfd: fcntl; nop has none).
-    if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, {}, {}});
+    if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, placement, lease});
     for (const char* path : {"in-process", "latchd"}) {
-      for (LockMode m : Modes(loaded[b]->capabilities())) blocks.push_back({b, path, m, {}, {}});
-    }
-  }
-  Progress progress(static_cast<int64_t>(blocks.size()) * o.runs * (o.cycles + o.warmup));
-  const std::string lease = absl::StrCat("uncontended-", o.seed);
-  for (int run = 0; run < o.runs; ++run) {
-    // Rotated each run, so a drift of the machine does not favour one block.
-    for (size_t k = 0; k < blocks.size(); ++k) {
-      Block& bl = blocks[(k + static_cast<size_t>(run)) % blocks.size()];
-      std::unique_ptr<CyclePath> path;
-      if (bl.path == "raw") {
-        path = std::make_unique<RawPosixfd>(workdir + "/raw.lock");
-      } else if (bl.path == "in-process") {
-        absl::StatusOr<Resource> res = Resource::Lease("latchbench", lease);
-        if (!res.ok()) {
-          fprintf(stderr, "latchbench: %s\n", res.status().ToString().c_str());
-          return kFailed;
-        }
-        path = std::make_unique<InProcess>(loaded[bl.backend].get(),
-                                           OwnerForThisProcess(RandomUuid(), "latchbench"), *res);
-      } else {
-        absl::StatusOr<std::unique_ptr<ThroughLatchd>> t =
-            ThroughLatchd::Open((*latchd)->socket(), bl.backend, lease);
-        if (!t.ok()) {
-          fprintf(stderr, "latchbench: latchd: %s\n%s\n", t.status().ToString().c_str(),
-                  (*latchd)->LogTail().c_str());
-          return kFailed;
-        }
-        path = std::move(*t);
+      for (LockMode m : Modes(loaded[b]->capabilities())) {
+        blocks.push_back({b, path, m, placement, lease});
       }
-      const std::string name = absl::StrCat("uncontended ", bl.backend, " ", bl.path, " ",
-                                            LockModeName(bl.mode), ", run ", run + 1, "/", o.runs);
-      std::vector<double> samples;
-      samples.reserve(static_cast<size_t>(o.cycles));
-      const int total = o.warmup + o.cycles;
-      for (int i = 0; i < total; ++i) {
-        if (g_interrupted) {
-          fprintf(stderr, "\nlatchbench: interrupted in %s; nothing written\n", name.c_str());
-          return kInterrupted;
+    }
+  }
+  return MeasureBlocks(
+      o, &blocks, results,
+      [&](const Block& bl, const std::function<void(int, int)>& progress)
+          -> absl::StatusOr<std::vector<double>> {
+        std::unique_ptr<CyclePath> path;
+        if (bl.path == "raw") {
+          path = RawPosixfdPath(workdir + "/raw.lock");
+        } else if (bl.path == "in-process") {
+          absl::StatusOr<Resource> res = Resource::Lease("latchbench", bl.lease);
+          if (!res.ok()) return res.status();
+          path = InProcessPath(loaded[bl.backend].get(),
+                               OwnerForThisProcess(RandomUuid(), "latchbench"), *res);
+        } else {
+          absl::StatusOr<std::unique_ptr<CyclePath>> t =
+              LatchdPath((*latchd)->socket(), bl.backend, "latchbench", bl.lease);
+          if (!t.ok()) {
+            return absl::Status(t.status().code(), absl::StrCat("latchd: ", t.status().message(),
+                                                                "\n", (*latchd)->LogTail()));
+          }
+          path = std::move(*t);
         }
-        const auto t0 = Clock::now();
-        absl::Status s = path->Acquire(bl.mode);
-        if (s.ok()) s = path->Release();
-        const auto t1 = Clock::now();
-        if (!s.ok()) {
-          fprintf(stderr, "\nlatchbench: %s: cycle %d failed: %s\n", name.c_str(), i + 1,
-                  s.ToString().c_str());
-          return kFailed;
+        return TimeCycles(*path, bl.mode, o.warmup, o.cycles, o.block_seconds, &g_interrupted,
+                          progress);
+      });
+}
+
+// The modes measured in the lab. sanlock grants both shared modes as one
+// (SH): both are measured, and say the same.
+std::vector<LockMode> LabModes() {
+  return {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive};
+}
+
+// The uncontended scenario in the cluster lab, on node 1: dlm (the lease
+// mastered on node 1, and on node 2), sanlock (lease area on the shared
+// LUN), posixfd (lock files on NFS), nop. Fills `results` and `topology`.
+int RunUncontendedLab(const Options& o, json* results, json* topology, json* hello) {
+  LabSetup setup;
+  setup.attach = o.lab_dir;
+  setup.uml_cluster = Runfile("lab/uml/uml-cluster");
+  setup.backends = o.backends;
+  for (const char* f : {"tools/latchbench/latchbench-node", "agent/latchd", "tools/latchctl"}) {
+    setup.install.push_back(Runfile(f));
+  }
+  for (const std::string& b : o.backends) {
+    setup.install.push_back(Runfile(absl::StrCat("backends/", b, "/latchkey-", b, ".so")));
+  }
+  for (const std::string& f : setup.install) {
+    if (f.empty()) {
+      fprintf(stderr, "latchbench: a file to install in the lab is not in the runfiles\n");
+      return kFailed;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<LabRunner>> lab = LabRunner::Start(setup);
+  if (!lab.ok()) {
+    fprintf(stderr, "latchbench: the lab: %s\n", lab.status().ToString().c_str());
+    return kFailed;
+  }
+  *topology = (*lab)->Topology();
+  *hello = {{"latchd_plugins_node1", (*topology)["latchd_plugins"]}};
+  std::vector<Block> blocks;
+  std::vector<std::string> remote;  // DLM names node 2 masters
+  for (const std::string& b : o.backends) {
+    std::vector<std::string> masters = {""};
+    if (b == "dlm") masters = {"node1", "node2"};
+    for (const std::string& master : masters) {
+      std::string placement = "node1";
+      if (b == "dlm") placement += ", master " + master;
+      if (b == "sanlock") placement += ", lease area on the shared LUN";
+      if (b == "posixfd") placement += ", lock files on NFS";
+      for (const char* path : {"raw", "in-process", "latchd"}) {
+        const bool raw = std::string(path) == "raw";
+        if (raw && b != "dlm" && b != "posixfd") continue;
+        for (LockMode m : LabModes()) {
+          if (raw && b == "posixfd" && m != LockMode::kExclusive) continue;
+          const std::string lease =
+              absl::StrCat("ub", o.seed, "-", path, "-", master.empty() ? "x" : master);
+          blocks.push_back({b, path, m, placement, lease, 1});
+          if (master == "node2" && (remote.empty() || remote.back() != lease)) {
+            remote.push_back(lease);
+          }
         }
-        if (i >= o.warmup) samples.push_back(std::chrono::duration<double>(t1 - t0).count());
-        progress.Update(name, i + 1, total, false);
       }
-      progress.Update(name, total, total, true);
-      bl.runs.push_back(Summarize(samples));
-      bl.samples.push_back(std::move(samples));
     }
   }
-  for (const Block& bl : blocks) {
-    json runs = json::array();
-    std::vector<double> pooled;
-    for (size_t r = 0; r < bl.runs.size(); ++r) {
-      runs.push_back({{"summary", SummaryJson(bl.runs[r])}, {"samples", bl.samples[r]}});
-      pooled.insert(pooled.end(), bl.samples[r].begin(), bl.samples[r].end());
+  if (!remote.empty()) {
+    if (absl::Status s = (*lab)->MasterOn(2, remote); !s.ok()) {
+      fprintf(stderr, "latchbench: NL locks on node2: %s\n", s.ToString().c_str());
+      return kFailed;
     }
-    const Verdict v = JudgeRuns(bl.runs, o.max_run_spread);
-    results->push_back(
-        {{"scenario", "uncontended"},
-         {"backend", bl.backend},
-         {"path", bl.path},
-         {"mode", LockModeName(bl.mode)},
-         {"metric", "cycle_seconds"},
-         {"cycle", CycleText(bl.path)},
-         {"runs", runs},
-         {"summary", SummaryJson(Summarize(pooled))},
-         {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});
   }
-  return kOk;
+  return MeasureBlocks(o, &blocks, results,
+                       [&](const Block& bl, const std::function<void(int, int)>&) {
+                         return (*lab)->Cycles(bl.node, bl.backend, bl.path, bl.mode, bl.lease,
+                                               o.warmup, o.cycles, o.block_seconds);
+                       });
 }
 
 int Parse(int argc, char** argv, Options* o) {
   for (int i = 0; i < argc; ++i) o->argv.push_back(argv[i]);
-  bool cycles_set = false, runs_set = false, warmup_set = false;
+  bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false;
   for (int i = 2; i < argc; ++i) {
     absl::string_view a = argv[i];
     absl::string_view v;
@@ -494,8 +460,26 @@ int Parse(int argc, char** argv, Options* o) {
                 std::string(v).c_str());
         return kUsageError;
       }
+    } else if (value("--block-seconds")) {
+      if (!absl::SimpleAtod(v, &o->block_seconds) || !(o->block_seconds >= 0) ||
+          o->block_seconds > 86400) {
+        fprintf(stderr, "latchbench: --block-seconds must be a number of seconds from 0 to "
+                        "86400, not '%s'\n", std::string(v).c_str());
+        return kUsageError;
+      }
+      block_seconds_set = true;
     } else if (value("--out")) {
       o->out = std::string(v);
+    } else if (a == "--lab") {
+      o->lab = true;
+    } else if (value("--lab")) {
+      o->lab = true;
+      o->lab_dir = std::string(v);
+      if (o->lab_dir.empty() || o->lab_dir[0] != '/' || access(o->lab_dir.c_str(), R_OK) != 0) {
+        fprintf(stderr, "latchbench: --lab=DIR needs a running lab's absolute directory, not "
+                        "'%s'\n", o->lab_dir.c_str());
+        return kUsageError;
+      }
     } else if (value("--latchd")) {
       o->latchd = std::string(v);
     } else if (value("--plugin-path")) {
@@ -509,6 +493,7 @@ int Parse(int argc, char** argv, Options* o) {
     if (!runs_set) o->runs = 3;
     if (!cycles_set) o->cycles = 200;
     if (!warmup_set) o->warmup = 20;
+    if (!block_seconds_set) o->block_seconds = 5;
   }
   if (o->backends.empty() || o->scenarios.empty()) {
     fprintf(stderr, "latchbench: --backends and --scenarios need at least one name\n");
@@ -519,6 +504,13 @@ int Parse(int argc, char** argv, Options* o) {
       fprintf(stderr, "latchbench: unknown backend '%s' (latchbench list shows them)\n",
               b.c_str());
       return kUsageError;
+    }
+    for (const BackendInfo& i : kBackends) {
+      if (b == i.name && i.lab_only && !o->lab) {
+        fprintf(stderr, "latchbench: backend '%s' runs only in the cluster lab: add --lab (or "
+                        "--lab=DIR to use a running one)\n", b.c_str());
+        return kUsageError;
+      }
     }
     if (std::count(o->backends.begin(), o->backends.end(), b) > 1) {
       fprintf(stderr, "latchbench: backend '%s' is named twice\n", b.c_str());
@@ -561,7 +553,7 @@ int List() {
   for (const ScenarioInfo& s : kScenarios) printf("  %-12s %s\n", s.name, s.what);
   printf("backends:\n");
   for (const BackendInfo& b : kBackends) printf("  %-12s needs %s\n", b.name, b.needs);
-  printf("paths: in-process (the plugin ABI in latchbench), latchd (a private latchd)\n");
+  printf("paths: raw (the raw API: posixfd, dlm), in-process (the plugin ABI), latchd\n");
   return kOk;
 }
 
@@ -582,14 +574,20 @@ int Run(const Options& o) {
                        {"scenarios", o.scenarios},   {"runs", o.runs},
                        {"cycles", o.cycles},         {"warmup", o.warmup},
                        {"seed", o.seed},             {"max_run_spread", o.max_run_spread},
-                       {"plugin_path", o.plugin_path}, {"latchd", o.latchd}};
+                       {"plugin_path", o.plugin_path}, {"latchd", o.latchd},
+                       {"lab", o.lab},         {"block_seconds", o.block_seconds}};
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
+  json topology;
   for (const std::string& s : o.scenarios) {
-    if (s == "uncontended") rc = RunUncontended(o, workdir, &results, &latchd_hello);
+    if (s == "uncontended") {
+      rc = o.lab ? RunUncontendedLab(o, &results, &topology, &latchd_hello)
+                 : RunUncontended(o, workdir, &results, &latchd_hello);
+    }
     if (rc != kOk) break;
   }
+  if (o.lab) doc["lab"] = topology;
   (void)system(absl::StrCat("rm -rf '", workdir, "'").c_str());
   if (rc != kOk) return rc;
   doc["latchd_hello"] = latchd_hello;
@@ -612,12 +610,16 @@ int Run(const Options& o) {
     return kFailed;
   }
   // The summary, in microseconds.
-  printf("%-12s %-9s %-10s %-11s %9s %9s %9s %7s  %s\n", "scenario", "backend", "path", "mode",
-         "median_us", "p99_us", "max_us", "spread", "runs");
+  printf("%-12s %-9s %-14s %-10s %-11s %9s %9s %9s %7s  %s\n", "scenario", "backend", "where",
+         "path", "mode", "median_us", "p99_us", "max_us", "spread", "runs");
   for (const json& r : results) {
     const json& s = r["summary"];
-    printf("%-12s %-9s %-10s %-11s %9.1f %9.1f %9.1f %7.2f  %s\n",
+    std::string where = r["placement"].get<std::string>();
+    where = where.substr(0, where.find(", lease")).substr(0, where.find(", lock"));
+    absl::StrReplaceAll({{"master ", "m:"}}, &where);
+    printf("%-12s %-9s %-14s %-10s %-11s %9.1f %9.1f %9.1f %7.2f  %s\n",
            r["scenario"].get<std::string>().c_str(), r["backend"].get<std::string>().c_str(),
+           where.c_str(),
            r["path"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
            1e6 * s["median"].get<double>(), 1e6 * s["p99"].get<double>(),
            1e6 * s["max"].get<double>(), s["spread"].get<double>(),

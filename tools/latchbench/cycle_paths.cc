@@ -1,0 +1,246 @@
+// The cycle paths of latchbench (cycle_paths.h).
+#include "tools/latchbench/cycle_paths.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "agent/client.h"
+#include "backends/dlm/raw_lock.h"
+#include "backends/posixfd/lock_file.h"
+#include "nlohmann/json.hpp"
+
+namespace latchkey {
+namespace bench {
+namespace {
+
+using json = nlohmann::json;
+
+// libdlm's asynchronous calls on one resource (backends/dlm/raw_lock.h).
+class RawDlm final : public CyclePath {
+ public:
+  RawDlm(dlm_lshandle_t ls, std::string name) : ls_(ls), name_(std::move(name)) {}
+  ~RawDlm() override { dlm_close_lockspace(ls_); }
+  absl::Status Acquire(LockMode mode) override {
+    const int m = mode == LockMode::kExclusive   ? LKM_EXMODE
+                  : mode == LockMode::kSharedWrite ? LKM_CWMODE
+                                                   : LKM_PRMODE;
+    if (!lock_.Lock(ls_, name_, m)) {
+      return absl::InternalError(absl::StrCat("dlm_ls_lock ", name_, ": status ", lock_.status(),
+                                              " (", strerror(errno), ")"));
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Release() override {
+    if (!lock_.Unlock(ls_)) {
+      return absl::InternalError(absl::StrCat("dlm_ls_unlock ", name_, ": status ",
+                                              lock_.status()));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  dlm_lshandle_t ls_;
+  std::string name_;
+  RawDlmLock lock_;
+};
+
+// Through the plugin ABI, in this process.
+class InProcess final : public CyclePath {
+ public:
+  InProcess(Backend* backend, Owner owner, Resource resource)
+      : backend_(backend), owner_(std::move(owner)), resource_(std::move(resource)) {}
+  absl::Status Acquire(LockMode mode) override {
+    return backend_->Acquire(owner_, resource_, mode, AcquireOptions{}).status();
+  }
+  absl::Status Release() override { return backend_->Release(owner_, resource_); }
+
+ private:
+  Backend* backend_;
+  Owner owner_;
+  Resource resource_;
+};
+
+// The raw-API baseline of posixfd: by hand, what an exclusive posixfd grant
+// must do at the least (the backend's own layout: an OFD write lock on its
+// lock range, the header read, the token and holder record written), and
+// close to release. The in-process path adds the plugin ABI, validation, the
+// owner table and the record encoding.
+class RawPosixfd final : public CyclePath {
+ public:
+  explicit RawPosixfd(std::string file) : file_(std::move(file)) {}
+  ~RawPosixfd() override {
+    if (fd_ >= 0) close(fd_);
+  }
+  absl::Status Acquire(LockMode mode) override {
+    if (mode != LockMode::kExclusive) return absl::InvalidArgumentError("raw: exclusive only");
+    fd_ = open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd_ < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", file_));
+    struct flock fl = {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = posixfd::kLockBase;  // the gate and both class bytes
+    fl.l_len = 3;
+    if (fcntl(fd_, F_OFD_SETLK, &fl) != 0) return absl::ErrnoToStatus(errno, "F_OFD_SETLK");
+    unsigned char header[posixfd::kHeaderSize];
+    if (pread(fd_, header, sizeof header, 0) < 0) return absl::ErrnoToStatus(errno, "pread");
+    ++token_;
+    memcpy(record_, &token_, sizeof token_);
+    if (pwrite(fd_, record_, sizeof record_, posixfd::kTokenOffset) !=
+        static_cast<ssize_t>(sizeof record_)) {
+      return absl::ErrnoToStatus(errno, "pwrite");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Release() override {
+    const int fd = fd_;
+    fd_ = -1;
+    return close(fd) == 0 ? absl::OkStatus() : absl::ErrnoToStatus(errno, "close");
+  }
+
+ private:
+  std::string file_;
+  int fd_ = -1;
+  uint64_t token_ = 0;
+  // Token to the end of the exclusive holder record, as posixfd writes them.
+  unsigned char record_[posixfd::kExclusiveRecord - posixfd::kTokenOffset + posixfd::kRecordSize] =
+      {};
+};
+
+// Through latchd: one `acquire` and one `release` request per cycle, on one
+// connection, for one registered owner (this process).
+class ThroughLatchd final : public CyclePath {
+ public:
+  static absl::StatusOr<std::unique_ptr<ThroughLatchd>> Open(const std::string& socket,
+                                                             const std::string& backend,
+                                                             const std::string& lockspace,
+                                                             const std::string& lease) {
+    absl::StatusOr<LatchdClient> c = LatchdClient::Connect(socket, absl::Seconds(10));
+    if (!c.ok()) return c.status();
+    std::unique_ptr<ThroughLatchd> t(new ThroughLatchd(std::move(*c)));
+    t->uuid_ = RandomUuid();
+    t->backend_ = backend;
+    t->lease_ = lease;
+    t->lockspace_ = lockspace;
+    absl::StatusOr<json> r = t->client_.Call(
+        {{"op", "register"},
+         {"owner", {{"uuid", t->uuid_}, {"name", "latchbench"}, {"pid", getpid()}}},
+         {"policy", "ignore"}});
+    if (!r.ok()) return r.status();
+    return t;
+  }
+  ~ThroughLatchd() override {
+    (void)client_.Call({{"op", "unregister"}, {"uuid", uuid_}});
+  }
+  absl::Status Acquire(LockMode mode) override {
+    return client_
+        .Call({{"op", "acquire"},
+               {"uuid", uuid_},
+               {"resources",
+                {{{"lease", lease_}, {"lockspace", lockspace_}, {"backend", backend_},
+                  {"mode", LockModeName(mode)}}}}})
+        .status();
+  }
+  absl::Status Release() override {
+    return client_
+        .Call({{"op", "release"},
+               {"uuid", uuid_},
+               {"resources",
+                {{{"lease", lease_}, {"lockspace", lockspace_}, {"backend", backend_}}}}})
+        .status();
+  }
+
+ private:
+  explicit ThroughLatchd(LatchdClient c) : client_(std::move(c)) {}
+  LatchdClient client_;
+  std::string uuid_, backend_, lockspace_, lease_;
+};
+
+}  // namespace
+
+std::unique_ptr<CyclePath> InProcessPath(Backend* backend, Owner owner, Resource resource) {
+  return std::make_unique<InProcess>(backend, std::move(owner), std::move(resource));
+}
+
+std::unique_ptr<CyclePath> RawPosixfdPath(std::string file) {
+  return std::make_unique<RawPosixfd>(std::move(file));
+}
+
+absl::StatusOr<std::unique_ptr<CyclePath>> RawDlmPath(const std::string& lockspace,
+                                                      const std::string& name) {
+  dlm_lshandle_t ls = dlm_open_lockspace(lockspace.c_str());
+  if (ls == nullptr) ls = dlm_create_lockspace(lockspace.c_str(), 0600);
+  if (ls == nullptr) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("opening DLM lockspace ", lockspace));
+  }
+  if (dlm_ls_pthread_init(ls) != 0) {
+    const int e = errno;
+    dlm_close_lockspace(ls);
+    return absl::ErrnoToStatus(e, absl::StrCat("libdlm's thread for lockspace ", lockspace));
+  }
+  return std::unique_ptr<CyclePath>(new RawDlm(ls, name));
+}
+
+absl::StatusOr<std::unique_ptr<CyclePath>> LatchdPath(const std::string& socket,
+                                                      const std::string& backend,
+                                                      const std::string& lockspace,
+                                                      const std::string& lease) {
+  absl::StatusOr<std::unique_ptr<ThroughLatchd>> t =
+      ThroughLatchd::Open(socket, backend, lockspace, lease);
+  if (!t.ok()) return t.status();
+  return std::unique_ptr<CyclePath>(std::move(*t));
+}
+
+absl::StatusOr<std::vector<double>> TimeCycles(CyclePath& path, LockMode mode, int warmup,
+                                               int cycles, double max_seconds,
+                                               const std::atomic<bool>* stop,
+                                               const std::function<void(int, int)>& progress) {
+  constexpr size_t kMinSamples = 5;
+  std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(cycles));
+  const int total = warmup + cycles;
+  std::chrono::steady_clock::time_point timed_from;
+  for (int i = 0; i < total; ++i) {
+    if (stop != nullptr && *stop) return absl::CancelledError("interrupted");
+    if (i == warmup) timed_from = std::chrono::steady_clock::now();
+    if (max_seconds > 0 && samples.size() >= kMinSamples &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - timed_from).count() >=
+            max_seconds) {
+      break;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    absl::Status s = path.Acquire(mode);
+    if (s.ok()) s = path.Release();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("cycle ", i + 1, " failed: ", s.message()));
+    }
+    if (i >= warmup) samples.push_back(std::chrono::duration<double>(t1 - t0).count());
+    if (progress) progress(i + 1, total);
+  }
+  return samples;
+}
+
+std::string CycleText(const std::string& backend, const std::string& path) {
+  if (path == "latchd") {
+    return "one acquire request (no wait) + one release request of one lease, one registered "
+           "owner, one connection";
+  }
+  if (path == "raw" && backend == "dlm") {
+    return "raw libdlm: dlm_ls_lock + dlm_ls_unlock (asynchronous calls, completion waited for "
+           "on a condition variable), in the same DLM mode the backend uses";
+  }
+  if (path == "raw") {
+    return "raw OFD calls (posixfd's minimum): open, F_OFD_SETLK write lock, read the header, "
+           "write token and holder record; close";
+  }
+  return "Backend::Acquire (no wait) + Backend::Release of one lease, one owner";
+}
+
+}  // namespace bench
+}  // namespace latchkey

@@ -1,0 +1,71 @@
+// The ways latchbench takes and drops a lease, and the timed loop over them,
+// shared by latchbench (on this host) and latchbench-node (in a lab node).
+//
+//   raw         the backend's raw API doing what its grant must do at the
+//               least (posixfd: OFD calls; dlm: libdlm's asynchronous calls)
+//   in-process  the plugin loaded in this process, through the plugin ABI
+//   latchd      requests to a latchd, one connection, one registered owner
+//
+//   std::unique_ptr<CyclePath> p = InProcessPath(backend, owner, resource);
+//   absl::StatusOr<std::vector<double>> s = TimeCycles(*p, LockMode::kExclusive, 20, 200, &stop, {});
+#ifndef LATCHKEY_TOOLS_LATCHBENCH_CYCLE_PATHS_H_
+#define LATCHKEY_TOOLS_LATCHBENCH_CYCLE_PATHS_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/backend.h"
+#include "core/lock_mode.h"
+#include "core/owner.h"
+#include "core/resource.h"
+
+namespace latchkey {
+namespace bench {
+
+class CyclePath {
+ public:
+  virtual ~CyclePath() = default;
+  virtual absl::Status Acquire(LockMode mode) = 0;
+  virtual absl::Status Release() = 0;
+};
+
+// `backend` must outlive the path.
+std::unique_ptr<CyclePath> InProcessPath(Backend* backend, Owner owner, Resource resource);
+// posixfd's minimum on the lock file `file` (created): exclusive only.
+std::unique_ptr<CyclePath> RawPosixfdPath(std::string file);
+// A raw libdlm lock on `name` in `lockspace` (opened, or created).
+absl::StatusOr<std::unique_ptr<CyclePath>> RawDlmPath(const std::string& lockspace,
+                                                      const std::string& name);
+// Registers this process as an owner (policy "ignore") with the latchd at
+// `socket`; each cycle acquires and releases `lease` of `lockspace` on
+// `backend`. Unregisters when destroyed.
+absl::StatusOr<std::unique_ptr<CyclePath>> LatchdPath(const std::string& socket,
+                                                      const std::string& backend,
+                                                      const std::string& lockspace,
+                                                      const std::string& lease);
+
+// Runs `warmup` untimed and then `cycles` timed acquire+release cycles, each
+// timed alone with a monotonic clock; the samples in seconds. With
+// `max_seconds` > 0 the timed part also ends once it has run that long and
+// has at least 5 samples (slow backends: a sanlock cycle takes ~0.3 s in the
+// lab). Calls `progress(done, total)` after each cycle (may be empty). Stops
+// with Cancelled when *stop becomes true, and with the failing call's error
+// (naming the cycle) otherwise.
+absl::StatusOr<std::vector<double>> TimeCycles(CyclePath& path, LockMode mode, int warmup,
+                                               int cycles, double max_seconds,
+                                               const std::atomic<bool>* stop,
+                                               const std::function<void(int, int)>& progress);
+
+// What one uncontended cycle is on `path` ("raw", "in-process", "latchd")
+// for `backend`.
+std::string CycleText(const std::string& backend, const std::string& path);
+
+}  // namespace bench
+}  // namespace latchkey
+
+#endif  // LATCHKEY_TOOLS_LATCHBENCH_CYCLE_PATHS_H_

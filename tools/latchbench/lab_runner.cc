@@ -1,0 +1,247 @@
+// latchbench on the cluster lab (lab_runner.h).
+#include "tools/latchbench/lab_runner.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+
+namespace latchkey {
+namespace bench {
+
+using json = nlohmann::json;
+using lab::ClusterLab;
+
+namespace {
+
+// sanlock's lockspace and lease area on the LUN "lease" (256 MiB, 512-byte
+// sectors): the lab's own lockspace "latchkey" is at 0, the test suites'
+// leases live below 128 MiB or on NFS.
+constexpr char kLeaseLun[] = "/dev/lab/lease";
+constexpr char kSanlockLockspaceOffset[] = "134217728";  // 128 MiB
+constexpr char kSanlockArea[] = "130M:64M";  // 62 slots of 1 MiB
+constexpr char kNfsLocks[] = "/mnt/nfs/latchbench-locks";
+
+// latchd's configuration on `node`: every backend measured, nop only as a
+// benchmark backend.
+std::string LatchdConf(int node, const std::vector<std::string>& backends) {
+  std::string out = absl::StrCat(
+      "backends = [ \"", absl::StrJoin(backends, "\", \""), "\" ]\n",
+      "plugin_path = [ \"/shared/bin\" ]\n"
+      "lockspace = \"latchbench\"\n"
+      "state_dir = \"/run/latchbench\"\n"
+      "socket = \"", LabRunner::kSocket, "\"\n"
+      "log_syslog = 0\nlog_level = \"info\"\nterminate_grace_ms = 1000\n");
+  for (const std::string& b : backends) {
+    if (b == "nop") out += "benchmark_backends = [ \"nop\" ]\n";
+  }
+  return out + absl::StrCat(
+      // The DLM lockspace is shared with latchbench-node's raw and
+      // in-process cycles on the same node.
+      "dlm_lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n",
+      "dlm_shared_lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n",
+      "sanlock_host_id = ", node, "\n",
+      "sanlock_lockspaces = [ \"", LabRunner::kSanlockLockspace, ":", kLeaseLun, ":",
+      kSanlockLockspaceOffset, "\" ]\n",
+      "sanlock_lease_areas = [ \"", LabRunner::kSanlockLockspace, ":", kLeaseLun, ":", kSanlockArea,
+      "\" ]\n",
+      "sanlock_io_timeout = ", LabRunner::kSanlockIoTimeout, "\nsanlock_num_hosts = 8\n",
+      "posixfd_lock_dir = \"", kNfsLocks, "\"\n");
+}
+
+// The in-process settings of `backend` on `node` (the same as latchd's,
+// without the prefix).
+std::string InProcessSettings(int node, const std::string& backend) {
+  if (backend == "dlm") {
+    return absl::StrCat("lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n",
+                        "shared_lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n");
+  }
+  if (backend == "sanlock") {
+    return absl::StrCat("host_id = ", node, "\nlockspaces = [ \"", LabRunner::kSanlockLockspace,
+                        ":", kLeaseLun, ":", kSanlockLockspaceOffset, "\" ]\n",
+                        "lease_areas = [ \"", LabRunner::kSanlockLockspace, ":", kLeaseLun, ":",
+                        kSanlockArea, "\" ]\n", "io_timeout = ", LabRunner::kSanlockIoTimeout,
+                        "\nnum_hosts = 8\n");
+  }
+  if (backend == "posixfd") return absl::StrCat("lock_dir = \"", kNfsLocks, "\"\n");
+  return "";
+}
+
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  f.close();
+  if (!f) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string LabRunner::Lockspace(const std::string& backend) {
+  if (backend == "sanlock") return kSanlockLockspace;
+  return kDlmLockspace;  // dlm; posixfd and nop take any name
+}
+
+absl::StatusOr<std::unique_ptr<LabRunner>> LabRunner::Start(const LabSetup& setup) {
+  std::unique_ptr<LabRunner> r(new LabRunner());
+  r->backends_ = setup.backends;
+  if (!setup.attach.empty()) setenv("LATCHKEY_LAB_DIR", setup.attach.c_str(), 1);
+  lab::ClusterLabOptions o;
+  o.storage = true;
+  o.sanlock = true;
+  o.tool = setup.uml_cluster;
+  fprintf(stderr, "latchbench: %s the cluster lab (3 nodes, storage, sanlock)...\n",
+          setup.attach.empty() ? "starting" : "attaching to");
+  absl::StatusOr<std::unique_ptr<ClusterLab>> lab = ClusterLab::Start(o);
+  if (!lab.ok()) return lab.status();
+  r->lab_ = std::move(*lab);
+  if (absl::Status s = r->Prepare(setup); !s.ok()) return s;
+  return r;
+}
+
+absl::Status LabRunner::Prepare(const LabSetup& setup) {
+  if (absl::Status s = lab_->Install(setup.install); !s.ok()) return s;
+  const bool sanlock =
+      std::find(backends_.begin(), backends_.end(), "sanlock") != backends_.end();
+  // sanlock: latchbench's own lockspace, made afresh (a run killed before
+  // its end may have left one, and the lab's LUNs outlive runs).
+  if (sanlock) {
+    absl::StatusOr<std::string> init = lab_->Sh(
+        1, absl::StrCat("dd if=/dev/zero of=", kLeaseLun, " bs=1M seek=128 count=3 oflag=direct "
+                        "2>&1 && sanlock direct init -o ", kSanlockIoTimeout, " -s ",
+                        kSanlockLockspace, ":0:", kLeaseLun, ":", 128 * 1048576));
+    if (!init.ok()) return init.status();
+  }
+  if (absl::Status s = lab_->Sh(1, absl::StrCat("mkdir -p ", kNfsLocks)).status(); !s.ok()) {
+    return s;
+  }
+  for (int n = 1; n <= lab_->nodes(); ++n) {
+    const std::string conf = absl::StrCat("/latchbench/latchd-", n, ".conf");
+    if (absl::Status s = lab_->Sh(n, "mkdir -p /shared/latchbench").status(); !s.ok()) return s;
+    if (absl::Status s = WriteFile(lab_->shared() + conf, LatchdConf(n, backends_)); !s.ok()) {
+      return s;
+    }
+    for (const std::string& b : backends_) {
+      const std::string settings = absl::StrCat("/latchbench/", b, "-", n, ".conf");
+      if (absl::Status s = WriteFile(lab_->shared() + settings, InProcessSettings(n, b));
+          !s.ok()) {
+        return s;
+      }
+    }
+    const std::string log = absl::StrCat("/shared/node", n, "/latchbench-latchd.log");
+    absl::StatusOr<int> pid = lab_->Spawn(n, log, {"latchd", "--config", "/shared" + conf});
+    if (!pid.ok()) return pid.status();
+    latchds_.push_back({n, *pid});
+    absl::StatusOr<std::string> up = lab_->Sh(
+        n, absl::StrCat("for i in $(seq 150); do latchctl --socket ", kSocket,
+                        " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; "
+                        "echo 'latchd did not answer in 15 s:' >&2; tail -n 20 ",
+                        log, " >&2; exit 1"));
+    if (!up.ok()) return up.status();
+  }
+  if (sanlock) {
+    // The area is formatted once, from one node (latchctl leases-format).
+    absl::StatusOr<ClusterLab::Result> f = lab_->Run(
+        1, {"/shared/bin/latchctl", "--socket", kSocket, "leases-format", "--lockspace",
+            kSanlockLockspace, "--force"},
+        absl::Seconds(120));
+    if (!f.ok()) return f.status();
+    if (f->status != 0) {
+      return absl::InternalError(absl::StrCat("formatting the sanlock lease area: ", f->err));
+    }
+  }
+  absl::StatusOr<std::string> token =
+      lab_->Sh(1, "corosync-cmapctl -g runtime.config.totem.token 2>/dev/null | sed 's/.*= //'");
+  absl::StatusOr<std::string> plugins =
+      lab_->Sh(1, absl::StrCat("latchctl --socket ", kSocket, " plugins"));
+  absl::StatusOr<std::string> kernel = lab_->Sh(1, "uname -r");
+  int token_ms = 0;
+  topology_ = {
+      {"lab_dir", lab_->dir()},
+      {"nodes", lab_->nodes()},
+      {"node_kernel", kernel.ok() ? std::string(absl::StripAsciiWhitespace(*kernel)) : ""},
+      {"node_cpus", "one UML process per node, sharing the host's CPUs"},
+      {"storage", "storage node: iSCSI LUNs (LIO) and an NFSv4 export, on its own wire"},
+      {"corosync_token_ms",
+       token.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*token), &token_ms) ? token_ms
+                                                                                     : -1},
+      {"sanlock",
+       {{"lockspace", absl::StrCat(kSanlockLockspace, ":", kLeaseLun, ":", kSanlockLockspaceOffset)},
+        {"lease_area", absl::StrCat(kLeaseLun, ":", kSanlockArea)},
+        {"io_timeout_s", kSanlockIoTimeout}}},
+      {"dlm", {{"lockspace", kDlmLockspace}}},
+      {"posixfd", {{"lock_dir", absl::StrCat(kNfsLocks, " (NFSv4, storage node)")}}},
+      {"latchd_plugins", plugins.ok() ? *plugins : plugins.status().ToString()},
+  };
+  return absl::OkStatus();
+}
+
+LabRunner::~LabRunner() {
+  if (lab_ == nullptr) return;
+  // The NL holders (sh, sleep and latchbench-node; only latchbench runs them).
+  for (const auto& [node, pid] : holders_) {
+    (void)lab_->Sh(node, "pkill -f 'latchbench-node hold-nl'; pkill -f 'sleep 1000000'; true");
+  }
+  for (const auto& [node, pid] : latchds_) {
+    (void)lab_->Sh(node, absl::StrCat("kill ", pid, " 2>/dev/null; for i in $(seq 50); do "
+                                      "kill -0 ", pid, " 2>/dev/null || break; sleep 0.1; done; "
+                                      "kill -9 ", pid, " 2>/dev/null; true"));
+    (void)lab_->Sh(node, absl::StrCat("sanlock client rem_lockspace -s ", kSanlockLockspace, ":",
+                                      node, ":", kLeaseLun, ":", 128 * 1048576,
+                                      " >/dev/null 2>&1; true"),
+                   absl::Seconds(40));
+  }
+  (void)lab_->CollectLogs();
+  if (absl::Status s = lab_->Stop(); !s.ok()) {
+    fprintf(stderr, "latchbench: stopping the lab: %s\n", s.ToString().c_str());
+  }
+}
+
+absl::StatusOr<std::vector<double>> LabRunner::Cycles(int node, const std::string& backend,
+                                                      const std::string& path, LockMode mode,
+                                                      const std::string& lease, int warmup,
+                                                      int cycles, double max_seconds) {
+  std::vector<std::string> argv = {
+      "/shared/bin/latchbench-node", "cycles", backend, path, std::string(LockModeName(mode)),
+      Lockspace(backend), lease, absl::StrCat(warmup), absl::StrCat(cycles),
+      absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
+      absl::StrCat("--socket=", kSocket),
+      absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", lease),
+      absl::StrCat("--max-seconds=", max_seconds)};
+  absl::StatusOr<ClusterLab::Result> r = lab_->Run(node, argv, absl::Minutes(30));
+  if (!r.ok()) return r.status();
+  if (r->status != 0) {
+    return absl::InternalError(absl::StrCat("node", node, ": ", absl::StripAsciiWhitespace(r->err),
+                                            r->status == 124 ? " (timed out)" : ""));
+  }
+  json j = json::parse(r->out, nullptr, false);
+  if (j.is_discarded() || !j.contains("samples") || !j["samples"].is_array()) {
+    return absl::InternalError(absl::StrCat("node", node, " printed no samples: ",
+                                            r->out.substr(0, 200)));
+  }
+  return j["samples"].get<std::vector<double>>();
+}
+
+absl::Status LabRunner::MasterOn(int node, const std::vector<std::string>& names) {
+  std::vector<std::string> argv = {"/shared/bin/latchbench-node", "hold-nl", kDlmLockspace};
+  argv.insert(argv.end(), names.begin(), names.end());
+  const std::string log = absl::StrCat("/tmp/latchbench-hold-nl.", holders_.size(), ".log");
+  // Its stdin is a pipe nobody writes: it holds until killed.
+  absl::StatusOr<int> pid =
+      lab_->Spawn(node, log, {"sh", "-c", absl::StrCat("sleep 1000000 | ", absl::StrJoin(argv, " "))});
+  if (!pid.ok()) return pid.status();
+  holders_.push_back({node, *pid});
+  absl::StatusOr<std::string> held = lab_->Sh(
+      node, absl::StrCat("for i in $(seq 100); do grep -q holding ", log,
+                         " && exit 0; sleep 0.1; done; cat ", log, " >&2; exit 1"));
+  return held.ok() ? absl::OkStatus() : held.status();
+}
+
+}  // namespace bench
+}  // namespace latchkey

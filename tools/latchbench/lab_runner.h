@@ -1,0 +1,77 @@
+// latchbench on the cluster lab: starts a lab (or attaches to a running
+// one), installs latchbench-node, latchd and the plugins into the nodes,
+// starts a latchd on every node for the backends measured, and runs timed
+// blocks on a node (docs/latchbench.md, "The lab").
+//
+//   absl::StatusOr<std::unique_ptr<LabRunner>> lab = LabRunner::Start(setup);
+//   absl::StatusOr<std::vector<double>> s =
+//       (*lab)->Cycles(1, "dlm", "raw", LockMode::kExclusive, "lease-1", 20, 200);
+#ifndef LATCHKEY_TOOLS_LATCHBENCH_LAB_RUNNER_H_
+#define LATCHKEY_TOOLS_LATCHBENCH_LAB_RUNNER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/lock_mode.h"
+#include "lab/cluster_lab.h"
+#include "nlohmann/json.hpp"
+
+namespace latchkey {
+namespace bench {
+
+struct LabSetup {
+  std::string attach;                  // a running lab's directory; empty: start one
+  std::string uml_cluster;             // lab/uml/uml-cluster
+  std::vector<std::string> install;    // latchbench-node, latchd, latchctl, plugins
+  std::vector<std::string> backends;   // dlm, sanlock, posixfd, nop
+};
+
+class LabRunner {
+ public:
+  // The DLM lockspace, and sanlock's lockspace and lease area on the LUN
+  // "lease" (below the lab's own lockspace, apart from the test suites').
+  static constexpr char kDlmLockspace[] = "latchbench";
+  static constexpr char kSanlockLockspace[] = "latchbench";
+  static constexpr char kSocket[] = "/run/latchbench/latchd.sock";
+  static constexpr int kSanlockIoTimeout = 2;
+
+  static absl::StatusOr<std::unique_ptr<LabRunner>> Start(const LabSetup& setup);
+  // Stops every latchd it started (by PID), has each node's sanlock leave
+  // latchbench's lockspace, and stops the lab (resets it when attached).
+  ~LabRunner();
+  LabRunner(const LabRunner&) = delete;
+  LabRunner& operator=(const LabRunner&) = delete;
+
+  // One block of uncontended cycles on `node` (latchbench-node cycles).
+  absl::StatusOr<std::vector<double>> Cycles(int node, const std::string& backend,
+                                             const std::string& path, LockMode mode,
+                                             const std::string& lease, int warmup, int cycles,
+                                             double max_seconds);
+  // Has `node` master the DLM resources `names` (an NL lock on each, held
+  // until the runner ends).
+  absl::Status MasterOn(int node, const std::vector<std::string>& names);
+  // The lockspace a backend's leases are named in.
+  static std::string Lockspace(const std::string& backend);
+  // What the lab is: nodes, storage, each backend's storage and timeouts
+  // (corosync token read from node 1), the lab directory.
+  nlohmann::json Topology() const { return topology_; }
+  // latchd's hello on node 1.
+  nlohmann::json Hello() const { return hello_; }
+
+ private:
+  LabRunner() = default;
+  absl::Status Prepare(const LabSetup& setup);
+
+  std::unique_ptr<lab::ClusterLab> lab_;
+  std::vector<std::string> backends_;
+  std::vector<std::pair<int, int>> latchds_;  // node, pid in the node
+  std::vector<std::pair<int, int>> holders_;  // node, pid of hold-nl
+  nlohmann::json topology_, hello_;
+};
+
+}  // namespace bench
+}  // namespace latchkey
+
+#endif  // LATCHKEY_TOOLS_LATCHBENCH_LAB_RUNNER_H_
