@@ -129,6 +129,14 @@ TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
       {"run --latchd=/nonexistent/latchd --backends=nop", 2,
        "latchd is not at '/nonexistent/latchd'"},
       {"frobnicate", 2, "unknown command"},
+      // The lab's backends without the lab; a lab that is not there.
+      {"run --backends=dlm,nop", 2, "backend 'dlm' runs only in the cluster lab: add --lab"},
+      {"run --backends=sanlock", 2, "backend 'sanlock' runs only in the cluster lab"},
+      {"run --lab=relative/dir --backends=dlm", 2, "--lab=DIR needs a running lab's absolute"},
+      {"run --lab=/nonexistent/lab --backends=dlm", 2, "not '/nonexistent/lab'"},
+      {"run --block-seconds=-1", 2, "--block-seconds must be a number of seconds"},
+      {"run --block-seconds=1e9", 2, "--block-seconds must be"},
+      {"report", 2, "give one document, or two"},
       // An output file that cannot be written: the run fails and says where.
       {"run --quick --cycles=5 --warmup=0 --runs=1 --backends=nop --out=/nonexistent/dir/x.json",
        1, "cannot write /nonexistent/dir/x.json"},

@@ -73,7 +73,21 @@ def load(path):
 
 
 def key(r):
-    return (r["scenario"], r["backend"], r["path"], r["mode"], r["metric"])
+    return (r["scenario"], r["backend"], r.get("placement", ""), r["path"], r["mode"], r["metric"])
+
+
+def where(r):
+    """Where a result was measured, short: "" on this host, else the node
+    and what matters (the DLM master, NFS, the LUN)."""
+    p = r.get("placement", "")
+    if not p or p.startswith("host"):
+        return ""
+    return p.replace("lease area on the shared LUN", "LUN").replace("lock files on NFS", "NFS")
+
+
+def label_of(r):
+    w = where(r)
+    return f"{r['backend']}{' [' + w + ']' if w else ''} {r['mode']}"
 
 
 def scale_of(metric):
@@ -145,7 +159,7 @@ def cdf_figures(figs, docs, scenario):
                 if xs.size == 0:
                     continue
                 ys = np.arange(1, xs.size + 1) / xs.size
-                label = f"{r['backend']} {r['mode']}"
+                label = label_of(r)
                 if len(docs) > 1:
                     label = f"{'AB'[di]}: {label}"
                 if not r.get("verdict", {}).get("trusted", True):
@@ -177,8 +191,9 @@ def medians_figure(figs, docs, scenario):
                 rows.append((di, r))
     if not rows:
         return []
-    rows.sort(key=lambda x: (x[1]["backend"], x[1]["mode"], x[1]["path"], x[0]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4.5))
+    rows.sort(key=lambda x: (x[1]["backend"], x[1].get("placement", ""), x[1]["mode"],
+                             x[1]["path"], x[0]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(rows) + 2), 4.5))
     colors = {"in-process": "#4c72b0", "latchd": "#dd8452"}
     for i, (di, r) in enumerate(rows):
         s = r["summary"]
@@ -187,7 +202,8 @@ def medians_figure(figs, docs, scenario):
         ax.bar(i, med, color=colors.get(r["path"], "#55a868"), alpha=1.0 if di == 0 else 0.55,
                hatch=None if trusted else "//", edgecolor="black", linewidth=0.5)
         ax.plot([i, i], [med, p99], color="black", linewidth=1)
-    labels = [("AB"[di] + ": " if len(docs) > 1 else "") + f"{r['backend']}\n{r['mode']}\n{r['path']}"
+    labels = [("AB"[di] + ": " if len(docs) > 1 else "") +
+              f"{r['backend']}\n{where(r) + chr(10) if where(r) else ''}{r['mode']}\n{r['path']}"
               for di, r in rows]
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, fontsize=7)
@@ -211,8 +227,7 @@ def runs_figure(figs, docs, scenario):
                     if isinstance(run.get("summary"), dict) and "median" in run["summary"]]
             if not meds:
                 continue
-            label = ("AB"[di] + ": " if len(docs) > 1 else "") + \
-                f"{r['backend']} {r['mode']} {r['path']}"
+            label = ("AB"[di] + ": " if len(docs) > 1 else "") + f"{label_of(r)} {r['path']}"
             ax.plot(range(1, len(meds) + 1), meds, marker="o",
                     linestyle="-" if di == 0 else "--", label=label)
             n += 1
@@ -245,6 +260,10 @@ def env_rows(doc):
         ("parameters", ", ".join(f"{k}={v}" for k, v in sorted(p.items())
                                  if k not in ("plugin_path", "latchd"))),
     ]
+    lab = doc.get("lab")
+    if isinstance(lab, dict) and lab:
+        rows.append(("lab", ", ".join(f"{k}={v}" for k, v in sorted(lab.items())
+                                      if k not in ("latchd_plugins",))))
     return rows
 
 
@@ -275,7 +294,7 @@ def differences(a, b):
 
 
 def summary_table(doc, label=""):
-    h = ["<table><tr><th>scenario</th><th>backend</th><th>path</th><th>mode</th>"
+    h = ["<table><tr><th>scenario</th><th>backend</th><th>where</th><th>path</th><th>mode</th>"
          "<th>n</th><th>median</th><th>p90</th><th>p99</th><th>max</th><th>verdict</th></tr>"]
     for r in doc["results"]:
         s, m = r["summary"], r["metric"]
@@ -285,7 +304,7 @@ def summary_table(doc, label=""):
         cls = "" if trusted else " class='noisy'"
         h.append(
             f"<tr{cls}><td>{esc(r['scenario'])}</td><td>{esc(r['backend'])}</td>"
-            f"<td>{esc(r['path'])}</td><td>{esc(r['mode'])}</td><td>{s['n']}</td>"
+            f"<td>{esc(r.get('placement', ''))}</td><td>{esc(r['path'])}</td><td>{esc(r['mode'])}</td><td>{s['n']}</td>"
             + "".join(f"<td>{fmt(s[k], m)} {unit}</td>" for k in ("median", "p90", "p99", "max"))
             + f"<td>{'trusted' if trusted else 'TOO NOISY'}: {esc(v.get('why', ''))}</td></tr>")
     h.append("</table>")
@@ -297,16 +316,16 @@ def agent_share_table(doc):
     by = {}
     for r in doc["results"]:
         if r["metric"].endswith("_seconds"):
-            by[(r["scenario"], r["backend"], r["mode"], r["path"])] = r
+            by[(r["scenario"], r["backend"], r.get("placement", ""), r["mode"], r["path"])] = r
     rows = []
-    for (sc, be, mode, path), r in sorted(by.items()):
-        if path != "latchd" or (sc, be, mode, "in-process") not in by:
+    for (sc, be, pl, mode, path), r in sorted(by.items()):
+        if path != "latchd" or (sc, be, pl, mode, "in-process") not in by:
             continue
-        ip = by[(sc, be, mode, "in-process")]
+        ip = by[(sc, be, pl, mode, "in-process")]
         d = r["summary"]["median"] - ip["summary"]["median"]
         both = r.get("verdict", {}).get("trusted", True) and ip.get("verdict", {}).get("trusted", True)
         mark = "" if both else " class='noisy'"
-        rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td>"
+        rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td><td>{esc(pl)}</td>"
                     f"<td>{esc(mode)}</td><td>{fmt(ip['summary']['median'], 's_seconds')} µs</td>"
                     f"<td>{fmt(r['summary']['median'], 's_seconds')} µs</td>"
                     f"<td>{fmt(d, 's_seconds')} µs</td>"
@@ -315,7 +334,7 @@ def agent_share_table(doc):
         return ""
     return ("<h3>latchd's share</h3><p>The median through latchd minus the median in process, "
             "per backend and mode: what the agent (socket, journal, bookkeeping) adds.</p>"
-            "<table><tr><th>scenario</th><th>backend</th><th>mode</th><th>in process</th>"
+            "<table><tr><th>scenario</th><th>backend</th><th>where</th><th>mode</th><th>in process</th>"
             "<th>through latchd</th><th>latchd adds</th><th></th></tr>" + "".join(rows) + "</table>")
 
 
@@ -325,21 +344,21 @@ def raw_ratio_table(doc):
     by = {}
     for r in doc["results"]:
         if r["metric"].endswith("_seconds"):
-            by[(r["scenario"], r["backend"], r["mode"], r["path"])] = r
+            by[(r["scenario"], r["backend"], r.get("placement", ""), r["mode"], r["path"])] = r
     rows = []
-    for (sc, be, mode, path), raw in sorted(by.items()):
+    for (sc, be, pl, mode, path), raw in sorted(by.items()):
         if path != "raw":
             continue
         for other in ("in-process", "latchd"):
-            r = by.get((sc, be, mode, other))
+            r = by.get((sc, be, pl, mode, other))
             if r is None or raw["summary"]["median"] <= 0:
                 continue
             ratio = r["summary"]["median"] / raw["summary"]["median"]
             both = r.get("verdict", {}).get("trusted", True) and \
                 raw.get("verdict", {}).get("trusted", True)
             mark = "" if both else " class='noisy'"
-            rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td><td>{esc(mode)}</td>"
-                        f"<td>{esc(other)}</td><td>{fmt(raw['summary']['median'], 's_seconds')} µs"
+            rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td><td>{esc(pl)}</td>"
+                        f"<td>{esc(mode)}</td><td>{esc(other)}</td><td>{fmt(raw['summary']['median'], 's_seconds')} µs"
                         f"</td><td>{fmt(r['summary']['median'], 's_seconds')} µs</td>"
                         f"<td>{ratio:.2f}</td>"
                         f"<td>{'' if both else 'one of the two is too noisy to compare'}</td></tr>")
@@ -347,7 +366,8 @@ def raw_ratio_table(doc):
         return ""
     return ("<h3>Against the raw API</h3><p>The backend's median over the median of the same "
             "work done with the raw API in the same run (the raw cycle is described under the "
-            "scenario).</p><table><tr><th>scenario</th><th>backend</th><th>mode</th><th>path</th>"
+            "scenario).</p><table><tr><th>scenario</th><th>backend</th><th>where</th><th>mode</th>"
+            "<th>path</th>"
             "<th>raw</th><th>latchkey</th><th>ratio</th><th></th></tr>" + "".join(rows)
             + "</table>")
 
@@ -359,8 +379,8 @@ def compare_table(a, b):
     rows = []
     for k in sorted(set(ia) | set(ib)):
         ra, rb = ia.get(k), ib.get(k)
-        m = k[4]
-        cells = [esc(x) for x in k[:4]]
+        m = k[5]
+        cells = [esc(x) for x in k[:5]]
         if ra is None or rb is None:
             rows.append("<tr><td>" + "</td><td>".join(cells) + "</td>"
                         f"<td>{'—' if ra is None else fmt(ra['summary']['median'], m)}</td>"
@@ -381,7 +401,7 @@ def compare_table(a, b):
         rows.append(f"<tr{mark}><td>" + "</td><td>".join(cells) + "</td>"
                     f"<td>{fmt(ma, m)}</td><td>{fmt(mb, m)}</td><td>{ratio}</td>"
                     f"<td>{'comparable' if ok else 'not comparable: ' + ', '.join(why)}</td></tr>")
-    return ("<table><tr><th>scenario</th><th>backend</th><th>path</th><th>mode</th>"
+    return ("<table><tr><th>scenario</th><th>backend</th><th>where</th><th>path</th><th>mode</th>"
             "<th>A median (µs)</th><th>B median (µs)</th><th>B / A</th><th></th></tr>"
             + "".join(rows) + "</table>")
 

@@ -1,0 +1,102 @@
+// latchbench --lab in its shortest form, as CI runs it: every lab backend on
+// node 1 of the cluster lab (the run's shared lab, or one of its own), one
+// run of a few cycles per block. Checks the document and that latchbench
+// left nothing behind in the nodes; not the speed.
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "lab/cluster_lab.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string Tmp() {
+  const char* t = getenv("TEST_TMPDIR");
+  return t != nullptr ? t : "/tmp";
+}
+
+TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
+  const std::string out = Tmp() + "/lab.json";
+  const std::string cmd =
+      absl::StrCat(latchkey::lab::Runfile("tools/latchbench/latchbench"),
+                   " run --lab --backends=dlm,sanlock,posixfd,nop --runs=1 --cycles=5 --warmup=1 "
+                   "--block-seconds=2 --out=",
+                   out, " 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string log;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) log.append(buf, n);
+  const int st = pclose(p);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << log;
+  std::ifstream in(out);
+  std::stringstream s;
+  s << in.rdbuf();
+  const json doc = json::parse(s.str(), nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << s.str().substr(0, 300);
+  EXPECT_EQ(doc["parameters"]["lab"], true);
+  EXPECT_GT(doc["lab"]["corosync_token_ms"].get<int>(), 0) << doc["lab"].dump();
+  EXPECT_EQ(doc["lab"]["sanlock"]["io_timeout_s"], 2);
+  EXPECT_THAT(doc["lab"]["latchd_plugins"].get<std::string>(), HasSubstr("excludes nobody"));
+  // Per backend and placement: the paths and modes measured.
+  std::map<std::string, std::set<std::string>> seen;
+  for (const json& r : doc["results"]) {
+    const std::string where = absl::StrCat(r["backend"].get<std::string>(), " @ ",
+                                           r["placement"].get<std::string>());
+    EXPECT_TRUE(seen[where]
+                    .insert(absl::StrCat(r["path"].get<std::string>(), "/",
+                                         r["mode"].get<std::string>()))
+                    .second)
+        << where << " twice";
+    ASSERT_EQ(r["runs"].size(), 1u);
+    const size_t samples = r["runs"][0]["samples"].size();
+    EXPECT_GE(samples, 5u) << where;  // --block-seconds keeps at least 5
+    EXPECT_LE(samples, 5u) << where;
+    EXPECT_GT(r["summary"]["median"].get<double>(), 0) << where;
+    EXPECT_THAT(r["cycle"].get<std::string>(), Not(::testing::IsEmpty()));
+  }
+  // dlm: raw, in process and latchd in 3 modes, mastered on node 1 and 2;
+  // sanlock: in process and latchd; posixfd: raw (exclusive) and both
+  // paths; nop: both paths.
+  EXPECT_EQ(seen["dlm @ node1, master node1"].size(), 9u);
+  EXPECT_EQ(seen["dlm @ node1, master node2"].size(), 9u);
+  EXPECT_EQ(seen["sanlock @ node1, lease area on the shared LUN"].size(), 6u);
+  EXPECT_EQ(seen["posixfd @ node1, lock files on NFS"].size(), 7u);
+  EXPECT_EQ(seen["nop @ node1"].size(), 6u);
+  EXPECT_EQ(seen.size(), 5u);
+
+  // Nothing of latchbench's left in the nodes: no latchd or NL holder, and
+  // no sanlock daemon still in its lockspace (a later storage fault would
+  // otherwise reset the node through the watchdog).
+  const char* shared = getenv("LATCHKEY_LAB_DIR");
+  if (shared == nullptr || *shared == '\0') return;  // its own lab is gone with it
+  for (int node = 1; node <= 3; ++node) {
+    absl::StatusOr<latchkey::lab::ClusterLab::Result> r = latchkey::lab::RunCaptured(
+        {latchkey::lab::Runfile("lab/uml/uml-cluster"), "run", shared, absl::StrCat(node), "--",
+         "/bin/sh", "-c",
+         "pgrep -af 'latchd --config /shared/latchbench|latchbench-node'; "
+         "sanlock client status | grep '^s latchbench:'; true"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 0) << r->err;
+    EXPECT_EQ(r->out, "") << "node" << node << " still has latchbench's";
+  }
+}
+
+}  // namespace
