@@ -158,8 +158,9 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
   }
   absl::StatusOr<std::string> token =
       lab_->Sh(1, "corosync-cmapctl -g runtime.config.totem.token 2>/dev/null | sed 's/.*= //'");
-  absl::StatusOr<std::string> plugins =
-      lab_->Sh(1, absl::StrCat("latchctl --socket ", kSocket, " plugins"));
+  absl::StatusOr<std::string> backends_text =
+      lab_->Sh(1, absl::StrCat("latchctl --plugin-path /shared/bin backends; latchctl --socket ",
+                               kSocket, " status"));
   absl::StatusOr<std::string> kernel = lab_->Sh(1, "uname -r");
   int token_ms = 0;
   topology_ = {
@@ -177,7 +178,8 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
         {"io_timeout_s", kSanlockIoTimeout}}},
       {"dlm", {{"lockspace", kDlmLockspace}}},
       {"posixfd", {{"lock_dir", absl::StrCat(kNfsLocks, " (NFSv4, storage node)")}}},
-      {"latchd_plugins", plugins.ok() ? *plugins : plugins.status().ToString()},
+      {"latchd_backends",
+       backends_text.ok() ? *backends_text : backends_text.status().ToString()},
   };
   return absl::OkStatus();
 }

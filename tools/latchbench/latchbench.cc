@@ -373,7 +373,7 @@ int RunUncontendedLab(const Options& o, json* results, json* topology, json* hel
     return kFailed;
   }
   *topology = (*lab)->Topology();
-  *hello = {{"latchd_plugins_node1", (*topology)["latchd_plugins"]}};
+  *hello = {{"latchd_backends_node1", (*topology)["latchd_backends"]}};
   std::vector<Block> blocks;
   std::vector<std::string> remote;  // DLM names node 2 masters
   for (const std::string& b : o.backends) {

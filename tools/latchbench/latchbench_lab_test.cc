@@ -54,7 +54,7 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   EXPECT_EQ(doc["parameters"]["lab"], true);
   EXPECT_GT(doc["lab"]["corosync_token_ms"].get<int>(), 0) << doc["lab"].dump();
   EXPECT_EQ(doc["lab"]["sanlock"]["io_timeout_s"], 2);
-  EXPECT_THAT(doc["lab"]["latchd_plugins"].get<std::string>(), HasSubstr("excludes nobody"));
+  EXPECT_THAT(doc["lab"]["latchd_backends"].get<std::string>(), HasSubstr("excludes nobody"));
   // Per backend and placement: the paths and modes measured.
   std::map<std::string, std::set<std::string>> seen;
   for (const json& r : doc["results"]) {
@@ -91,7 +91,7 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
     absl::StatusOr<latchkey::lab::ClusterLab::Result> r = latchkey::lab::RunCaptured(
         {latchkey::lab::Runfile("lab/uml/uml-cluster"), "run", shared, absl::StrCat(node), "--",
          "/bin/sh", "-c",
-         "pgrep -af 'latchd --config /shared/latchbench|latchbench-node'; "
+         "pgrep -af 'latchd --config /shared/latchbenc[h]|latchbench-nod[e]'; "
          "sanlock client status | grep '^s latchbench:'; true"});
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->status, 0) << r->err;

@@ -181,9 +181,11 @@ def cdf_figures(figs, docs, scenario):
 
 
 def medians_figure(figs, docs, scenario):
-    """Median per block with a whisker to p99, in process beside latchd, so
-    the agent's share shows; noisy blocks hatched."""
+    """Median per block (bar) with a line to p99, raw, in process and latchd
+    next to each other per backend and mode, so the agent's share shows;
+    noisy blocks hatched. Horizontal: there can be dozens of blocks."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     rows = []
     for di, d in enumerate(docs):
         for r in d["results"]:
@@ -191,26 +193,30 @@ def medians_figure(figs, docs, scenario):
                 rows.append((di, r))
     if not rows:
         return []
+    order = {"raw": 0, "in-process": 1, "latchd": 2}
     rows.sort(key=lambda x: (x[1]["backend"], x[1].get("placement", ""), x[1]["mode"],
-                             x[1]["path"], x[0]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(rows) + 2), 4.5))
-    colors = {"in-process": "#4c72b0", "latchd": "#dd8452"}
+                             order.get(x[1]["path"], 3), x[0]))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.28 * len(rows)))
+    colors = {"raw": "#55a868", "in-process": "#4c72b0", "latchd": "#dd8452"}
     for i, (di, r) in enumerate(rows):
         s = r["summary"]
         med, p99 = s["median"] * 1e6, s["p99"] * 1e6
         trusted = r.get("verdict", {}).get("trusted", True)
-        ax.bar(i, med, color=colors.get(r["path"], "#55a868"), alpha=1.0 if di == 0 else 0.55,
-               hatch=None if trusted else "//", edgecolor="black", linewidth=0.5)
-        ax.plot([i, i], [med, p99], color="black", linewidth=1)
-    labels = [("AB"[di] + ": " if len(docs) > 1 else "") +
-              f"{r['backend']}\n{where(r) + chr(10) if where(r) else ''}{r['mode']}\n{r['path']}"
-              for di, r in rows]
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median (bar) and p99 (line), µs")
-    ax.set_title(f"{scenario}: median per backend, mode and path (hatched: too noisy to compare)")
-    ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.barh(i, med, color=colors.get(r["path"], "#8172b3"), alpha=1.0 if di == 0 else 0.55,
+                hatch=None if trusted else "//", edgecolor="black", linewidth=0.5)
+        ax.plot([med, p99], [i, i], color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([("AB"[di] + ": " if len(docs) > 1 else "") + f"{label_of(r)}, {r['path']}"
+                        for di, r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("median (bar) and p99 (line), µs, log scale")
+    ax.set_title(f"{scenario}: median per backend, mode and path")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    handles = [Patch(facecolor=c, edgecolor="black", label=p) for p, c in colors.items()
+               if any(r["path"] == p for _, r in rows)]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="too noisy"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return [figs.save(fig, f"medians-{scenario}", f"{scenario}: medians and p99")]
 
 
@@ -263,7 +269,7 @@ def env_rows(doc):
     lab = doc.get("lab")
     if isinstance(lab, dict) and lab:
         rows.append(("lab", ", ".join(f"{k}={v}" for k, v in sorted(lab.items())
-                                      if k not in ("latchd_plugins",))))
+                                      if k not in ("latchd_backends",))))
     return rows
 
 
