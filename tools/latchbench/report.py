@@ -162,7 +162,7 @@ def cdf_figures(figs, docs, scenario):
                 label = label_of(r)
                 if len(docs) > 1:
                     label = f"{'AB'[di]}: {label}"
-                if not r.get("verdict", {}).get("trusted", True):
+                if not trusted(r):
                     label += " (noisy)"
                 ax.step(xs, ys, where="post", label=label, linestyle="-" if di == 0 else "--")
                 lines += 1
@@ -201,9 +201,9 @@ def medians_figure(figs, docs, scenario):
     for i, (di, r) in enumerate(rows):
         s = r["summary"]
         med, p99 = s["median"] * 1e6, s["p99"] * 1e6
-        trusted = r.get("verdict", {}).get("trusted", True)
+        ok = trusted(r)
         ax.barh(i, med, color=colors.get(r["path"], "#8172b3"), alpha=1.0 if di == 0 else 0.55,
-                hatch=None if trusted else "//", edgecolor="black", linewidth=0.5)
+                hatch=None if ok else "//", edgecolor="black", linewidth=0.5)
         ax.plot([med, p99], [i, i], color="black", linewidth=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([("AB"[di] + ": " if len(docs) > 1 else "") + f"{label_of(r)}, {r['path']}"
@@ -306,30 +306,38 @@ def summary_table(doc, label=""):
         s, m = r["summary"], r["metric"]
         unit = scale_of(m)[1]
         v = r.get("verdict", {})
-        trusted = v.get("trusted", True)
-        cls = "" if trusted else " class='noisy'"
+        ok = trusted(r)
+        cls = "" if ok else " class='noisy'"
         h.append(
             f"<tr{cls}><td>{esc(r['scenario'])}</td><td>{esc(r['backend'])}</td>"
             f"<td>{esc(r.get('placement', ''))}</td><td>{esc(r['path'])}</td><td>{esc(r['mode'])}</td><td>{s['n']}</td>"
             + "".join(f"<td>{fmt(s[k], m)} {unit}</td>" for k in ("median", "p90", "p99", "max"))
-            + f"<td>{'trusted' if trusted else 'TOO NOISY'}: {esc(v.get('why', ''))}</td></tr>")
+            + f"<td>{'trusted' if ok else 'TOO NOISY'}: {esc(v.get('why', ''))}</td></tr>")
     h.append("</table>")
     return "\n".join(h)
 
 
+def trusted(r):
+    """Whether the result's runs agree well enough to compare (verdict)."""
+    return r.get("verdict", {}).get("trusted", True)
+
+
+def timed_blocks(doc):
+    """The timed results by (scenario, backend, placement, mode, path)."""
+    return {(r["scenario"], r["backend"], r.get("placement", ""), r["mode"], r["path"]): r
+            for r in doc["results"] if r["metric"].endswith("_seconds")}
+
+
 def agent_share_table(doc):
     """latchd's median minus the in-process median, per backend and mode."""
-    by = {}
-    for r in doc["results"]:
-        if r["metric"].endswith("_seconds"):
-            by[(r["scenario"], r["backend"], r.get("placement", ""), r["mode"], r["path"])] = r
+    by = timed_blocks(doc)
     rows = []
     for (sc, be, pl, mode, path), r in sorted(by.items()):
         if path != "latchd" or (sc, be, pl, mode, "in-process") not in by:
             continue
         ip = by[(sc, be, pl, mode, "in-process")]
         d = r["summary"]["median"] - ip["summary"]["median"]
-        both = r.get("verdict", {}).get("trusted", True) and ip.get("verdict", {}).get("trusted", True)
+        both = trusted(r) and trusted(ip)
         mark = "" if both else " class='noisy'"
         rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td><td>{esc(pl)}</td>"
                     f"<td>{esc(mode)}</td><td>{fmt(ip['summary']['median'], 's_seconds')} µs</td>"
@@ -347,10 +355,7 @@ def agent_share_table(doc):
 def raw_ratio_table(doc):
     """The framework against the raw API in the same run: median over the raw
     median, per backend that has a raw cycle, for the raw cycle's mode."""
-    by = {}
-    for r in doc["results"]:
-        if r["metric"].endswith("_seconds"):
-            by[(r["scenario"], r["backend"], r.get("placement", ""), r["mode"], r["path"])] = r
+    by = timed_blocks(doc)
     rows = []
     for (sc, be, pl, mode, path), raw in sorted(by.items()):
         if path != "raw":
@@ -360,8 +365,7 @@ def raw_ratio_table(doc):
             if r is None or raw["summary"]["median"] <= 0:
                 continue
             ratio = r["summary"]["median"] / raw["summary"]["median"]
-            both = r.get("verdict", {}).get("trusted", True) and \
-                raw.get("verdict", {}).get("trusted", True)
+            both = trusted(r) and trusted(raw)
             mark = "" if both else " class='noisy'"
             rows.append(f"<tr{mark}><td>{esc(sc)}</td><td>{esc(be)}</td><td>{esc(pl)}</td>"
                         f"<td>{esc(mode)}</td><td>{esc(other)}</td><td>{fmt(raw['summary']['median'], 's_seconds')} µs"
@@ -396,9 +400,9 @@ def compare_table(a, b):
         ma, mb = ra["summary"]["median"], rb["summary"]["median"]
         ratio = f"{mb / ma:.2f}" if ma > 0 else "—"
         why = []
-        if not ra.get("verdict", {}).get("trusted", True):
+        if not trusted(ra):
             why.append("A too noisy")
-        if not rb.get("verdict", {}).get("trusted", True):
+        if not trusted(rb):
             why.append("B too noisy")
         if diffs:
             why.append("environment or parameters differ")
@@ -455,7 +459,7 @@ def page(docs, figs):
         w = load_warning(d)
         if w:
             h.append(f"<p class='warn'>{'AB'[di] + ': ' if two else ''}{esc(w)}</p>")
-        noisy = sum(1 for r in d["results"] if not r.get("verdict", {}).get("trusted", True))
+        noisy = sum(1 for r in d["results"] if not trusted(r))
         if noisy:
             h.append(f"<p class='warn'>{'AB'[di] + ': ' if two else ''}{noisy} of "
                      f"{len(d['results'])} results are too noisy to compare (their run medians "
