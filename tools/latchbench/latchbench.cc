@@ -328,10 +328,10 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
   for (const std::string& b : o.backends) {
     const std::string placement = b == "posixfd" ? "host, local lock directory" : "host";
     // The raw API's cycle, where there is one (posixfd: fcntl; nop has none).
-    if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, placement, lease});
+    if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, placement, lease, 0, {}, {}});
     for (const char* path : {"in-process", "latchd"}) {
       for (LockMode m : Modes(loaded[b]->capabilities())) {
-        blocks.push_back({b, path, m, placement, lease});
+        blocks.push_back({b, path, m, placement, lease, 0, {}, {}});
       }
     }
   }
@@ -388,7 +388,7 @@ int RunUncontendedLab(const Options& o, LabRunner& lab, json* results) {
           if (raw && b == "posixfd" && m != LockMode::kExclusive) continue;
           const std::string lease =
               absl::StrCat("ub", o.seed, "-", path, "-", master.empty() ? "x" : master);
-          blocks.push_back({b, path, m, placement, lease, 1});
+          blocks.push_back({b, path, m, placement, lease, 1, {}, {}});
           if (master == "node2" && (remote.empty() || remote.back() != lease)) {
             remote.push_back(lease);
           }
@@ -447,7 +447,7 @@ int RunHandoffLab(const Options& o, LabRunner& lab, json* results) {
     for (const char* path : {"raw", "in-process", "latchd"}) {
       if (std::string(path) == "raw" && b != "dlm" && b != "posixfd") continue;
       blocks.push_back({b, path, LockMode::kExclusive, placement,
-                        absl::StrCat("ho", o.seed, "-", path), 1});
+                        absl::StrCat("ho", o.seed, "-", path), 1, {}, {}});
     }
   }
   if (blocks.empty()) return kOk;
