@@ -5,10 +5,8 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <algorithm>
 #include <fstream>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -230,89 +228,6 @@ absl::StatusOr<std::vector<double>> LabRunner::Cycles(int node, const std::strin
                                             r->out.substr(0, 200)));
   }
   return j["samples"].get<std::vector<double>>();
-}
-
-absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backend,
-                                                        const std::string& path,
-                                                        const std::string& lease, int rounds,
-                                                        int hold_ms, double max_seconds) {
-  struct Event {
-    int64_t ns;
-    int node;
-    bool grant;
-  };
-  std::vector<Event> events;
-  std::vector<std::string> outs;
-  for (int node : {1, 2}) {
-    const std::string out = absl::StrCat("/latchbench/ho-", lease, "-", node, ".log");
-    outs.push_back(out);
-    std::remove((lab_->shared() + out).c_str());
-    absl::StatusOr<int> pid = lab_->Spawn(
-        node, absl::StrCat("/shared/node", node, "/latchbench-handoff.log"),
-        {"/shared/bin/latchbench-node", "handoff", backend, path, Lockspace(backend), lease,
-         absl::StrCat(rounds), absl::StrCat(hold_ms), "/shared" + out,
-         absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
-         absl::StrCat("--socket=", kSocket),
-         absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", lease),
-         absl::StrCat("--max-seconds=", max_seconds)});
-    if (!pid.ok()) return pid.status();
-  }
-  // Both end with "done" or "error ...": a waiting acquire gives up after
-  // 120 s, so this bounds the wait.
-  const double limit = (max_seconds > 0 ? max_seconds : 600) + 150;
-  for (size_t i = 0; i < outs.size(); ++i) {
-    std::string last;
-    for (double waited = 0;; waited += 0.1) {
-      std::ifstream in(lab_->shared() + outs[i]);
-      std::string line;
-      while (std::getline(in, line)) last = line;
-      if (last == "done" || absl::StartsWith(last, "error ")) break;
-      if (waited > limit) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("node", i + 1, "'s hand-off loop did not end in ", limit, " s"));
-      }
-      usleep(100000);
-    }
-    if (last != "done") {
-      return absl::InternalError(absl::StrCat("node", i + 1, ": ", last.substr(6)));
-    }
-    std::ifstream in(lab_->shared() + outs[i]);
-    std::string kind;
-    long long ns = 0;
-    while (in >> kind) {
-      if (kind == "done") break;
-      if (!(in >> ns)) break;
-      events.push_back({ns, static_cast<int>(i) + 1, kind == "grant"});
-    }
-    std::remove((lab_->shared() + outs[i]).c_str());
-  }
-  std::sort(events.begin(), events.end(),
-            [](const Event& a, const Event& b) { return a.ns < b.ns; });
-  // Each node notes a grant after it has the lease and a release before it
-  // lets go, so on one clock its holding intervals must never overlap the
-  // other's: a grant while the other node holds is two holders at once.
-  std::vector<double> samples;
-  const Event* last_release = nullptr;
-  int holder = 0;
-  int64_t held_since = 0;
-  for (const Event& e : events) {
-    if (!e.grant) {
-      last_release = &e;
-      holder = 0;
-      continue;
-    }
-    if (holder != 0 && holder != e.node) {
-      return absl::InternalError(absl::StrCat(
-          "two holders at once: node", e.node, " was granted ", lease, " at ", e.ns,
-          " ns while node", holder, " held it since ", held_since, " ns"));
-    }
-    holder = e.node;
-    held_since = e.ns;
-    if (last_release != nullptr && last_release->node != e.node) {
-      samples.push_back((e.ns - last_release->ns) / 1e9);
-    }
-  }
-  return samples;
 }
 
 absl::Status LabRunner::MasterOn(int node, const std::vector<std::string>& names) {

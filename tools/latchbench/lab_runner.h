@@ -49,14 +49,6 @@ class LabRunner {
                                              const std::string& path, LockMode mode,
                                              const std::string& lease, int warmup, int cycles,
                                              double max_seconds);
-  // Hand-offs of `lease` between node1 and node2 on `backend` and `path`:
-  // both run `latchbench-node handoff` at once (ROUNDS each, holding
-  // `hold_ms`, at most `max_seconds` each when > 0); a sample is the time
-  // from one node's release to the other node's next grant, in seconds.
-  absl::StatusOr<std::vector<double>> Handoffs(const std::string& backend,
-                                               const std::string& path,
-                                               const std::string& lease, int rounds, int hold_ms,
-                                               double max_seconds);
   // Has `node` master the DLM resources `names` (an NL lock on each, held
   // until the runner ends).
   absl::Status MasterOn(int node, const std::vector<std::string>& names);
