@@ -2,6 +2,7 @@
 #include "tools/latchbench/cycle_paths.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -224,6 +225,21 @@ absl::StatusOr<std::vector<double>> TimeCycles(CyclePath& path, LockMode mode, i
     if (progress) progress(i + 1, total);
   }
   return samples;
+}
+
+namespace {
+std::atomic<bool>* g_stop_flag = nullptr;
+void SetStopFlag(int) {
+  if (g_stop_flag != nullptr) *g_stop_flag = true;
+}
+}  // namespace
+
+void StopOnSignals(std::atomic<bool>* stop) {
+  g_stop_flag = stop;
+  signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa = {};
+  sa.sa_handler = SetStopFlag;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
 }
 
 std::string CycleText(const std::string& backend, const std::string& path) {

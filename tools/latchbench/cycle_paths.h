@@ -61,6 +61,11 @@ absl::StatusOr<std::vector<double>> TimeCycles(CyclePath& path, LockMode mode, i
                                                const std::atomic<bool>* stop,
                                                const std::function<void(int, int)>& progress);
 
+// Ignores SIGPIPE, and has SIGINT, SIGTERM and SIGHUP set *stop (which
+// must live as long as the program): a run then ends after the cycle in
+// progress and cleans up. For latchbench and latchbench-node alike.
+void StopOnSignals(std::atomic<bool>* stop);
+
 // What one uncontended cycle is on `path` ("raw", "in-process", "latchd")
 // for `backend`.
 std::string CycleText(const std::string& backend, const std::string& path);

@@ -80,7 +80,6 @@ constexpr int kOk = 0, kFailed = 1, kUsageError = 2, kInterrupted = 130;
 // Set by SIGINT, SIGTERM and SIGHUP: the run stops after the cycle in
 // progress, and the private latchd is stopped by its PID on the way out.
 std::atomic<bool> g_interrupted{false};
-void OnSignal(int) { g_interrupted = true; }
 
 struct ScenarioInfo {
   const char* name;
@@ -684,10 +683,7 @@ int Report(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   using namespace latchkey::bench;
-  signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+  StopOnSignals(&g_interrupted);
   if (argc < 2) {
     fputs(kUsage, stderr);
     return kUsageError;

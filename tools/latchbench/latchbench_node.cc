@@ -42,7 +42,6 @@ namespace bench {
 namespace {
 
 std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
 
 int Usage(const std::string& what) {
   fprintf(stderr, "latchbench-node: %s\n", what.c_str());
@@ -161,10 +160,7 @@ int HoldNl(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   using namespace latchkey::bench;
-  signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+  StopOnSignals(&g_stop);
   const std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "cycles") return Cycles(argc, argv);
   if (cmd == "hold-nl") return HoldNl(argc, argv);
