@@ -375,7 +375,12 @@ absl::StatusOr<std::vector<LabEvent>> ClusterLab::Events() const {
 
 absl::Status ClusterLab::CollectLogs(const std::string& out) {
   std::vector<std::string> args = {"logs", dir_};
-  if (!out.empty()) args.push_back(out);
+  const char* test_outputs = getenv("TEST_UNDECLARED_OUTPUTS_DIR");
+  if (!out.empty()) {
+    args.push_back(out);
+  } else if (test_outputs != nullptr && *test_outputs != '\0') {
+    args.push_back(absl::StrCat(test_outputs, "/lab-logs"));
+  }
   return ToolOk(args);
 }
 

@@ -126,7 +126,8 @@ class ClusterLab {
   // Polls Status() every 250 ms until `node` is dead; returns how long after
   // `since` that was seen, or InfiniteDuration() if not within `limit`.
   absl::Duration WaitDead(int node, absl::Time since, absl::Duration limit);
-  // Every node's logs into `out` (default DIR/logs).
+  // Every node's logs into `out`. By default: a test's saved outputs
+  // ($TEST_UNDECLARED_OUTPUTS_DIR/lab-logs) under Bazel, else DIR/logs.
   absl::Status CollectLogs(const std::string& out = "");
   // DIR/events.log, oldest first.
   absl::StatusOr<std::vector<LabEvent>> Events() const;

@@ -365,8 +365,7 @@ void LabEnvironment::TearDown() {
     for (const std::string& dm : g_made) (void)g_lab->Sh(n, "dmsetup remove --noudevsync " + dm + " || true");
     (void)g_lab->Sh(n, "pkill -f 'latchd --config /shared/latchd-l[v]-' || true");
   }
-  const char* out = getenv("TEST_UNDECLARED_OUTPUTS_DIR");
-  (void)g_lab->CollectLogs(out ? absl::StrCat(out, "/lab-logs") : "");
+  (void)g_lab->CollectLogs();  // into the test's saved outputs
   EXPECT_TRUE(g_lab->Stop().ok());
   delete g_latchd;
   delete g_lab;
