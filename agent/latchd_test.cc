@@ -184,7 +184,11 @@ TEST_F(LatchdTest, KilledOwnerLocksAreFreeWithin100ms) {
   ASSERT_TRUE(granted);
   const absl::Duration freed = granted_at - killed_at;
   fprintf(stderr, "owner killed -> waiter granted: %s\n", absl::FormatDuration(freed).c_str());
-  EXPECT_LT(freed, absl::Milliseconds(100));
+  // latchd learns of the death from the owner's pidfd, not by polling: the
+  // waiter gets the disk as soon as latchd is scheduled (a few ms; the figure
+  // above), and only a missed event would keep it waiting for its 10 s
+  // timeout. 1 s separates the two on a loaded machine and under ASan.
+  EXPECT_LT(freed, absl::Seconds(1));
   const auto held = Held();
   EXPECT_EQ(held.count("vm-a"), 0u);  // a is forgotten, with all its locks
   ASSERT_EQ(held.at("vm-b").size(), 1u);
