@@ -37,6 +37,7 @@
 #include "gtest/gtest.h"
 #include "lab/cluster_lab.h"
 #include "lab/node_latchd.h"
+#include "libvirt-adapter/test_domain.h"
 
 namespace latchkey {
 namespace {
@@ -230,15 +231,11 @@ class LibvirtClusterTest : public ::testing::TestWithParam<LvBackend> {
   // A transient domain's XML in /shared/lv, with one disk.
   static std::string Xml(const std::string& name, const std::string& disk,
                          const std::string& disk_extra = "") {
-    const std::string xml = absl::StrCat(
-        "<domain type='qemu'><name>", name, "</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>",
-        "<os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>",
-        "<on_lockfailure>poweroff</on_lockfailure><devices>",
-        "<emulator>/usr/bin/qemu-system-x86_64</emulator>",
-        "<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none'/>",
-        "<source dev='", disk, "'/><target dev='vda' bus='virtio'/>", disk_extra, "</disk>",
-        "<controller type='scsi' model='virtio-scsi'/><memballoon model='none'/></devices>",
-        "</domain>");
+    const std::string xml = testing::TestDomainXml(
+        name, absl::StrCat("<disk type='block' device='disk'><driver name='qemu' type='raw' "
+                           "cache='none'/><source dev='", disk, "'/><target dev='vda' bus='virtio'/>",
+                           disk_extra, "</disk><controller type='scsi' model='virtio-scsi'/>",
+                           "<memballoon model='none'/>"));
     (void)system(absl::StrCat("mkdir -p ", g_lab->shared(), "/lv").c_str());
     const std::string path = absl::StrCat("/shared/lv/", name, ".xml");
     FILE* f = fopen((g_lab->shared() + "/lv/" + name + ".xml").c_str(), "w");

@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "agent/client.h"
 #include "agent/testing/latchd_process.h"
+#include "libvirt-adapter/test_domain.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lab/libvirt_host.h"
@@ -222,20 +223,15 @@ class LibvirtE2eTest : public ::testing::Test {
 
   static std::string DomainXml(const std::string& name, const std::vector<DiskSpec>& disks,
                                const std::string& extra = "") {
-    std::string xml = absl::StrCat(
-        "<domain type='qemu'><name>", name, "</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>",
-        "<os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>",
-        "<on_lockfailure>poweroff</on_lockfailure><devices>",
-        "<emulator>/usr/bin/qemu-system-x86_64</emulator>");
+    std::string devices;
     char dev = 'a';
     for (const DiskSpec& d : disks) {
-      absl::StrAppend(&xml, "<disk type='block' device='disk'><driver name='qemu' type='raw'/>",
+      absl::StrAppend(&devices, "<disk type='block' device='disk'><driver name='qemu' type='raw'/>",
                       "<source dev='", d.path, "'/><target dev='vd", std::string(1, dev++),
                       "' bus='virtio'/>", d.readonly ? "<readonly/>" : "",
                       d.shareable ? "<shareable/>" : "", "</disk>");
     }
-    absl::StrAppend(&xml, extra, "</devices></domain>");
-    return xml;
+    return testing::TestDomainXml(name, devices + extra);
   }
 
   static std::string WriteXml(const std::string& name, const std::string& xml) {
