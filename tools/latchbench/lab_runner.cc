@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 
 namespace latchkey {
 namespace bench {
@@ -203,6 +204,43 @@ LabRunner::~LabRunner() {
   if (absl::Status s = lab_->Stop(); !s.ok()) {
     fprintf(stderr, "latchbench: stopping the lab: %s\n", s.ToString().c_str());
   }
+}
+
+absl::StatusOr<json> LabRunner::MeasureClocks() {
+  constexpr int kPort = 7411, kProbes = 200;
+  absl::StatusOr<int> server = lab_->Spawn(
+      1, "/tmp/latchbench-clock.log",
+      {"/shared/bin/latchbench-node", "clock-serve", absl::StrCat(kPort)});
+  if (!server.ok()) return server.status();
+  json nodes = json::array();
+  absl::Status failed;
+  for (int n = 2; n <= lab_->nodes() && failed.ok(); ++n) {
+    // node 1's clock minus node n's, from node n; the first probes may race
+    // the server's bind, and later ones are answered.
+    absl::StatusOr<ClusterLab::Result> r =
+        lab_->Run(n, {"/shared/bin/latchbench-node", "clock-probe", "10.77.0.1",
+                      absl::StrCat(kPort), absl::StrCat(kProbes)},
+                  absl::Seconds(60));
+    json o;
+    if (!r.ok()) {
+      failed = r.status();
+    } else if (r->status != 0 || !(o = json::parse(r->out, nullptr, false)).is_object()) {
+      failed = absl::InternalError(absl::StrCat("clock probe from node", n, ": ", r->err, r->out));
+    } else {
+      o["offset_ns"] = -o["offset_ns"].get<int64_t>();  // node n's minus node 1's
+      o["node"] = n;
+      nodes.push_back(o);
+    }
+  }
+  (void)lab_->Sh(1, absl::StrCat("kill ", *server, " 2>/dev/null; true"));
+  if (!failed.ok()) return failed;
+  json clocks = {{"reference", "node1"},
+                 {"nodes", nodes},
+                 {"measured_at", absl::ToUnixNanos(absl::Now())},
+                 {"method", "NTP-style UDP exchange over the cluster wire, the exchange with "
+                            "the shortest round trip of 200; true offset within +- uncertainty"}};
+  topology_["clocks"] = clocks;
+  return clocks;
 }
 
 absl::StatusOr<std::vector<double>> LabRunner::Cycles(int node, const std::string& backend,

@@ -52,6 +52,11 @@ class LabRunner {
   // Has `node` master the DLM resources `names` (an NL lock on each, held
   // until the runner ends).
   absl::Status MasterOn(int node, const std::vector<std::string>& names);
+  // Every node's clock against node 1's (node K's minus node 1's), measured
+  // over the cluster wire (clock_sync.h): {"reference": "node1", "nodes":
+  // [{"node": K, "offset_ns", "uncertainty_ns", "min_rtt_ns", "samples"}],
+  // "measured_at": host ns}. Also kept in Topology()["clocks"] (the last).
+  absl::StatusOr<nlohmann::json> MeasureClocks();
   // The lockspace a backend's leases are named in.
   static std::string Lockspace(const std::string& backend);
   // What the lab is: nodes, storage, each backend's storage and timeouts

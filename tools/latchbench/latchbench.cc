@@ -373,7 +373,22 @@ int RunUncontendedLab(const Options& o, json* results, json* topology, json* hel
     fprintf(stderr, "latchbench: the lab: %s\n", lab.status().ToString().c_str());
     return kFailed;
   }
+  // The nodes' clocks, before and after: what one node's timestamps mean on
+  // another's (docs/latchbench.md, "Clocks"). A failure is recorded, not fatal:
+  // the uncontended figures use one node's clock.
+  const auto clocks = [&](const char* when) {
+    absl::StatusOr<json> c = (*lab)->MeasureClocks();
+    if (!c.ok()) return json{{"error", c.status().ToString()}};
+    for (const json& n : (*c)["nodes"]) {
+      fprintf(stderr, "latchbench: clocks %s: node%d = node1 %+.3f ms (+- %.3f ms)\n", when,
+              n["node"].get<int>(), n["offset_ns"].get<int64_t>() / 1e6,
+              n["uncertainty_ns"].get<int64_t>() / 1e6);
+    }
+    return *c;
+  };
+  const json clocks_before = clocks("before");
   *topology = (*lab)->Topology();
+  (*topology)["clocks"] = clocks_before;
   *hello = {{"latchd_backends_node1", (*topology)["latchd_backends"]}};
   std::vector<Block> blocks;
   std::vector<std::string> remote;  // DLM names node 2 masters
@@ -406,11 +421,14 @@ int RunUncontendedLab(const Options& o, json* results, json* topology, json* hel
       return kFailed;
     }
   }
-  return MeasureBlocks(o, &blocks, results,
-                       [&](const Block& bl, const std::function<void(int, int)>&) {
-                         return (*lab)->Cycles(bl.node, bl.backend, bl.path, bl.mode, bl.lease,
-                                               o.warmup, o.cycles, o.block_seconds);
-                       });
+  const int rc = MeasureBlocks(o, &blocks, results,
+                              [&](const Block& bl, const std::function<void(int, int)>&) {
+                                return (*lab)->Cycles(bl.node, bl.backend, bl.path, bl.mode,
+                                                      bl.lease, o.warmup, o.cycles,
+                                                      o.block_seconds);
+                              });
+  if (!g_interrupted) (*topology)["clocks_after"] = clocks("after");
+  return rc;
 }
 
 int Parse(int argc, char** argv, Options* o) {

@@ -13,6 +13,12 @@
 //   latchbench-node hold-nl LOCKSPACE NAME...
 //       Holds a DLM NL lock on each NAME, so this node masters them, prints
 //       "holding", and keeps them until stdin closes or it is killed.
+//   latchbench-node clock-serve PORT
+//       Answers clock probes on UDP PORT until killed (clock_sync.h).
+//   latchbench-node clock-probe ADDRESS PORT PROBES
+//       Probes the clock server at ADDRESS:PORT PROBES times (5 ms apart)
+//       and prints one line, {"offset_ns": N, "uncertainty_ns": N, ...}:
+//       the server's clock minus this node's.
 //
 // Exit codes: 0 done, 1 a measurement or lock failed, 2 bad usage.
 #include <signal.h>
@@ -35,6 +41,7 @@
 #include "core/lock_mode.h"
 #include "core/plugin_loader.h"
 #include "nlohmann/json.hpp"
+#include "tools/latchbench/clock_sync.h"
 #include "tools/latchbench/cycle_paths.h"
 
 namespace latchkey {
@@ -154,6 +161,27 @@ int HoldNl(int argc, char** argv) {
   return 0;
 }
 
+int ClockServe(int argc, char** argv) {
+  int port = 0;
+  if (argc != 3 || !absl::SimpleAtoi(argv[2], &port)) return Usage("clock-serve PORT");
+  absl::Status s = ServeClock(port, &g_stop);
+  return s.ok() ? 0 : (absl::IsInvalidArgument(s) ? Usage(s.ToString()) : Fail(s.ToString()));
+}
+
+int ClockProbe(int argc, char** argv) {
+  int port = 0, probes = 0;
+  if (argc != 5 || !absl::SimpleAtoi(argv[3], &port) || !absl::SimpleAtoi(argv[4], &probes)) {
+    return Usage("clock-probe ADDRESS PORT PROBES");
+  }
+  absl::StatusOr<ClockOffset> o = ProbeClock(argv[2], port, probes, 5);
+  if (!o.ok()) {
+    return absl::IsInvalidArgument(o.status()) ? Usage(o.status().ToString())
+                                               : Fail(o.status().ToString());
+  }
+  printf("%s\n", o->ToJson().dump().c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace bench
 }  // namespace latchkey
@@ -164,5 +192,9 @@ int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "cycles") return Cycles(argc, argv);
   if (cmd == "hold-nl") return HoldNl(argc, argv);
-  return Usage("usage: latchbench-node cycles ... | hold-nl LOCKSPACE NAME... (see the source)");
+  if (cmd == "clock-serve") return ClockServe(argc, argv);
+  if (cmd == "clock-probe") return ClockProbe(argc, argv);
+  return Usage(
+      "usage: latchbench-node cycles ... | hold-nl LOCKSPACE NAME... | clock-serve PORT | "
+      "clock-probe ADDRESS PORT PROBES (see the source)");
 }
