@@ -428,27 +428,46 @@ class DlmBackend final : public Backend {
       holders[owner.uuid] = nullptr;  // reserved while the request runs
     }
     Lockspace* ls = lk->ls;
+    // This node's first request on the resource (or the first since its
+    // anchor was dropped) takes the NL anchor first, and keeps it whatever
+    // the request's fate. The anchor's request learns the resource's master
+    // and keeps the kernel's record of it (the rsb) in use. Without it, a
+    // request cancelled or refused while the DLM recovers from a dead node
+    // could leave an unused rsb whose master was never learned, and the
+    // next request on it panics the 6.12 kernel ("DLM: Assertion failed on
+    // line 246 of file fs/dlm/lock.c", r->res_nodeid >= 0, in
+    // _request_lock): the lab's libvirt failover test did that on the
+    // survivor, whose domain kept trying a dead node's disk (README.md,
+    // "Limits (known)").
+    Anchor(*ls, resource.name);
     uint32_t flags = LKF_PERSISTENT | LKF_VALBLK;
     if (!options.wait) flags |= LKF_NOQUEUE | LKF_NOQUEUEBAST;
     lk->lksb.sb_lvbptr = reinterpret_cast<char*>(&lk->lvb);
     const int st = Request(*lk, DlmMode(mode), flags, options);
     if (st != 0) {
       Unreserve(*ls, resource.name, owner.uuid);
+      Idle(*ls, resource.name);  // its anchor, when nobody here holds it
       return Refusal(*lk, st, options.wait);
     }
     // Granted: the token, and the hand-off check against the LVB we read.
-    absl::MutexLock l(&mu_);
-    absl::StatusOr<uint64_t> token = TokenForGrant(*ls, *lk, /*convert_from=*/nullptr, options);
-    if (!token.ok()) {
+    absl::Status refused;
+    {
+      absl::MutexLock l(&mu_);
+      absl::StatusOr<uint64_t> token =
+          TokenForGrant(*ls, *lk, /*convert_from=*/nullptr, options);
+      if (token.ok()) {
+        latchkey::Grant g{mode, *token, absl::StrCat(lk->lksb.sb_lkid)};
+        ls->locks[resource.name][owner.uuid] = std::move(lk);
+        return g;
+      }
       ls->locks[resource.name].erase(owner.uuid);
       if (ls->locks[resource.name].empty()) ls->locks.erase(resource.name);
       Unlock(*lk);  // writes back the LVB exactly as read (or nothing: foreign)
       ForgetIfAbsent(*ls, resource.name);
-      return token.status();
+      refused = token.status();
     }
-    latchkey::Grant g{mode, *token, absl::StrCat(lk->lksb.sb_lkid)};
-    ls->locks[resource.name][owner.uuid] = std::move(lk);
-    return g;
+    Idle(*ls, resource.name);
+    return refused;
   }
 
   absl::StatusOr<latchkey::Grant> Convert(const Owner& owner, const Resource& resource,

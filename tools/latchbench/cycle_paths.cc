@@ -37,6 +37,9 @@ class RawDlm final : public CyclePath {
     }
     return absl::OkStatus();
   }
+  // A DLM request without LKF_NOQUEUE waits in the resource's queue; the
+  // completion comes with the grant.
+  absl::Status AcquireWaiting(LockMode mode, absl::Duration) override { return Acquire(mode); }
   absl::Status Release() override {
     if (!lock_.Unlock(ls_)) {
       return absl::InternalError(absl::StrCat("dlm_ls_unlock ", name_, ": status ",
@@ -59,6 +62,12 @@ class InProcess final : public CyclePath {
   absl::Status Acquire(LockMode mode) override {
     return backend_->Acquire(owner_, resource_, mode, AcquireOptions{}).status();
   }
+  absl::Status AcquireWaiting(LockMode mode, absl::Duration timeout) override {
+    AcquireOptions o;
+    o.wait = true;
+    o.timeout = timeout;
+    return backend_->Acquire(owner_, resource_, mode, o).status();
+  }
   absl::Status Release() override { return backend_->Release(owner_, resource_); }
 
  private:
@@ -78,7 +87,19 @@ class RawPosixfd final : public CyclePath {
   ~RawPosixfd() override {
     if (fd_ >= 0) close(fd_);
   }
-  absl::Status Acquire(LockMode mode) override {
+  absl::Status Acquire(LockMode mode) override { return Take(mode, F_OFD_SETLK); }
+  // F_OFD_SETLKW waits for the holder (no timeout: the other side releases).
+  absl::Status AcquireWaiting(LockMode mode, absl::Duration) override {
+    return Take(mode, F_OFD_SETLKW);
+  }
+  absl::Status Release() override {
+    const int fd = fd_;
+    fd_ = -1;
+    return close(fd) == 0 ? absl::OkStatus() : absl::ErrnoToStatus(errno, "close");
+  }
+
+ private:
+  absl::Status Take(LockMode mode, int cmd) {
     if (mode != LockMode::kExclusive) return absl::InvalidArgumentError("raw: exclusive only");
     fd_ = open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd_ < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", file_));
@@ -87,7 +108,12 @@ class RawPosixfd final : public CyclePath {
     fl.l_whence = SEEK_SET;
     fl.l_start = posixfd::kLockBase;  // the gate and both class bytes
     fl.l_len = 3;
-    if (fcntl(fd_, F_OFD_SETLK, &fl) != 0) return absl::ErrnoToStatus(errno, "F_OFD_SETLK");
+    if (fcntl(fd_, cmd, &fl) != 0) {
+      const int e = errno;
+      close(fd_);
+      fd_ = -1;
+      return absl::ErrnoToStatus(e, "fcntl(F_OFD_SETLK)");
+    }
     unsigned char header[posixfd::kHeaderSize];
     if (pread(fd_, header, sizeof header, 0) < 0) return absl::ErrnoToStatus(errno, "pread");
     ++token_;
@@ -98,13 +124,7 @@ class RawPosixfd final : public CyclePath {
     }
     return absl::OkStatus();
   }
-  absl::Status Release() override {
-    const int fd = fd_;
-    fd_ = -1;
-    return close(fd) == 0 ? absl::OkStatus() : absl::ErrnoToStatus(errno, "close");
-  }
 
- private:
   std::string file_;
   int fd_ = -1;
   uint64_t token_ = 0;
@@ -139,13 +159,13 @@ class ThroughLatchd final : public CyclePath {
     (void)client_.Call({{"op", "unregister"}, {"uuid", uuid_}});
   }
   absl::Status Acquire(LockMode mode) override {
-    return client_
-        .Call({{"op", "acquire"},
-               {"uuid", uuid_},
-               {"resources",
-                {{{"lease", lease_}, {"lockspace", lockspace_}, {"backend", backend_},
-                  {"mode", LockModeName(mode)}}}}})
-        .status();
+    return client_.Call(Request(mode)).status();
+  }
+  absl::Status AcquireWaiting(LockMode mode, absl::Duration timeout) override {
+    json r = Request(mode);
+    r["wait"] = true;
+    r["timeout_ms"] = absl::ToInt64Milliseconds(timeout);
+    return client_.Call(r, timeout + absl::Seconds(10)).status();
   }
   absl::Status Release() override {
     return client_
@@ -158,6 +178,13 @@ class ThroughLatchd final : public CyclePath {
 
  private:
   explicit ThroughLatchd(LatchdClient c) : client_(std::move(c)) {}
+  json Request(LockMode mode) const {
+    return {{"op", "acquire"},
+            {"uuid", uuid_},
+            {"resources",
+             {{{"lease", lease_}, {"lockspace", lockspace_}, {"backend", backend_},
+               {"mode", LockModeName(mode)}}}}};
+  }
   LatchdClient client_;
   std::string uuid_, backend_, lockspace_, lease_;
 };

@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "core/backend.h"
 #include "core/lock_mode.h"
 #include "core/owner.h"
@@ -30,7 +31,11 @@ namespace bench {
 class CyclePath {
  public:
   virtual ~CyclePath() = default;
+  // Takes the lease; refused at once when someone holds a conflicting lock.
   virtual absl::Status Acquire(LockMode mode) = 0;
+  // Takes the lease, waiting up to `timeout` for a conflicting holder to
+  // let go (hand-off: the grant comes as soon as the holder releases).
+  virtual absl::Status AcquireWaiting(LockMode mode, absl::Duration timeout) = 0;
   virtual absl::Status Release() = 0;
 };
 

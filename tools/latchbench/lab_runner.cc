@@ -5,8 +5,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -229,6 +231,8 @@ absl::StatusOr<json> LabRunner::MeasureClocks() {
     } else {
       o["offset_ns"] = -o["offset_ns"].get<int64_t>();  // node n's minus node 1's
       o["node"] = n;
+      clock_offsets_[n] = o["offset_ns"].get<int64_t>();
+      clock_uncertainty_[n] = o["uncertainty_ns"].get<int64_t>();
       nodes.push_back(o);
     }
   }
@@ -239,7 +243,6 @@ absl::StatusOr<json> LabRunner::MeasureClocks() {
                  {"measured_at", absl::ToUnixNanos(absl::Now())},
                  {"method", "NTP-style UDP exchange over the cluster wire, the exchange with "
                             "the shortest round trip of 200; true offset within +- uncertainty"}};
-  topology_["clocks"] = clocks;
   return clocks;
 }
 
@@ -266,6 +269,117 @@ absl::StatusOr<std::vector<double>> LabRunner::Cycles(int node, const std::strin
                                             r->out.substr(0, 200)));
   }
   return j["samples"].get<std::vector<double>>();
+}
+
+absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backend,
+                                                        const std::string& path,
+                                                        const std::string& lease, int rounds,
+                                                        int hold_ms, double max_seconds) {
+  struct Event {
+    int64_t ns;
+    int node;
+    bool grant;
+  };
+  std::vector<Event> events;
+  std::vector<std::string> outs;
+  for (int node : {1, 2}) {
+    const std::string out = absl::StrCat("/latchbench/ho-", lease, "-", node, ".log");
+    outs.push_back(out);
+    std::remove((lab_->shared() + out).c_str());
+    absl::StatusOr<int> pid = lab_->Spawn(
+        node, absl::StrCat("/shared/node", node, "/latchbench-handoff.log"),
+        {"/shared/bin/latchbench-node", "handoff", backend, path, Lockspace(backend), lease,
+         absl::StrCat(rounds), absl::StrCat(hold_ms), "/shared" + out,
+         absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
+         absl::StrCat("--socket=", kSocket),
+         absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", lease),
+         absl::StrCat("--max-seconds=", max_seconds)});
+    if (!pid.ok()) return pid.status();
+  }
+  // Both end with "done" or "error ...": a waiting acquire gives up after
+  // 120 s, so this bounds the wait.
+  const double limit = (max_seconds > 0 ? max_seconds : 600) + 150;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    std::string last;
+    for (double waited = 0;; waited += 0.1) {
+      std::ifstream in(lab_->shared() + outs[i]);
+      std::string line;
+      while (std::getline(in, line)) last = line;
+      if (last == "done" || absl::StartsWith(last, "error ")) break;
+      if (waited > limit) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("node", i + 1, "'s hand-off loop did not end in ", limit, " s"));
+      }
+      usleep(100000);
+    }
+    if (last != "done") {
+      return absl::InternalError(absl::StrCat("node", i + 1, ": ", last.substr(6)));
+    }
+    std::ifstream in(lab_->shared() + outs[i]);
+    std::string kind;
+    long long ns = 0;
+    while (in >> kind) {
+      if (kind == "done") break;
+      if (!(in >> ns)) break;
+      events.push_back({ns, static_cast<int>(i) + 1, kind == "grant"});
+    }
+    std::remove((lab_->shared() + outs[i]).c_str());
+  }
+  // Onto node 1's clock: node K's timestamps minus its measured offset.
+  // Each node notes a grant after it has the lease and a release before it
+  // lets go, so its holding intervals must never overlap the other node's
+  // by more than the offset's uncertainty.
+  if (clock_offsets_.empty()) {
+    if (absl::StatusOr<json> c = MeasureClocks(); !c.ok()) return c.status();
+  }
+  const auto at = [&](int node) { return clock_offsets_.count(node) ? clock_offsets_[node] : 0; };
+  const int64_t uncertainty = clock_uncertainty_.count(2) ? clock_uncertainty_[2] : 0;
+  for (Event& e : events) e.ns -= at(e.node);
+  std::sort(events.begin(), events.end(),
+            [](const Event& a, const Event& b) { return a.ns < b.ns; });
+  std::vector<double> samples;
+  const Event* last_release = nullptr;
+  int holder = 0;
+  int64_t held_since = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const Event& e = events[i];
+    if (!e.grant) {
+      if (e.node == holder) holder = 0;
+      last_release = &e;
+      continue;
+    }
+    if (holder != 0 && holder != e.node) {
+      // The holder's release comes later in this order: by how much.
+      int64_t overlap = -1;
+      for (size_t k = i + 1; k < events.size(); ++k) {
+        if (events[k].node == holder && !events[k].grant) {
+          overlap = events[k].ns - e.ns;
+          break;
+        }
+      }
+      if (overlap < 0 || overlap > uncertainty) {
+        return absl::InternalError(absl::StrCat(
+            "two holders at once: node", e.node, " was granted ", lease, " while node", holder,
+            " held it (since ", held_since, " ns on node1's clock) for ",
+            overlap < 0 ? std::string("the rest of the run")
+                        : absl::StrCat(overlap / 1e6, " ms more"),
+            ", beyond the clocks' uncertainty of ", uncertainty / 1e6, " ms"));
+      }
+      // Within the uncertainty: the release was first; count it so.
+      for (size_t k = i + 1; k < events.size(); ++k) {
+        if (events[k].node == holder && !events[k].grant) {
+          last_release = &events[k];
+          break;
+        }
+      }
+    }
+    if (last_release != nullptr && last_release->node != e.node) {
+      samples.push_back((e.ns - last_release->ns) / 1e9);  // may be < 0 within the uncertainty
+    }
+    holder = e.node;
+    held_since = e.ns;
+  }
+  return samples;
 }
 
 absl::Status LabRunner::MasterOn(int node, const std::vector<std::string>& names) {

@@ -9,6 +9,8 @@
 #ifndef LATCHKEY_TOOLS_LATCHBENCH_LAB_RUNNER_H_
 #define LATCHKEY_TOOLS_LATCHBENCH_LAB_RUNNER_H_
 
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,13 +51,24 @@ class LabRunner {
                                              const std::string& path, LockMode mode,
                                              const std::string& lease, int warmup, int cycles,
                                              double max_seconds);
+  // Hand-offs of `lease` between node1 and node2 on `backend` and `path`:
+  // both run `latchbench-node handoff` at once (ROUNDS each, holding
+  // `hold_ms`, at most `max_seconds` each when > 0); a sample is the time
+  // from one node's release to the other node's next grant, in seconds, on
+  // node 1's clock (node 2's timestamps corrected by the measured offset,
+  // MeasureClocks; measured first if it was not). An error when the two
+  // nodes' holding intervals overlap by more than the offset's uncertainty.
+  absl::StatusOr<std::vector<double>> Handoffs(const std::string& backend,
+                                               const std::string& path,
+                                               const std::string& lease, int rounds, int hold_ms,
+                                               double max_seconds);
   // Has `node` master the DLM resources `names` (an NL lock on each, held
   // until the runner ends).
   absl::Status MasterOn(int node, const std::vector<std::string>& names);
   // Every node's clock against node 1's (node K's minus node 1's), measured
   // over the cluster wire (clock_sync.h): {"reference": "node1", "nodes":
   // [{"node": K, "offset_ns", "uncertainty_ns", "min_rtt_ns", "samples"}],
-  // "measured_at": host ns}. Also kept in Topology()["clocks"] (the last).
+  // "measured_at": host ns}; kept for Handoffs.
   absl::StatusOr<nlohmann::json> MeasureClocks();
   // The lockspace a backend's leases are named in.
   static std::string Lockspace(const std::string& backend);
@@ -73,6 +86,8 @@ class LabRunner {
   std::vector<std::string> backends_;
   std::vector<std::pair<int, int>> latchds_;  // node, pid in the node
   std::vector<std::pair<int, int>> holders_;  // node, pid of hold-nl
+  std::map<int, int64_t> clock_offsets_;      // node K's clock minus node 1's, ns
+  std::map<int, int64_t> clock_uncertainty_;  // +- ns
   nlohmann::json topology_, hello_;
 };
 

@@ -66,11 +66,13 @@ constexpr char kSchema[] = "latchbench/1";
 constexpr char kUsage[] = R"(usage: latchbench list
        latchbench run [--quick] [--lab[=DIR]] [--backends=posixfd,nop]
                       [--scenarios=uncontended] [--runs=N] [--cycles=N] [--warmup=N]
-                      [--block-seconds=S] [--seed=N] [--out=FILE] [--latchd=PATH]
+                      [--block-seconds=S] [--handoffs=N] [--handoff-hold-ms=MS]
+                      [--seed=N] [--out=FILE] [--latchd=PATH]
                       [--plugin-path=DIR:DIR] [--max-run-spread=F]
          --lab        measure on node 1 of the cluster lab (started, or the running
                       one in DIR); needed for dlm and sanlock
          --block-seconds  a block's timed part ends after S s once it has 5 cycles
+                      (a hand-off block after 3 S)
        latchbench report [--out=DIR] A.json [B.json]
 )";
 
@@ -88,7 +90,10 @@ struct ScenarioInfo {
 constexpr ScenarioInfo kScenarios[] = {
     {"uncontended",
      "one owner, one lease: acquire (no wait) + release, timed per cycle, in every mode the "
-     "backend grants; in process (plugin ABI) and through latchd"},
+     "backend grants; on the raw API, in process (plugin ABI) and through latchd"},
+    {"handoff",
+     "(--lab) node1 and node2 take one lease exclusively in turn, each waiting for the other: "
+     "the time from one node's release to the other's grant"},
 };
 
 struct BackendInfo {
@@ -147,6 +152,8 @@ struct Options {
   double max_run_spread = 0.25;
   std::string out;
   double block_seconds = 0;  // a block's timed part ends after this (0: never)
+  int handoffs = 100;        // hand-offs per node and block (handoff)
+  int handoff_hold_ms = 20;  // how long each node holds the lease
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
@@ -195,6 +202,15 @@ json SummaryJson(const Summary& s) {
           {"p99", s.p99},    {"max", s.max}, {"mean", s.mean},     {"spread", s.spread}};
 }
 
+// What one hand-off is on `path`.
+std::string HandoffText(const std::string& path) {
+  return absl::StrCat("node1 and node2 each loop: take the lease exclusively (", path,
+                      path == "raw" ? "" : " path",
+                      ", waiting for the other), hold it --handoff-hold-ms, release, pause as "
+                      "long; one sample is one node's release to the other node's grant, both "
+                      "read from CLOCK_REALTIME (UML nodes read the host's clock)");
+}
+
 // One block: a backend, path and mode measured `runs` times, where.
 struct Block {
   std::string backend, path;
@@ -210,7 +226,7 @@ struct Block {
 // machine does not favour one block, with `measure` timing one block once;
 // then appends the results. kOk, kFailed or kInterrupted.
 int MeasureBlocks(
-    const Options& o, std::vector<Block>* blocks, json* results,
+    const Options& o, const std::string& scenario, std::vector<Block>* blocks, json* results,
     const std::function<absl::StatusOr<std::vector<double>>(
         const Block&, const std::function<void(int, int)>&)>& measure) {
   Progress progress(static_cast<int64_t>(blocks->size()) * o.runs * (o.cycles + o.warmup));
@@ -218,7 +234,7 @@ int MeasureBlocks(
     for (size_t k = 0; k < blocks->size(); ++k) {
       Block& bl = (*blocks)[(k + static_cast<size_t>(run)) % blocks->size()];
       const std::string name =
-          absl::StrCat("uncontended ", bl.backend, " ", bl.path, " ", LockModeName(bl.mode),
+          absl::StrCat(scenario, " ", bl.backend, " ", bl.path, " ", LockModeName(bl.mode),
                        bl.node > 0 ? absl::StrCat(" (", bl.placement, ")") : "", ", run ", run + 1,
                        "/", o.runs);
       absl::StatusOr<std::vector<double>> timed =
@@ -232,6 +248,10 @@ int MeasureBlocks(
         return kFailed;
       }
       progress.Update(name, o.warmup + o.cycles, o.warmup + o.cycles, true);
+      if (timed->empty()) {
+        fprintf(stderr, "latchbench: %s: nothing was measured\n", name.c_str());
+        return kFailed;
+      }
       bl.runs.push_back(Summarize(*timed));
       bl.samples.push_back(std::move(*timed));
     }
@@ -245,13 +265,13 @@ int MeasureBlocks(
     }
     const Verdict v = JudgeRuns(bl.runs, o.max_run_spread);
     results->push_back(
-        {{"scenario", "uncontended"},
+        {{"scenario", scenario},
          {"backend", bl.backend},
          {"path", bl.path},
          {"mode", LockModeName(bl.mode)},
          {"placement", bl.placement},
-         {"metric", "cycle_seconds"},
-         {"cycle", CycleText(bl.backend, bl.path)},
+         {"metric", scenario == "handoff" ? "handoff_seconds" : "cycle_seconds"},
+         {"cycle", scenario == "handoff" ? HandoffText(bl.path) : CycleText(bl.backend, bl.path)},
          {"runs", runs},
          {"summary", SummaryJson(Summarize(pooled))},
          {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});
@@ -307,9 +327,7 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
   for (const std::string& b : o.backends) {
     const std::string placement = b == "posixfd" ? "host, local lock directory" : "host";
     // The raw API's cycle, where there is one (posixfd: fcntl; nop has none).
-    if (b == "posixfd") {
-      blocks.push_back({b, "raw", LockMode::kExclusive, placement, lease, 0, {}, {}});
-    }
+    if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, placement, lease, 0, {}, {}});
     for (const char* path : {"in-process", "latchd"}) {
       for (LockMode m : Modes(loaded[b]->capabilities())) {
         blocks.push_back({b, path, m, placement, lease, 0, {}, {}});
@@ -317,7 +335,7 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
     }
   }
   return MeasureBlocks(
-      o, &blocks, results,
+      o, "uncontended", &blocks, results,
       [&](const Block& bl, const std::function<void(int, int)>& progress)
           -> absl::StatusOr<std::vector<double>> {
         std::unique_ptr<CyclePath> path;
@@ -351,45 +369,7 @@ std::vector<LockMode> LabModes() {
 // The uncontended scenario in the cluster lab, on node 1: dlm (the lease
 // mastered on node 1, and on node 2), sanlock (lease area on the shared
 // LUN), posixfd (lock files on NFS), nop. Fills `results` and `topology`.
-int RunUncontendedLab(const Options& o, json* results, json* topology, json* hello) {
-  LabSetup setup;
-  setup.attach = o.lab_dir;
-  setup.uml_cluster = Runfile("lab/uml/uml-cluster");
-  setup.backends = o.backends;
-  for (const char* f : {"tools/latchbench/latchbench-node", "agent/latchd", "tools/latchctl"}) {
-    setup.install.push_back(Runfile(f));
-  }
-  for (const std::string& b : o.backends) {
-    setup.install.push_back(Runfile(absl::StrCat("backends/", b, "/latchkey-", b, ".so")));
-  }
-  for (const std::string& f : setup.install) {
-    if (f.empty()) {
-      fprintf(stderr, "latchbench: a file to install in the lab is not in the runfiles\n");
-      return kFailed;
-    }
-  }
-  absl::StatusOr<std::unique_ptr<LabRunner>> lab = LabRunner::Start(setup);
-  if (!lab.ok()) {
-    fprintf(stderr, "latchbench: the lab: %s\n", lab.status().ToString().c_str());
-    return kFailed;
-  }
-  // The nodes' clocks, before and after: what one node's timestamps mean on
-  // another's (docs/latchbench.md, "Clocks"). A failure is recorded, not fatal:
-  // the uncontended figures use one node's clock.
-  const auto clocks = [&](const char* when) {
-    absl::StatusOr<json> c = (*lab)->MeasureClocks();
-    if (!c.ok()) return json{{"error", c.status().ToString()}};
-    for (const json& n : (*c)["nodes"]) {
-      fprintf(stderr, "latchbench: clocks %s: node%d = node1 %+.3f ms (+- %.3f ms)\n", when,
-              n["node"].get<int>(), n["offset_ns"].get<int64_t>() / 1e6,
-              n["uncertainty_ns"].get<int64_t>() / 1e6);
-    }
-    return *c;
-  };
-  const json clocks_before = clocks("before");
-  *topology = (*lab)->Topology();
-  (*topology)["clocks"] = clocks_before;
-  *hello = {{"latchd_backends_node1", (*topology)["latchd_backends"]}};
+int RunUncontendedLab(const Options& o, LabRunner& lab, json* results) {
   std::vector<Block> blocks;
   std::vector<std::string> remote;  // DLM names node 2 masters
   for (const std::string& b : o.backends) {
@@ -416,24 +396,71 @@ int RunUncontendedLab(const Options& o, json* results, json* topology, json* hel
     }
   }
   if (!remote.empty()) {
-    if (absl::Status s = (*lab)->MasterOn(2, remote); !s.ok()) {
+    if (absl::Status s = lab.MasterOn(2, remote); !s.ok()) {
       fprintf(stderr, "latchbench: NL locks on node2: %s\n", s.ToString().c_str());
       return kFailed;
     }
   }
-  const int rc = MeasureBlocks(o, &blocks, results,
-                              [&](const Block& bl, const std::function<void(int, int)>&) {
-                                return (*lab)->Cycles(bl.node, bl.backend, bl.path, bl.mode,
-                                                      bl.lease, o.warmup, o.cycles,
-                                                      o.block_seconds);
-                              });
-  if (!g_interrupted) (*topology)["clocks_after"] = clocks("after");
-  return rc;
+  return MeasureBlocks(o, "uncontended", &blocks, results,
+                       [&](const Block& bl, const std::function<void(int, int)>&) {
+                         return lab.Cycles(bl.node, bl.backend, bl.path, bl.mode, bl.lease,
+                                               o.warmup, o.cycles, o.block_seconds);
+                       });
+}
+
+// The lab with everything latchbench needs in it, or an error printed.
+std::unique_ptr<LabRunner> StartLab(const Options& o) {
+  LabSetup setup;
+  setup.attach = o.lab_dir;
+  setup.uml_cluster = Runfile("lab/uml/uml-cluster");
+  setup.backends = o.backends;
+  for (const char* f : {"tools/latchbench/latchbench-node", "agent/latchd", "tools/latchctl"}) {
+    setup.install.push_back(Runfile(f));
+  }
+  for (const std::string& b : o.backends) {
+    setup.install.push_back(Runfile(absl::StrCat("backends/", b, "/latchkey-", b, ".so")));
+  }
+  for (const std::string& f : setup.install) {
+    if (f.empty()) {
+      fprintf(stderr, "latchbench: a file to install in the lab is not in the runfiles\n");
+      return nullptr;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<LabRunner>> lab = LabRunner::Start(setup);
+  if (!lab.ok()) {
+    fprintf(stderr, "latchbench: the lab: %s\n", lab.status().ToString().c_str());
+    return nullptr;
+  }
+  return std::move(*lab);
+}
+
+// The hand-off scenario between node1 and node2 (not nop: it excludes
+// nobody). Fills `results`.
+int RunHandoffLab(const Options& o, LabRunner& lab, json* results) {
+  std::vector<Block> blocks;
+  for (const std::string& b : o.backends) {
+    if (b == "nop") continue;
+    std::string placement = "node1 <-> node2";
+    if (b == "sanlock") placement += ", lease area on the shared LUN";
+    if (b == "posixfd") placement += ", lock files on NFS";
+    for (const char* path : {"raw", "in-process", "latchd"}) {
+      if (std::string(path) == "raw" && b != "dlm" && b != "posixfd") continue;
+      blocks.push_back({b, path, LockMode::kExclusive, placement,
+                        absl::StrCat("ho", o.seed, "-", path), 1, {}, {}});
+    }
+  }
+  if (blocks.empty()) return kOk;
+  return MeasureBlocks(o, "handoff", &blocks, results,
+                       [&](const Block& bl, const std::function<void(int, int)>&) {
+                         return lab.Handoffs(bl.backend, bl.path, bl.lease, o.handoffs,
+                                             o.handoff_hold_ms, o.block_seconds * 3);
+                       });
 }
 
 int Parse(int argc, char** argv, Options* o) {
   for (int i = 0; i < argc; ++i) o->argv.push_back(argv[i]);
-  bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false;
+  bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false,
+       handoffs_set = false;
   for (int i = 2; i < argc; ++i) {
     absl::string_view a = argv[i];
     absl::string_view v;
@@ -467,6 +494,15 @@ int Parse(int argc, char** argv, Options* o) {
     } else if (value("--warmup")) {
       if (!whole("--warmup", 0, &o->warmup)) return kUsageError;
       warmup_set = true;
+    } else if (value("--handoffs")) {
+      if (!whole("--handoffs", 1, &o->handoffs)) return kUsageError;
+      handoffs_set = true;
+    } else if (value("--handoff-hold-ms")) {
+      if (!whole("--handoff-hold-ms", 0, &o->handoff_hold_ms)) return kUsageError;
+      if (o->handoff_hold_ms > 60000) {
+        fprintf(stderr, "latchbench: --handoff-hold-ms must be at most 60000\n");
+        return kUsageError;
+      }
     } else if (value("--seed")) {
       if (!absl::SimpleAtoi(v, &o->seed)) {
         fprintf(stderr, "latchbench: --seed must be a whole number, not '%s'\n",
@@ -513,6 +549,7 @@ int Parse(int argc, char** argv, Options* o) {
     if (!cycles_set) o->cycles = 200;
     if (!warmup_set) o->warmup = 20;
     if (!block_seconds_set) o->block_seconds = 5;
+    if (!handoffs_set) o->handoffs = 20;
   }
   if (o->backends.empty() || o->scenarios.empty()) {
     fprintf(stderr, "latchbench: --backends and --scenarios need at least one name\n");
@@ -540,6 +577,10 @@ int Parse(int argc, char** argv, Options* o) {
     if (!Known(kScenarios, s)) {
       fprintf(stderr, "latchbench: unknown scenario '%s' (latchbench list shows them)\n",
               s.c_str());
+      return kUsageError;
+    }
+    if (s == "handoff" && !o->lab) {
+      fprintf(stderr, "latchbench: scenario 'handoff' runs between lab nodes: add --lab\n");
       return kUsageError;
     }
   }
@@ -594,19 +635,51 @@ int Run(const Options& o) {
                        {"cycles", o.cycles},         {"warmup", o.warmup},
                        {"seed", o.seed},             {"max_run_spread", o.max_run_spread},
                        {"plugin_path", o.plugin_path}, {"latchd", o.latchd},
-                       {"lab", o.lab},         {"block_seconds", o.block_seconds}};
+                       {"lab", o.lab},         {"block_seconds", o.block_seconds},
+                       {"handoffs", o.handoffs}, {"handoff_hold_ms", o.handoff_hold_ms}};
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
-  json topology;
-  for (const std::string& s : o.scenarios) {
-    if (s == "uncontended") {
-      rc = o.lab ? RunUncontendedLab(o, &results, &topology, &latchd_hello)
-                 : RunUncontended(o, workdir, &results, &latchd_hello);
+  std::unique_ptr<LabRunner> lab;
+  // The nodes' clocks, before and after: what one node's timestamps mean on
+  // another's (docs/latchbench.md, "Clocks"). Failing to measure them is
+  // recorded; the hand-off scenario then fails, the uncontended one (one
+  // node's clock) goes on.
+  const auto clocks = [&](const char* when) {
+    absl::StatusOr<json> c = lab->MeasureClocks();
+    if (!c.ok()) {
+      fprintf(stderr, "latchbench: clocks %s: %s\n", when, c.status().ToString().c_str());
+      return json{{"error", c.status().ToString()}};
     }
-    if (rc != kOk) break;
+    for (const json& n : (*c)["nodes"]) {
+      fprintf(stderr, "latchbench: clocks %s: node%d = node1 %+.3f ms (+- %.3f ms)\n", when,
+              n["node"].get<int>(), n["offset_ns"].get<int64_t>() / 1e6,
+              n["uncertainty_ns"].get<int64_t>() / 1e6);
+    }
+    return *c;
+  };
+  json clocks_before;
+  if (o.lab) {
+    lab = StartLab(o);
+    if (lab == nullptr) rc = kFailed;
+    if (lab != nullptr) clocks_before = clocks("before");
   }
-  if (o.lab) doc["lab"] = topology;
+  for (const std::string& s : o.scenarios) {
+    if (rc != kOk) break;
+    if (s == "uncontended") {
+      rc = o.lab ? RunUncontendedLab(o, *lab, &results)
+                 : RunUncontended(o, workdir, &results, &latchd_hello);
+    } else if (s == "handoff") {
+      rc = RunHandoffLab(o, *lab, &results);
+    }
+  }
+  if (lab != nullptr) {
+    doc["lab"] = lab->Topology();
+    doc["lab"]["clocks"] = clocks_before;
+    if (!g_interrupted) doc["lab"]["clocks_after"] = clocks("after");
+    latchd_hello = {{"latchd_backends_node1", lab->Topology()["latchd_backends"]}};
+    lab.reset();  // latchd stopped, the lab stopped or reset
+  }
   (void)system(absl::StrCat("rm -rf '", workdir, "'").c_str());
   if (rc != kOk) return rc;
   doc["latchd_hello"] = latchd_hello;

@@ -35,8 +35,9 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   const std::string out = Tmp() + "/lab.json";
   const std::string cmd =
       absl::StrCat(latchkey::lab::Runfile("tools/latchbench/latchbench"),
-                   " run --lab --backends=dlm,sanlock,posixfd,nop --runs=1 --cycles=5 --warmup=1 "
-                   "--block-seconds=2 --out=",
+                   " run --lab --backends=dlm,sanlock,posixfd,nop --scenarios=uncontended,handoff "
+                   "--runs=1 --cycles=5 --warmup=1 --block-seconds=2 --handoffs=6 "
+                   "--handoff-hold-ms=5 --out=",
                    out, " 2>&1");
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
@@ -55,9 +56,44 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   EXPECT_GT(doc["lab"]["corosync_token_ms"].get<int>(), 0) << doc["lab"].dump();
   EXPECT_EQ(doc["lab"]["sanlock"]["io_timeout_s"], 2);
   EXPECT_THAT(doc["lab"]["latchd_backends"].get<std::string>(), HasSubstr("excludes nobody"));
+  // The nodes' clocks against node 1's, before and after the blocks.
+  for (const char* when : {"clocks", "clocks_after"}) {
+    const json& c = doc["lab"][when];
+    ASSERT_TRUE(c.contains("nodes")) << when << ": " << c.dump();
+    ASSERT_EQ(c["nodes"].size(), 2u) << c.dump();
+    for (const json& n : c["nodes"]) {
+      EXPECT_GE(n["samples"].get<int>(), 50) << n.dump();
+      EXPECT_GT(n["uncertainty_ns"].get<int64_t>(), 0) << n.dump();
+      EXPECT_LT(n["uncertainty_ns"].get<int64_t>(), 20'000'000) << "no exchange under 40 ms: "
+                                                                 << n.dump();
+    }
+  }
+  printf("clocks: %s\n", doc["lab"]["clocks"]["nodes"].dump().c_str());
   // Per backend and placement: the paths and modes measured.
   std::map<std::string, std::set<std::string>> seen;
+  std::map<std::string, std::set<std::string>> handoffs;  // backend: paths
   for (const json& r : doc["results"]) {
+    if (r["scenario"] == "handoff") {
+      EXPECT_EQ(r["metric"], "handoff_seconds");
+      EXPECT_EQ(r["mode"], "exclusive");
+      EXPECT_TRUE(handoffs[r["backend"].get<std::string>()]
+                      .insert(r["path"].get<std::string>())
+                      .second);
+      ASSERT_EQ(r["runs"].size(), 1u);
+      // 6 rounds a node: a hand-off at most at every grant but the first,
+      // at least one (each waits for the other while it holds).
+      const size_t n = r["runs"][0]["samples"].size();
+      EXPECT_GE(n, 1u) << r["backend"] << " " << r["path"];
+      EXPECT_LE(n, 11u) << r["backend"] << " " << r["path"];
+      // (latchbench itself fails the run if the two nodes' holding
+      // intervals ever overlap.)
+      for (const json& x : r["runs"][0]["samples"]) {
+        EXPECT_LT(x.get<double>(), 130) << "longer than a waiting acquire may take";
+        EXPECT_GT(x.get<double>(), -0.05) << "node1's and node2's clocks mapped wrongly";
+      }
+      continue;
+    }
+    EXPECT_EQ(r["scenario"], "uncontended");
     const std::string where = absl::StrCat(r["backend"].get<std::string>(), " @ ",
                                            r["placement"].get<std::string>());
     EXPECT_TRUE(seen[where]
@@ -81,6 +117,12 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   EXPECT_EQ(seen["posixfd @ node1, lock files on NFS"].size(), 7u);
   EXPECT_EQ(seen["nop @ node1"].size(), 6u);
   EXPECT_EQ(seen.size(), 5u);
+  // Hand-off: every backend but nop (it excludes nobody), raw where there is
+  // a raw API.
+  EXPECT_EQ(handoffs["dlm"], (std::set<std::string>{"raw", "in-process", "latchd"}));
+  EXPECT_EQ(handoffs["posixfd"], (std::set<std::string>{"raw", "in-process", "latchd"}));
+  EXPECT_EQ(handoffs["sanlock"], (std::set<std::string>{"in-process", "latchd"}));
+  EXPECT_EQ(handoffs.count("nop"), 0u);
 
   // Nothing of latchbench's left in the nodes: no latchd or NL holder, and
   // no sanlock daemon still in its lockspace (a later storage fault would

@@ -10,6 +10,13 @@
 //       the settings in FILE (latchd.conf syntax, unprefixed keys); latchd
 //       talks to SOCKET; raw posixfd locks --raw-file. The timed part ends
 //       after S seconds once it has 5 samples (cycle_paths.h).
+//   latchbench-node handoff BACKEND PATH LOCKSPACE LEASE ROUNDS HOLD_MS OUT [options]
+//       ROUNDS times (or until --max-seconds): take LEASE exclusively,
+//       waiting for whoever holds it; hold it HOLD_MS; release; pause HOLD_MS
+//       (so a waiter on another node gets it). Writes "grant NS" and
+//       "release NS" lines (this node's CLOCK_REALTIME; latchbench maps it
+//       onto node 1's with the measured offset, clock_sync.h)
+//       to OUT, then "done" or "error MESSAGE". Options as for cycles.
 //   latchbench-node hold-nl LOCKSPACE NAME...
 //       Holds a DLM NL lock on each NAME, so this node masters them, prints
 //       "holding", and keeps them until stdin closes or it is killed.
@@ -22,9 +29,12 @@
 //
 // Exit codes: 0 done, 1 a measurement or lock failed, 2 bad usage.
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -59,10 +69,95 @@ int Fail(const std::string& what) {
   return 1;
 }
 
+// The options after the positional arguments.
+struct Flags {
+  std::string plugin_dir = "/shared/bin", settings_file, socket, raw_file;
+  double max_seconds = 0;
+};
+constexpr char kFlagsUsage[] =
+    "[--plugin-dir=DIR] [--settings=FILE] [--socket=SOCKET] [--raw-file=FILE] [--max-seconds=S]";
+
+// Parses argv[from..]; an error names the bad argument.
+absl::Status ParseFlags(int argc, char** argv, int from, Flags* f) {
+  for (int i = from; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (absl::ConsumePrefix(&a, "--plugin-dir=")) {
+      f->plugin_dir = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--settings=")) {
+      f->settings_file = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--socket=")) {
+      f->socket = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--raw-file=")) {
+      f->raw_file = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--max-seconds=")) {
+      if (!absl::SimpleAtod(a, &f->max_seconds) || !(f->max_seconds >= 0)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--max-seconds must be a number of seconds, not '", a, "'"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown argument '", argv[i], "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The cycle path `path` of `backend` on `lease`; an in-process backend is
+// kept in *loaded. InvalidArgument: bad usage; other errors: failures.
+absl::StatusOr<std::unique_ptr<CyclePath>> MakePath(const std::string& backend,
+                                                    const std::string& path,
+                                                    const std::string& lockspace,
+                                                    const std::string& lease, const Flags& f,
+                                                    std::unique_ptr<Backend>* loaded) {
+  if (path == "raw") {
+    if (backend == "dlm") return RawDlmPath(lockspace, lease);
+    if (backend == "posixfd") {
+      if (f.raw_file.empty()) return absl::InvalidArgumentError("raw posixfd needs --raw-file");
+      return RawPosixfdPath(f.raw_file);
+    }
+    return absl::InvalidArgumentError(absl::StrCat("no raw path for backend '", backend, "'"));
+  }
+  if (path == "in-process") {
+    std::string text;
+    if (!f.settings_file.empty()) {
+      std::ifstream in(f.settings_file);
+      if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", f.settings_file));
+      std::stringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+    }
+    absl::StatusOr<Config> cfg = Config::ParseText(text, f.settings_file);
+    if (!cfg.ok()) return absl::FailedPreconditionError(cfg.status().ToString());
+    absl::StatusOr<std::unique_ptr<Backend>> b = LoadBackend({f.plugin_dir}, backend, *cfg);
+    if (!b.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("loading ", backend, ": ", b.status().ToString()));
+    }
+    *loaded = std::move(*b);
+    absl::StatusOr<Resource> res = Resource::Lease(lockspace, lease);
+    if (!res.ok()) return absl::FailedPreconditionError(res.status().ToString());
+    return InProcessPath(loaded->get(), OwnerForThisProcess(RandomUuid(), "latchbench"), *res);
+  }
+  if (path == "latchd") {
+    if (f.socket.empty()) return absl::InvalidArgumentError("the latchd path needs --socket");
+    absl::StatusOr<std::unique_ptr<CyclePath>> l = LatchdPath(f.socket, backend, lockspace, lease);
+    if (!l.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("latchd at ", f.socket, ": ", l.status().ToString()));
+    }
+    return l;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown path '", path, "'"));
+}
+
+// Usage (2) for InvalidArgument, else a failure (1).
+int Refuse(const absl::Status& s) {
+  return absl::IsInvalidArgument(s) ? Usage(std::string(s.message())) : Fail(s.ToString());
+}
+
 int Cycles(int argc, char** argv) {
-  if (argc < 10) {
-    return Usage("cycles BACKEND PATH MODE LOCKSPACE LEASE WARMUP CYCLES [--plugin-dir=DIR] "
-                 "[--settings=FILE] [--socket=SOCKET] [--raw-file=FILE] [--max-seconds=S]");
+  if (argc < 9) {
+    return Usage(absl::StrCat("cycles BACKEND PATH MODE LOCKSPACE LEASE WARMUP CYCLES ",
+                              kFlagsUsage));
   }
   const std::string backend = argv[2], path = argv[3], lockspace = argv[5], lease = argv[6];
   absl::StatusOr<LockMode> mode = ParseLockMode(argv[4]);
@@ -72,69 +167,69 @@ int Cycles(int argc, char** argv) {
       cycles < 1) {
     return Usage("WARMUP must be 0 or more and CYCLES 1 or more");
   }
-  std::string plugin_dir = "/shared/bin", settings_file, socket, raw_file;
-  double max_seconds = 0;
-  for (int i = 9; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    if (absl::ConsumePrefix(&a, "--plugin-dir=")) {
-      plugin_dir = std::string(a);
-    } else if (absl::ConsumePrefix(&a, "--settings=")) {
-      settings_file = std::string(a);
-    } else if (absl::ConsumePrefix(&a, "--socket=")) {
-      socket = std::string(a);
-    } else if (absl::ConsumePrefix(&a, "--raw-file=")) {
-      raw_file = std::string(a);
-    } else if (absl::ConsumePrefix(&a, "--max-seconds=")) {
-      if (!absl::SimpleAtod(a, &max_seconds) || max_seconds < 0) {
-        return Usage(absl::StrCat("--max-seconds must be a number of seconds, not '", a, "'"));
-      }
-    } else {
-      return Usage(absl::StrCat("unknown argument '", argv[i], "'"));
-    }
-  }
+  Flags flags;
+  if (absl::Status st = ParseFlags(argc, argv, 9, &flags); !st.ok()) return Refuse(st);
   std::unique_ptr<Backend> loaded;
-  std::unique_ptr<CyclePath> p;
-  if (path == "raw") {
-    if (backend == "dlm") {
-      absl::StatusOr<std::unique_ptr<CyclePath>> r = RawDlmPath(lockspace, lease);
-      if (!r.ok()) return Fail(r.status().ToString());
-      p = std::move(*r);
-    } else if (backend == "posixfd") {
-      if (raw_file.empty()) return Usage("raw posixfd needs --raw-file");
-      p = RawPosixfdPath(raw_file);
-    } else {
-      return Usage(absl::StrCat("no raw path for backend '", backend, "'"));
-    }
-  } else if (path == "in-process") {
-    std::string text;
-    if (!settings_file.empty()) {
-      std::ifstream in(settings_file);
-      if (!in) return Fail(absl::StrCat("cannot read ", settings_file));
-      std::stringstream ss;
-      ss << in.rdbuf();
-      text = ss.str();
-    }
-    absl::StatusOr<Config> cfg = Config::ParseText(text, settings_file);
-    if (!cfg.ok()) return Fail(cfg.status().ToString());
-    absl::StatusOr<std::unique_ptr<Backend>> b = LoadBackend({plugin_dir}, backend, *cfg);
-    if (!b.ok()) return Fail(absl::StrCat("loading ", backend, ": ", b.status().ToString()));
-    loaded = std::move(*b);
-    absl::StatusOr<Resource> res = Resource::Lease(lockspace, lease);
-    if (!res.ok()) return Fail(res.status().ToString());
-    p = InProcessPath(loaded.get(), OwnerForThisProcess(RandomUuid(), "latchbench"), *res);
-  } else if (path == "latchd") {
-    if (socket.empty()) return Usage("the latchd path needs --socket");
-    absl::StatusOr<std::unique_ptr<CyclePath>> l = LatchdPath(socket, backend, lockspace, lease);
-    if (!l.ok()) return Fail(absl::StrCat("latchd at ", socket, ": ", l.status().ToString()));
-    p = std::move(*l);
-  } else {
-    return Usage(absl::StrCat("unknown path '", path, "'"));
-  }
-  absl::StatusOr<std::vector<double>> s = TimeCycles(*p, *mode, warmup, cycles, max_seconds, &g_stop, {});
+  absl::StatusOr<std::unique_ptr<CyclePath>> made =
+      MakePath(backend, path, lockspace, lease, flags, &loaded);
+  if (!made.ok()) return Refuse(made.status());
+  std::unique_ptr<CyclePath> p = std::move(*made);
+  absl::StatusOr<std::vector<double>> s =
+      TimeCycles(*p, *mode, warmup, cycles, flags.max_seconds, &g_stop, {});
   p.reset();  // the latchd owner unregistered, the raw lockspace closed
   if (!s.ok()) return Fail(s.status().ToString());
   printf("%s\n", nlohmann::json({{"samples", *s}}).dump().c_str());
   return 0;
+}
+
+int64_t RealtimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+int Handoff(int argc, char** argv) {
+  if (argc < 9) {
+    return Usage(absl::StrCat("handoff BACKEND PATH LOCKSPACE LEASE ROUNDS HOLD_MS OUT ",
+                              kFlagsUsage));
+  }
+  const std::string backend = argv[2], path = argv[3], lockspace = argv[4], lease = argv[5];
+  int rounds = 0, hold_ms = 0;
+  if (!absl::SimpleAtoi(argv[6], &rounds) || rounds < 1 || !absl::SimpleAtoi(argv[7], &hold_ms) ||
+      hold_ms < 0 || hold_ms > 60000) {
+    return Usage("ROUNDS must be 1 or more and HOLD_MS from 0 to 60000");
+  }
+  Flags flags;
+  if (absl::Status st = ParseFlags(argc, argv, 9, &flags); !st.ok()) return Refuse(st);
+  FILE* out = fopen(argv[8], "w");
+  if (out == nullptr) return Fail(absl::StrCat(argv[8], ": ", strerror(errno)));
+  auto finish = [&](const std::string& error) {
+    fprintf(out, "%s\n", error.empty() ? "done" : ("error " + error).c_str());
+    fclose(out);
+    return error.empty() ? 0 : Fail(error);
+  };
+  std::unique_ptr<Backend> loaded;
+  absl::StatusOr<std::unique_ptr<CyclePath>> made =
+      MakePath(backend, path, lockspace, lease, flags, &loaded);
+  if (!made.ok()) return finish(made.status().ToString());
+  std::unique_ptr<CyclePath> p = std::move(*made);
+  const int64_t start = RealtimeNs();
+  for (int i = 0; i < rounds && !g_stop; ++i) {
+    if (flags.max_seconds > 0 && (RealtimeNs() - start) / 1e9 >= flags.max_seconds) break;
+    if (absl::Status st = p->AcquireWaiting(LockMode::kExclusive, absl::Seconds(120)); !st.ok()) {
+      return finish(absl::StrCat("round ", i + 1, ": ", st.ToString()));
+    }
+    fprintf(out, "grant %lld\n", static_cast<long long>(RealtimeNs()));
+    usleep(static_cast<useconds_t>(hold_ms) * 1000);
+    fprintf(out, "release %lld\n", static_cast<long long>(RealtimeNs()));
+    if (absl::Status st = p->Release(); !st.ok()) {
+      return finish(absl::StrCat("round ", i + 1, ": release: ", st.ToString()));
+    }
+    fflush(out);
+    usleep(static_cast<useconds_t>(hold_ms) * 1000);  // the other node's turn
+  }
+  p.reset();
+  return finish("");
 }
 
 int HoldNl(int argc, char** argv) {
@@ -192,9 +287,10 @@ int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "cycles") return Cycles(argc, argv);
   if (cmd == "hold-nl") return HoldNl(argc, argv);
+  if (cmd == "handoff") return Handoff(argc, argv);
   if (cmd == "clock-serve") return ClockServe(argc, argv);
   if (cmd == "clock-probe") return ClockProbe(argc, argv);
   return Usage(
-      "usage: latchbench-node cycles ... | hold-nl LOCKSPACE NAME... | clock-serve PORT | "
-      "clock-probe ADDRESS PORT PROBES (see the source)");
+      "usage: latchbench-node cycles ... | handoff ... | hold-nl LOCKSPACE NAME... | "
+      "clock-serve PORT | clock-probe ADDRESS PORT PROBES (see the source)");
 }

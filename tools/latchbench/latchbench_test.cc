@@ -135,6 +135,9 @@ TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
       {"run --lab=relative/dir --backends=dlm", 2, "--lab=DIR needs a running lab's absolute"},
       {"run --lab=/nonexistent/lab --backends=dlm", 2, "not '/nonexistent/lab'"},
       {"run --block-seconds=-1", 2, "--block-seconds must be a number of seconds"},
+      {"run --scenarios=handoff --backends=nop", 2, "scenario 'handoff' runs between lab nodes"},
+      {"run --handoffs=0", 2, "--handoffs must be"},
+      {"run --handoff-hold-ms=60001", 2, "--handoff-hold-ms must be at most 60000"},
       {"run --block-seconds=1e9", 2, "--block-seconds must be"},
       {"report", 2, "give one document, or two"},
       // An output file that cannot be written: the run fails and says where.

@@ -170,8 +170,9 @@ def cdf_figures(figs, docs, scenario):
             plt.close(fig)
             continue
         ax.set_xscale("log")
-        ax.set_xlabel("one cycle (µs, log scale)")
-        ax.set_ylabel("fraction of cycles ≤ x")
+        ax.set_xlabel("release to the other node's grant (µs, log scale)" if scenario == "handoff"
+                      else "one cycle (µs, log scale)")
+        ax.set_ylabel("fraction of samples ≤ x")
         ax.set_ylim(0, 1.01)
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(f"{scenario}: latency CDF, {path}")
