@@ -558,7 +558,9 @@ TEST_P(LibvirtClusterTest, HotPlugTakesAndUnplugReleasesADisk) {
 // domain then stays paused or stopped, never running twice. Printed per
 // migration: the hand-off, from the source latchd's answer to the release
 // to the destination latchd's answer to the acquire (their debug log
-// lines; the nodes share the host's clock).
+// lines, each on its own node's clock: UML nodes' clocks differ by tens of
+// ms (node2 was node1 - 12.5 ms when latchbench's clock probe measured
+// them, docs/latchbench.md "Clocks"), so the figure carries that error).
 TEST_P(LibvirtClusterTest, LiveMigrationsBetweenNodesLeaveNoWindow) {
   int migrations = B().queues ? 2 : 1;
   if (const char* e = getenv("LATCHKEY_MIGRATIONS")) {
