@@ -268,6 +268,8 @@ absl::StatusOr<std::vector<double>> LabRunner::Cycles(int node, const std::strin
     return absl::InternalError(absl::StrCat("node", node, " printed no samples: ",
                                             r->out.substr(0, 200)));
   }
+  last_cost_ = j.contains("cost") ? j["cost"] : json();
+  if (last_cost_.is_object()) last_cost_["node"] = absl::StrCat("node", node);
   return j["samples"].get<std::vector<double>>();
 }
 

@@ -51,6 +51,9 @@ class LabRunner {
                                              const std::string& path, LockMode mode,
                                              const std::string& lease, int warmup, int cycles,
                                              double max_seconds);
+  // What the last Cycles block's timed cycles cost its node
+  // (cost_counters.h: CostDelta, plus "node"); null if not reported.
+  nlohmann::json LastCost() const { return last_cost_; }
   // Hand-offs of `lease` between node1 and node2 on `backend` and `path`:
   // both run `latchbench-node handoff` at once (ROUNDS each, holding
   // `hold_ms`, at most `max_seconds` each when > 0); a sample is the time
@@ -88,7 +91,7 @@ class LabRunner {
   std::vector<std::pair<int, int>> holders_;  // node, pid of hold-nl
   std::map<int, int64_t> clock_offsets_;      // node K's clock minus node 1's, ns
   std::map<int, int64_t> clock_uncertainty_;  // +- ns
-  nlohmann::json topology_, hello_;
+  nlohmann::json topology_, hello_, last_cost_;
 };
 
 }  // namespace bench

@@ -49,6 +49,7 @@
 #include "core/resource.h"
 #include "nlohmann/json.hpp"
 #include "tools/cpp/runfiles/runfiles.h"
+#include "tools/latchbench/cost_counters.h"
 #include "tools/latchbench/cycle_paths.h"
 #include "tools/latchbench/environment.h"
 #include "tools/latchbench/lab_runner.h"
@@ -220,6 +221,16 @@ struct Block {
   int node = 0;  // 0: this host
   std::vector<Summary> runs;
   std::vector<std::vector<double>> samples;
+  std::vector<json> costs;  // per run: CostDelta, or null
+};
+
+// One block measured once: its samples and, where the node reported it,
+// what the timed cycles cost (cost_counters.h).
+struct Measured {
+  Measured(std::vector<double> s) : samples(std::move(s)) {}  // NOLINT: implicit on purpose
+  Measured(std::vector<double> s, json c) : samples(std::move(s)), cost(std::move(c)) {}
+  std::vector<double> samples;
+  json cost;
 };
 
 // Measures every block `o.runs` times, rotated each run so a drift of the
@@ -227,7 +238,7 @@ struct Block {
 // then appends the results. kOk, kFailed or kInterrupted.
 int MeasureBlocks(
     const Options& o, const std::string& scenario, std::vector<Block>* blocks, json* results,
-    const std::function<absl::StatusOr<std::vector<double>>(
+    const std::function<absl::StatusOr<Measured>(
         const Block&, const std::function<void(int, int)>&)>& measure) {
   Progress progress(static_cast<int64_t>(blocks->size()) * o.runs * (o.cycles + o.warmup));
   for (int run = 0; run < o.runs; ++run) {
@@ -237,7 +248,7 @@ int MeasureBlocks(
           absl::StrCat(scenario, " ", bl.backend, " ", bl.path, " ", LockModeName(bl.mode),
                        bl.node > 0 ? absl::StrCat(" (", bl.placement, ")") : "", ", run ", run + 1,
                        "/", o.runs);
-      absl::StatusOr<std::vector<double>> timed =
+      absl::StatusOr<Measured> timed =
           measure(bl, [&](int done, int total) { progress.Update(name, done, total, false); });
       if (g_interrupted || absl::IsCancelled(timed.status())) {
         fprintf(stderr, "\nlatchbench: interrupted in %s; nothing written\n", name.c_str());
@@ -248,12 +259,13 @@ int MeasureBlocks(
         return kFailed;
       }
       progress.Update(name, o.warmup + o.cycles, o.warmup + o.cycles, true);
-      if (timed->empty()) {
+      if (timed->samples.empty()) {
         fprintf(stderr, "latchbench: %s: nothing was measured\n", name.c_str());
         return kFailed;
       }
-      bl.runs.push_back(Summarize(*timed));
-      bl.samples.push_back(std::move(*timed));
+      bl.runs.push_back(Summarize(timed->samples));
+      bl.samples.push_back(std::move(timed->samples));
+      bl.costs.push_back(std::move(timed->cost));
     }
   }
   for (const Block& bl : *blocks) {
@@ -261,9 +273,11 @@ int MeasureBlocks(
     std::vector<double> pooled;
     for (size_t r = 0; r < bl.runs.size(); ++r) {
       runs.push_back({{"summary", SummaryJson(bl.runs[r])}, {"samples", bl.samples[r]}});
+      if (!bl.costs[r].is_null()) runs.back()["cost"] = bl.costs[r];
       pooled.insert(pooled.end(), bl.samples[r].begin(), bl.samples[r].end());
     }
     const Verdict v = JudgeRuns(bl.runs, o.max_run_spread);
+    const json per_cycle = CostPerCycle(bl.costs);
     results->push_back(
         {{"scenario", scenario},
          {"backend", bl.backend},
@@ -275,6 +289,7 @@ int MeasureBlocks(
          {"runs", runs},
          {"summary", SummaryJson(Summarize(pooled))},
          {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});
+    if (!per_cycle.is_null()) results->back()["cost_per_cycle"] = per_cycle;
   }
   return kOk;
 }
@@ -402,9 +417,13 @@ int RunUncontendedLab(const Options& o, LabRunner& lab, json* results) {
     }
   }
   return MeasureBlocks(o, "uncontended", &blocks, results,
-                       [&](const Block& bl, const std::function<void(int, int)>&) {
-                         return lab.Cycles(bl.node, bl.backend, bl.path, bl.mode, bl.lease,
-                                               o.warmup, o.cycles, o.block_seconds);
+                       [&](const Block& bl,
+                           const std::function<void(int, int)>&) -> absl::StatusOr<Measured> {
+                         absl::StatusOr<std::vector<double>> s =
+                             lab.Cycles(bl.node, bl.backend, bl.path, bl.mode, bl.lease,
+                                        o.warmup, o.cycles, o.block_seconds);
+                         if (!s.ok()) return s.status();
+                         return Measured(std::move(*s), lab.LastCost());
                        });
 }
 

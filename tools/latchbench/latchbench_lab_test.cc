@@ -107,6 +107,28 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
     EXPECT_LE(samples, 5u) << where;
     EXPECT_GT(r["summary"]["median"].get<double>(), 0) << where;
     EXPECT_THAT(r["cycle"].get<std::string>(), Not(::testing::IsEmpty()));
+    // What the cycles cost node 1 (cost_counters.h): the node's counters
+    // must have moved the way this backend works.
+    ASSERT_TRUE(r.contains("cost_per_cycle")) << where;
+    const json& c = r["cost_per_cycle"];
+    EXPECT_EQ(c["cycles"].get<double>(), 5.0) << where;
+    EXPECT_EQ(r["runs"][0]["cost"]["node"], "node1") << where;
+    EXPECT_TRUE(c["cpu_seconds"].contains("self")) << c.dump();
+    double disk_ios = 0, wire_packets = 0;
+    for (const auto& [dev, d] : c["disk"].items()) {
+      disk_ios += d["reads"].get<double>() + d["writes"].get<double>();
+    }
+    for (const auto& [iface, n] : c["net"].items()) {
+      wire_packets += n["rx_packets"].get<double>() + n["tx_packets"].get<double>();
+    }
+    // A sanlock lease is paxos on the shared LUN: disk requests every cycle.
+    if (r["backend"] == "sanlock") EXPECT_GE(disk_ios, 1.0) << where << c.dump();
+    // posixfd's lock files are on NFS, a remote DLM master is on node 2:
+    // each cycle goes over a wire.
+    if (r["backend"] == "posixfd" ||
+        r["placement"].get<std::string>().find("master node2") != std::string::npos) {
+      EXPECT_GE(wire_packets, 2.0) << where << c.dump();
+    }
   }
   // dlm: raw, in process and latchd in 3 modes, mastered on node 1 and 2;
   // sanlock: in process and latchd; posixfd: raw (exclusive) and both

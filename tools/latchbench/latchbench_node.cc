@@ -52,6 +52,7 @@
 #include "core/plugin_loader.h"
 #include "nlohmann/json.hpp"
 #include "tools/latchbench/clock_sync.h"
+#include "tools/latchbench/cost_counters.h"
 #include "tools/latchbench/cycle_paths.h"
 
 namespace latchkey {
@@ -174,11 +175,18 @@ int Cycles(int argc, char** argv) {
       MakePath(backend, path, lockspace, lease, flags, &loaded);
   if (!made.ok()) return Refuse(made.status());
   std::unique_ptr<CyclePath> p = std::move(*made);
-  absl::StatusOr<std::vector<double>> s =
-      TimeCycles(*p, *mode, warmup, cycles, flags.max_seconds, &g_stop, {});
+  // The warm-up, then the timed cycles between two readings of the node's
+  // counters (cost_counters.h): what the timed cycles cost this node.
+  absl::StatusOr<std::vector<double>> s = TimeCycles(*p, *mode, warmup, 0, 0, &g_stop, {});
+  const CostSnapshot before = TakeCostSnapshot();
+  if (s.ok()) s = TimeCycles(*p, *mode, 0, cycles, flags.max_seconds, &g_stop, {});
+  const CostSnapshot after = TakeCostSnapshot();
   p.reset();  // the latchd owner unregistered, the raw lockspace closed
   if (!s.ok()) return Fail(s.status().ToString());
-  printf("%s\n", nlohmann::json({{"samples", *s}}).dump().c_str());
+  printf("%s\n", nlohmann::json({{"samples", *s},
+                                 {"cost", CostDelta(before, after, static_cast<int>(s->size()))}})
+                     .dump()
+                     .c_str());
   return 0;
 }
 

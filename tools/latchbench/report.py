@@ -383,6 +383,85 @@ def raw_ratio_table(doc):
             + "</table>")
 
 
+def cost_totals(c):
+    """One block's cost per cycle, summed: disk I/Os and bytes, packets and
+    bytes on the network, the machine's busy CPU and each daemon's (ms)."""
+    disk = c.get("disk", {}).values()
+    net = c.get("net", {}).values()
+    return {
+        "ios": sum(d.get("reads", 0) + d.get("writes", 0) for d in disk),
+        "io_bytes": sum(d.get("read_bytes", 0) + d.get("write_bytes", 0) for d in disk),
+        "packets": sum(n.get("rx_packets", 0) + n.get("tx_packets", 0) for n in net),
+        "net_bytes": sum(n.get("rx_bytes", 0) + n.get("tx_bytes", 0) for n in net),
+        "busy_ms": c.get("machine_busy_seconds", 0) * 1e3,
+        "cpu_ms": {k: v * 1e3 for k, v in c.get("cpu_seconds", {}).items()},
+    }
+
+
+def cost_table(doc):
+    """Cost per cycle of every block that reported one (lab nodes)."""
+    rows = []
+    for r in doc["results"]:
+        c = r.get("cost_per_cycle")
+        if not c:
+            continue
+        t = cost_totals(c)
+        daemons = ", ".join(f"{esc(k)} {v:.3f}" for k, v in sorted(t["cpu_ms"].items())
+                            if v > 0 and k != "self")
+        devs = ", ".join(esc(k) for k in sorted(c.get("disk", {})))
+        ifs = ", ".join(esc(k) for k in sorted(c.get("net", {})))
+        rows.append(
+            f"<tr><td>{esc(r['scenario'])}</td><td>{esc(r['backend'])}</td>"
+            f"<td>{esc(r.get('placement', ''))}</td><td>{esc(r['path'])}</td><td>{esc(r['mode'])}</td>"
+            f"<td>{int(c.get('cycles', 0))}</td><td>{t['ios']:.2f}</td><td>{t['io_bytes'] / 1024:.1f}"
+            f"{' (' + devs + ')' if devs else ''}</td><td>{t['packets']:.2f}</td>"
+            f"<td>{t['net_bytes'] / 1024:.2f}{' (' + ifs + ')' if ifs else ''}</td>"
+            f"<td>{t['busy_ms']:.3f}</td><td>{t['cpu_ms'].get('self', 0):.3f}</td>"
+            f"<td>{daemons}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Cost per cycle</h3><p>What one timed cycle cost the node it ran on: block-layer "
+            "I/O requests and KiB (/proc/diskstats), packets and KiB on its network interfaces "
+            "(/proc/net/dev; the cluster and storage wires), the node's busy CPU (/proc/stat: "
+            "kernel work such as the DLM's included), the measuring process's CPU and each lock "
+            "daemon's (/proc/PID/stat), in ms. Counters are read before and after the timed "
+            "cycles, so everything else the node did meanwhile is in them too; CPU is counted in "
+            "clock ticks (10 ms in a lab node), so a figure below 10 ms / cycles is at the "
+            "resolution's edge.</p><table><tr><th>scenario</th><th>backend</th><th>where</th>"
+            "<th>path</th><th>mode</th><th>cycles</th><th>disk I/Os</th><th>disk KiB</th>"
+            "<th>packets</th><th>net KiB</th><th>node CPU ms</th><th>own CPU ms</th>"
+            "<th>daemons' CPU ms</th></tr>" + "".join(rows) + "</table>")
+
+
+def cost_figure(figs, docs, scenario):
+    """Disk I/Os, packets and node CPU per cycle, one bar per block that
+    reported its cost."""
+    import matplotlib.pyplot as plt
+    rows = [(di, r) for di, d in enumerate(docs) for r in d["results"]
+            if r["scenario"] == scenario and r.get("cost_per_cycle")]
+    if not rows:
+        return []
+    order = {"raw": 0, "in-process": 1, "latchd": 2}
+    rows.sort(key=lambda x: (x[1]["backend"], x[1].get("placement", ""), x[1]["mode"],
+                             order.get(x[1]["path"], 3), x[0]))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 1.2 + 0.28 * len(rows)), sharey=True)
+    colors = {"raw": "#55a868", "in-process": "#4c72b0", "latchd": "#dd8452"}
+    for ax, (k, label) in zip(axes, [("ios", "disk I/O requests"), ("packets", "network packets"),
+                                     ("busy_ms", "node CPU, ms")]):
+        for i, (di, r) in enumerate(rows):
+            v = cost_totals(r["cost_per_cycle"])[k]
+            ax.barh(i, v, color=colors.get(r["path"], "#8172b3"),
+                    alpha=1.0 if di == 0 else 0.55, edgecolor="black", linewidth=0.5)
+        ax.set_xlabel(label + " per cycle")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)))
+    axes[0].set_yticklabels([("AB"[di] + ": " if len(docs) > 1 else "") +
+                             f"{label_of(r)}, {r['path']}" for di, r in rows], fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{scenario}: cost per cycle on the measuring node")
+    return [figs.save(fig, f"cost-{scenario}", f"{scenario}: cost per cycle")]
+
+
 def compare_table(a, b):
     ia = {key(r): r for r in a["results"]}
     ib = {key(r): r for r in b["results"]}
@@ -481,9 +560,12 @@ def page(docs, figs):
         h.append(summary_table(d))
         h.append(raw_ratio_table(d))
         h.append(agent_share_table(d))
+        h.append(cost_table(d))
     present = [s for s in SCENARIOS if any(r["scenario"] == s for d in docs for r in d["results"])]
     other = sorted({r["scenario"] for d in docs for r in d["results"]} - set(SCENARIOS))
-    missing = [s for s in SCENARIOS if s not in present]
+    # "cost" is measured inside other scenarios' blocks (cost_per_cycle).
+    has_cost = any(r.get("cost_per_cycle") for d in docs for r in d["results"])
+    missing = [s for s in SCENARIOS if s not in present and not (s == "cost" and has_cost)]
     for sc in present + other:
         h.append(f"<h2>Scenario: {esc(sc)}</h2>")
         cycles = sorted({r.get("cycle", "") for d in docs for r in d["results"]
@@ -491,7 +573,7 @@ def page(docs, figs):
         if cycles:
             h.append("<p>One cycle: " + "; ".join(esc(c) for c in cycles) + "</p>")
         names = cdf_figures(figs, docs, sc) + medians_figure(figs, docs, sc) + \
-            runs_figure(figs, docs, sc)
+            runs_figure(figs, docs, sc) + cost_figure(figs, docs, sc)
         for name in names:
             _, cap, png = next(x for x in figs.made if x[0] == name)
             h.append(f"<figure id='{esc(name)}'><img alt='{esc(cap)}' src='data:image/png;base64,"

@@ -49,6 +49,25 @@ grep -q "latchd adds" "$html" || fail "latchd's share is not shown"
 grep -q "Against the raw API" "$html" && grep -q "<td>posixfd</td><td>[^<]*</td><td>exclusive</td><td>in-process</td>" "$html" ||
   fail "the ratio against the raw API is not shown"
 grep -q "cpus_online\|2 CPUs" "$html" || fail "the machine is not described"
+# Cost per cycle, as lab nodes report it: a table and a figure, and cost is
+# no longer "not measured".
+python3 -c "
+import json; d = json.load(open('$a'))
+for r in d['results'][:2]:
+    r['cost_per_cycle'] = {'cycles': 600,
+        'disk': {'sdb': {'reads': 3.0, 'read_bytes': 1536, 'writes': 2.0, 'write_bytes': 1024}},
+        'net': {'eth1': {'rx_packets': 6, 'rx_bytes': 900, 'tx_packets': 6, 'tx_bytes': 1200}},
+        'cpu_seconds': {'self': 0.0005, 'latchd': 0.00125}, 'machine_busy_seconds': 0.003}
+json.dump(d, open('$tmp/cost.json', 'w'))"
+"$bench" report --out="$tmp/cost" "$tmp/cost.json" >"$tmp/cost.log" 2>&1 || fail "report with costs: $(cat "$tmp/cost.log")"
+grep -q "index.html: 6 figures" "$tmp/cost.log" || fail "no cost figure: $(cat "$tmp/cost.log")"
+[[ -s $tmp/cost/figures/cost-uncontended.png && -s $tmp/cost/figures/cost-uncontended.svg ]] ||
+  fail "cost-uncontended.png/.svg missing"
+grep -q "<h3>Cost per cycle</h3>" "$tmp/cost/index.html" || fail "no cost table"
+grep -q "<td>600</td><td>5.00</td><td>2.5 (sdb)</td><td>12.00</td><td>2.05 (eth1)</td><td>3.000</td><td>0.500</td><td>latchd 1.250</td>" \
+  "$tmp/cost/index.html" || fail "the cost row is not per cycle as given: $(grep -o '<td>600</td>.\{0,200\}' "$tmp/cost/index.html" | head -1)"
+grep -q "contended, handoff, scale, failover" "$tmp/cost/index.html" || fail "cost is still called not measured"
+expect_figures "$tmp/cost/index.html" 6
 # A block whose runs disagree is flagged, not hidden.
 python3 -c "
 import json; d = json.load(open('$a'))
