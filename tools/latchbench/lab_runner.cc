@@ -193,6 +193,11 @@ LabRunner::~LabRunner() {
   for (const auto& [node, pid] : holders_) {
     (void)lab_->Sh(node, "pkill -f 'latchbench-node hold-nl'; pkill -f 'sleep 1000000'; true");
   }
+  // Contend and hand-off loops end by themselves; after a failure or an
+  // interruption one may still wait for its go file or a grant.
+  for (int n = 1; n <= lab_->nodes(); ++n) {
+    (void)lab_->Sh(n, "pkill -f 'latchbench-node (contend|handoff)'; true");
+  }
   for (const auto& [node, pid] : latchds_) {
     (void)lab_->Sh(node, absl::StrCat("kill ", pid, " 2>/dev/null; for i in $(seq 50); do "
                                       "kill -0 ", pid, " 2>/dev/null || break; sleep 0.1; done; "
@@ -382,6 +387,100 @@ absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backe
     held_since = e.ns;
   }
   return samples;
+}
+
+absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
+    const std::string& backend, const std::string& path, int nodes, int owners,
+    const std::string& prefix, int resources, bool hot, double seconds, uint64_t seed,
+    int hold_us) {
+  if (nodes < 1 || nodes > lab_->nodes()) {
+    return absl::InvalidArgumentError(absl::StrCat("contended: ", nodes, " nodes of ",
+                                                   lab_->nodes()));
+  }
+  const std::string tag = absl::StrCat("ct-", prefix, "-", path);
+  const std::string go = absl::StrCat("/latchbench/", tag, ".go");
+  std::remove((lab_->shared() + go).c_str());
+  std::vector<std::string> outs;
+  for (int node = 1; node <= nodes; ++node) {
+    const std::string out = absl::StrCat("/latchbench/", tag, "-", node, ".out");
+    outs.push_back(out);
+    std::remove((lab_->shared() + out).c_str());
+    absl::StatusOr<int> pid = lab_->Spawn(
+        node, absl::StrCat("/shared/node", node, "/latchbench-contend.log"),
+        {"/shared/bin/latchbench-node", "contend", backend, path, Lockspace(backend), prefix,
+         absl::StrCat(resources), absl::StrCat(owners), absl::StrCat(seconds),
+         absl::StrCat(seed + static_cast<uint64_t>(node) * 1000), hot ? "hot" : "uniform",
+         absl::StrCat(hold_us), "/shared" + out, "/shared" + go,
+         absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
+         absl::StrCat("--socket=", kSocket),
+         absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", prefix)});
+    if (!pid.ok()) return pid.status();
+  }
+  // Each node's last line so far.
+  const auto last_line = [&](const std::string& out) {
+    std::ifstream in(lab_->shared() + out);
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    return last;
+  };
+  const auto failed = [&](size_t i, const std::string& last) {
+    return absl::InternalError(absl::StrCat("node", i + 1, ": ", last.substr(6)));
+  };
+  // Every node ready (its paths made), then go; a node that cannot start
+  // ends the block (the others are released by the go file and stop).
+  for (size_t i = 0; i < outs.size(); ++i) {
+    for (double waited = 0;; waited += 0.05) {
+      const std::string last = last_line(outs[i]);
+      if (last == "ready") break;
+      if (absl::StartsWith(last, "error ")) {
+        (void)WriteFile(lab_->shared() + go, "go\n");
+        return failed(i, last);
+      }
+      if (waited > 120) {
+        (void)WriteFile(lab_->shared() + go, "go\n");
+        return absl::DeadlineExceededError(
+            absl::StrCat("node", i + 1, " was not ready to contend in 120 s"));
+      }
+      usleep(50000);
+    }
+  }
+  if (absl::Status s = WriteFile(lab_->shared() + go, "go\n"); !s.ok()) return s;
+  std::vector<OwnerTally> all;
+  absl::Status first_error;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    std::string last;
+    for (double waited = 0;; waited += 0.1) {
+      last = last_line(outs[i]);
+      if (last == "done" || absl::StartsWith(last, "error ")) break;
+      if (waited > seconds + 180) {
+        last = "error did not finish in time";
+        break;
+      }
+      usleep(100000);
+    }
+    if (last != "done") {
+      if (first_error.ok()) first_error = failed(i, last);
+      continue;
+    }
+    std::ifstream in(lab_->shared() + outs[i]);
+    std::string line;
+    json tallies;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line[0] == '{') tallies = json::parse(line, nullptr, false);
+    }
+    absl::StatusOr<std::vector<OwnerTally>> t = TalliesFromJson(tallies);
+    if (!t.ok()) {
+      if (first_error.ok()) {
+        first_error = absl::InternalError(absl::StrCat("node", i + 1, ": ", t.status().message()));
+      }
+      continue;
+    }
+    all.insert(all.end(), t->begin(), t->end());
+  }
+  for (const std::string& out : outs) std::remove((lab_->shared() + out).c_str());
+  std::remove((lab_->shared() + go).c_str());
+  if (!first_error.ok()) return first_error;
+  return all;
 }
 
 absl::Status LabRunner::MasterOn(int node, const std::vector<std::string>& names) {

@@ -19,6 +19,7 @@
 #include "core/lock_mode.h"
 #include "lab/cluster_lab.h"
 #include "nlohmann/json.hpp"
+#include "tools/latchbench/contention.h"
 
 namespace latchkey {
 namespace bench {
@@ -65,6 +66,15 @@ class LabRunner {
                                                const std::string& path,
                                                const std::string& lease, int rounds, int hold_ms,
                                                double max_seconds);
+  // The contended scenario on nodes 1..`nodes` at once: each runs
+  // `latchbench-node contend` with `owners` owners on leases PREFIX-1..K;
+  // they start together (a go file on /shared once every node is ready).
+  // Every owner's tally, node 1's owners first.
+  absl::StatusOr<std::vector<OwnerTally>> Contend(const std::string& backend,
+                                                  const std::string& path, int nodes, int owners,
+                                                  const std::string& prefix, int resources,
+                                                  bool hot, double seconds, uint64_t seed,
+                                                  int hold_us);
   // Has `node` master the DLM resources `names` (an NL lock on each, held
   // until the runner ends).
   absl::Status MasterOn(int node, const std::vector<std::string>& names);

@@ -49,6 +49,7 @@
 #include "core/resource.h"
 #include "nlohmann/json.hpp"
 #include "tools/cpp/runfiles/runfiles.h"
+#include "tools/latchbench/contention.h"
 #include "tools/latchbench/cost_counters.h"
 #include "tools/latchbench/cycle_paths.h"
 #include "tools/latchbench/environment.h"
@@ -68,6 +69,8 @@ constexpr char kUsage[] = R"(usage: latchbench list
        latchbench run [--quick] [--lab[=DIR]] [--backends=posixfd,nop]
                       [--scenarios=uncontended] [--runs=N] [--cycles=N] [--warmup=N]
                       [--block-seconds=S] [--handoffs=N] [--handoff-hold-ms=MS]
+                      [--contend-owners=1,2,4] [--contend-resources=K]
+                      [--contend-hold-us=US] [--contend-seconds=S]
                       [--seed=N] [--out=FILE] [--latchd=PATH]
                       [--plugin-path=DIR:DIR] [--max-run-spread=F]
          --lab        measure on node 1 of the cluster lab (started, or the running
@@ -95,6 +98,10 @@ constexpr ScenarioInfo kScenarios[] = {
     {"handoff",
      "(--lab) node1 and node2 take one lease exclusively in turn, each waiting for the other: "
      "the time from one node's release to the other's grant"},
+    {"contended",
+     "N owners per node (on this host, or on every lab node at once) take one of K leases "
+     "exclusively, waiting, hold it, release, for a fixed time; uniform and hot-spot picks: "
+     "throughput, per-owner fairness (Jain's index) and the wait for each grant"},
 };
 
 struct BackendInfo {
@@ -155,6 +162,10 @@ struct Options {
   double block_seconds = 0;  // a block's timed part ends after this (0: never)
   int handoffs = 100;        // hand-offs per node and block (handoff)
   int handoff_hold_ms = 20;  // how long each node holds the lease
+  std::vector<int> contend_owners = {1, 2, 4};  // owners per node (contended)
+  int contend_resources = 4;                    // K leases
+  int contend_hold_us = 100;                    // each grant held this long
+  double contend_seconds = 5;                   // each contended block runs this long
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
@@ -208,9 +219,21 @@ std::string HandoffText(const std::string& path) {
   return absl::StrCat("node1 and node2 each loop: take the lease exclusively (", path,
                       path == "raw" ? "" : " path",
                       ", waiting for the other), hold it --handoff-hold-ms, release, pause as "
-                      "long; one sample is one node's release to the other node's grant, both "
-                      "read from CLOCK_REALTIME (UML nodes read the host's clock)");
+                      "long; one sample is one node's release to the other node's grant, "
+                      "node 2's CLOCK_REALTIME put on node 1's by the measured offset "
+                      "(lab.clocks)");
 }
+
+// What one sample of the contended scenario is on `path`.
+std::string ContendedText(const std::string& path) {
+  return absl::StrCat("each owner loops: pick one of K leases (seeded; uniform, or 80% on the "
+                      "first), take it exclusively (", path, path == "raw" ? "" : " path",
+                      ", waiting), hold it --contend-hold-us, release; one sample is the wait "
+                      "from asking to the grant; throughput is all owners' grants per second");
+}
+
+// How long each contended block runs (--contend-seconds).
+double ContendSeconds(const Options& o) { return o.contend_seconds; }
 
 // One block: a backend, path and mode measured `runs` times, where.
 struct Block {
@@ -222,15 +245,21 @@ struct Block {
   std::vector<Summary> runs;
   std::vector<std::vector<double>> samples;
   std::vector<json> costs;  // per run: CostDelta, or null
+  // contended: owners per node, nodes, leases, "uniform" or "hot".
+  int owners = 0, nodes = 0, resources = 0;
+  std::string dist;
+  std::vector<json> extras;  // per run: throughput, fairness, grants per owner
 };
 
 // One block measured once: its samples and, where the node reported it,
 // what the timed cycles cost (cost_counters.h).
 struct Measured {
   Measured(std::vector<double> s) : samples(std::move(s)) {}  // NOLINT: implicit on purpose
-  Measured(std::vector<double> s, json c) : samples(std::move(s)), cost(std::move(c)) {}
+  Measured(std::vector<double> s, json c, json e = json())
+      : samples(std::move(s)), cost(std::move(c)), extra(std::move(e)) {}
   std::vector<double> samples;
   json cost;
+  json extra;  // merged into the run's record
 };
 
 // Measures every block `o.runs` times, rotated each run so a drift of the
@@ -244,10 +273,11 @@ int MeasureBlocks(
   for (int run = 0; run < o.runs; ++run) {
     for (size_t k = 0; k < blocks->size(); ++k) {
       Block& bl = (*blocks)[(k + static_cast<size_t>(run)) % blocks->size()];
-      const std::string name =
-          absl::StrCat(scenario, " ", bl.backend, " ", bl.path, " ", LockModeName(bl.mode),
-                       bl.node > 0 ? absl::StrCat(" (", bl.placement, ")") : "", ", run ", run + 1,
-                       "/", o.runs);
+      const std::string name = absl::StrCat(
+          scenario, " ", bl.backend, " ", bl.path, " ", LockModeName(bl.mode),
+          bl.owners > 0 ? absl::StrCat(" ", bl.owners, "x", bl.nodes, " owners, ", bl.dist) : "",
+          bl.node > 0 ? absl::StrCat(" (", bl.placement, ")") : "", ", run ", run + 1, "/",
+          o.runs);
       absl::StatusOr<Measured> timed =
           measure(bl, [&](int done, int total) { progress.Update(name, done, total, false); });
       if (g_interrupted || absl::IsCancelled(timed.status())) {
@@ -266,6 +296,7 @@ int MeasureBlocks(
       bl.runs.push_back(Summarize(timed->samples));
       bl.samples.push_back(std::move(timed->samples));
       bl.costs.push_back(std::move(timed->cost));
+      bl.extras.push_back(std::move(timed->extra));
     }
   }
   for (const Block& bl : *blocks) {
@@ -274,6 +305,7 @@ int MeasureBlocks(
     for (size_t r = 0; r < bl.runs.size(); ++r) {
       runs.push_back({{"summary", SummaryJson(bl.runs[r])}, {"samples", bl.samples[r]}});
       if (!bl.costs[r].is_null()) runs.back()["cost"] = bl.costs[r];
+      if (bl.extras[r].is_object()) runs.back().update(bl.extras[r]);
       pooled.insert(pooled.end(), bl.samples[r].begin(), bl.samples[r].end());
     }
     const Verdict v = JudgeRuns(bl.runs, o.max_run_spread);
@@ -284,22 +316,73 @@ int MeasureBlocks(
          {"path", bl.path},
          {"mode", LockModeName(bl.mode)},
          {"placement", bl.placement},
-         {"metric", scenario == "handoff" ? "handoff_seconds" : "cycle_seconds"},
-         {"cycle", scenario == "handoff" ? HandoffText(bl.path) : CycleText(bl.backend, bl.path)},
+         {"metric", scenario == "handoff"     ? "handoff_seconds"
+                    : scenario == "contended" ? "wait_seconds"
+                                              : "cycle_seconds"},
+         {"cycle", scenario == "handoff"     ? HandoffText(bl.path)
+                   : scenario == "contended" ? ContendedText(bl.path)
+                                             : CycleText(bl.backend, bl.path)},
          {"runs", runs},
          {"summary", SummaryJson(Summarize(pooled))},
          {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});
     if (!per_cycle.is_null()) results->back()["cost_per_cycle"] = per_cycle;
+    if (bl.owners > 0) {
+      json& r = results->back();
+      r["owners_per_node"] = bl.owners;
+      r["nodes"] = bl.nodes;
+      r["owners"] = bl.owners * bl.nodes;
+      r["resources"] = bl.resources;
+      r["distribution"] = bl.dist;
+      r["hold_us"] = o.contend_hold_us;
+      r["seconds"] = ContendSeconds(o);
+      std::vector<double> tp, jain;
+      for (const json& e : bl.extras) {
+        tp.push_back(e.value("throughput_per_second", 0.0));
+        jain.push_back(e.value("fairness_jain", 0.0));
+      }
+      std::sort(tp.begin(), tp.end());
+      std::sort(jain.begin(), jain.end());
+      r["throughput_per_second"] = tp.empty() ? 0.0 : tp[tp.size() / 2];  // median of runs
+      r["fairness_jain"] = jain.empty() ? 0.0 : jain[jain.size() / 2];
+    }
   }
   return kOk;
 }
 
-// The uncontended scenario on this host: every backend and path. Fills
-// `results`.
-int RunUncontended(const Options& o, const std::string& workdir, json* results,
-                   nlohmann::json* latchd_hello) {
-  // Backends in this process, with their own private settings.
+// This host's backends loaded in this process, and one private latchd for
+// them all (nop only as a benchmark backend).
+struct HostBench {
+  std::string workdir;
   std::map<std::string, std::unique_ptr<Backend>> loaded;
+  std::unique_ptr<PrivateLatchd> latchd;
+
+  // The cycle path `path` of `backend` on `lease` (raw: posixfd's lock
+  // file named after the lease in the work directory), a new owner each.
+  absl::StatusOr<std::unique_ptr<CyclePath>> Path(const std::string& backend,
+                                                  const std::string& path,
+                                                  const std::string& lease) {
+    if (path == "raw") return RawPosixfdPath(absl::StrCat(workdir, "/raw-", lease, ".lock"));
+    if (path == "in-process") {
+      absl::StatusOr<Resource> res = Resource::Lease("latchbench", lease);
+      if (!res.ok()) return res.status();
+      return InProcessPath(loaded[backend].get(), OwnerForThisProcess(RandomUuid(), "latchbench"),
+                           *res);
+    }
+    absl::StatusOr<std::unique_ptr<CyclePath>> t =
+        LatchdPath(latchd->socket(), backend, "latchbench", lease);
+    if (!t.ok()) {
+      return absl::Status(t.status().code(), absl::StrCat("latchd: ", t.status().message(), "\n",
+                                                          latchd->LogTail()));
+    }
+    return t;
+  }
+};
+
+// Loads every backend with private settings and starts the latchd; prints
+// what failed.
+int StartHost(const Options& o, const std::string& workdir, HostBench* h,
+              nlohmann::json* latchd_hello) {
+  h->workdir = workdir;
   for (const std::string& b : o.backends) {
     std::string settings;
     if (b == "posixfd") {
@@ -318,9 +401,8 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
               absl::StrJoin(o.plugin_path, ":").c_str(), be.status().ToString().c_str());
       return kFailed;
     }
-    loaded[b] = std::move(*be);
+    h->loaded[b] = std::move(*be);
   }
-  // One latchd for every backend; nop only as a benchmark backend.
   LatchdSetup setup;
   setup.binary = o.latchd;
   setup.dir = workdir + "/latchd";
@@ -328,15 +410,21 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
   setup.plugin_path = o.plugin_path;
   setup.backends = o.backends;
   for (const std::string& b : o.backends) {
-    if (loaded[b]->capabilities().no_exclusion) setup.benchmark_backends.push_back(b);
+    if (h->loaded[b]->capabilities().no_exclusion) setup.benchmark_backends.push_back(b);
   }
   absl::StatusOr<std::unique_ptr<PrivateLatchd>> latchd = PrivateLatchd::Start(setup);
   if (!latchd.ok()) {
     fprintf(stderr, "latchbench: starting latchd: %s\n", latchd.status().ToString().c_str());
     return kFailed;
   }
-  *latchd_hello = (*latchd)->hello();
+  h->latchd = std::move(*latchd);
+  *latchd_hello = h->latchd->hello();
+  return kOk;
+}
 
+// The uncontended scenario on this host: every backend and path. Fills
+// `results`.
+int RunUncontended(const Options& o, HostBench& h, json* results) {
   const std::string lease = absl::StrCat("uncontended-", o.seed);
   std::vector<Block> blocks;
   for (const std::string& b : o.backends) {
@@ -344,7 +432,7 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
     // The raw API's cycle, where there is one (posixfd: fcntl; nop has none).
     if (b == "posixfd") blocks.push_back({b, "raw", LockMode::kExclusive, placement, lease, 0, {}, {}});
     for (const char* path : {"in-process", "latchd"}) {
-      for (LockMode m : Modes(loaded[b]->capabilities())) {
+      for (LockMode m : Modes(h.loaded[b]->capabilities())) {
         blocks.push_back({b, path, m, placement, lease, 0, {}, {}});
       }
     }
@@ -353,26 +441,87 @@ int RunUncontended(const Options& o, const std::string& workdir, json* results,
       o, "uncontended", &blocks, results,
       [&](const Block& bl, const std::function<void(int, int)>& progress)
           -> absl::StatusOr<std::vector<double>> {
-        std::unique_ptr<CyclePath> path;
-        if (bl.path == "raw") {
-          path = RawPosixfdPath(workdir + "/raw.lock");
-        } else if (bl.path == "in-process") {
-          absl::StatusOr<Resource> res = Resource::Lease("latchbench", bl.lease);
-          if (!res.ok()) return res.status();
-          path = InProcessPath(loaded[bl.backend].get(),
-                               OwnerForThisProcess(RandomUuid(), "latchbench"), *res);
-        } else {
-          absl::StatusOr<std::unique_ptr<CyclePath>> t =
-              LatchdPath((*latchd)->socket(), bl.backend, "latchbench", bl.lease);
-          if (!t.ok()) {
-            return absl::Status(t.status().code(), absl::StrCat("latchd: ", t.status().message(),
-                                                                "\n", (*latchd)->LogTail()));
-          }
-          path = std::move(*t);
-        }
-        return TimeCycles(*path, bl.mode, o.warmup, o.cycles, o.block_seconds, &g_interrupted,
+        absl::StatusOr<std::unique_ptr<CyclePath>> path = h.Path(bl.backend, bl.path, bl.lease);
+        if (!path.ok()) return path.status();
+        return TimeCycles(**path, bl.mode, o.warmup, o.cycles, o.block_seconds, &g_interrupted,
                           progress);
       });
+}
+
+// The contended scenario's blocks for `backends` with `paths`, and how one
+// is measured: `run(block) -> every owner's tally`. `nodes` owners' nodes.
+int RunContended(const Options& o, int nodes, const std::vector<std::string>& backends,
+                 const std::function<std::vector<std::string>(const std::string&)>& paths,
+                 const std::function<std::string(const std::string&)>& placement,
+                 const std::function<absl::StatusOr<std::vector<OwnerTally>>(
+                     const Block&, uint64_t seed)>& run,
+                 json* results) {
+  std::vector<Block> blocks;
+  for (const std::string& b : backends) {
+    for (const std::string& path : paths(b)) {
+      for (const char* dist : {"uniform", "hot"}) {
+        for (int owners : o.contend_owners) {
+          Block bl{b, path, LockMode::kExclusive,
+                   absl::StrCat(placement(b), "; ", owners, " owner", owners > 1 ? "s" : "",
+                                nodes > 1 ? absl::StrCat(" x ", nodes, " nodes") : "", ", ",
+                                o.contend_resources, " leases ", dist),
+                   absl::StrCat("ct", o.seed, "-", path, "-", dist), nodes > 1 ? 1 : 0, {}, {}};
+          bl.owners = owners;
+          bl.nodes = nodes;
+          bl.resources = o.contend_resources;
+          bl.dist = dist;
+          blocks.push_back(bl);
+        }
+      }
+    }
+  }
+  if (blocks.empty()) return kOk;
+  int round = 0;
+  return MeasureBlocks(
+      o, "contended", &blocks, results,
+      [&](const Block& bl, const std::function<void(int, int)>&) -> absl::StatusOr<Measured> {
+        absl::StatusOr<std::vector<OwnerTally>> t = run(bl, o.seed * 1000003 + static_cast<uint64_t>(++round));
+        if (!t.ok()) return t.status();
+        std::vector<double> waits;
+        std::vector<int64_t> grants;
+        int64_t total = 0;
+        for (const OwnerTally& x : *t) {
+          waits.insert(waits.end(), x.waits.begin(), x.waits.end());
+          grants.push_back(x.grants);
+          total += x.grants;
+        }
+        json extra = {{"throughput_per_second", static_cast<double>(total) / ContendSeconds(o)},
+                      {"fairness_jain", JainIndex(grants)},
+                      {"grants_per_owner", grants}};
+        return Measured(std::move(waits), json(), std::move(extra));
+      });
+}
+
+// The contended scenario on this host: one process, every owner a thread.
+int RunContendedHost(const Options& o, HostBench& h, json* results) {
+  return RunContended(
+      o, 1, o.backends,
+      [](const std::string& b) {
+        return b == "posixfd" ? std::vector<std::string>{"raw", "in-process", "latchd"}
+                              : std::vector<std::string>{"in-process", "latchd"};
+      },
+      [](const std::string& b) {
+        return std::string(b == "posixfd" ? "host, local lock directory" : "host");
+      },
+      [&](const Block& bl, uint64_t seed) {
+        ContendOptions co;
+        co.owners = bl.owners;
+        co.resources = bl.resources;
+        co.seconds = ContendSeconds(o);
+        co.seed = seed;
+        co.hot_spot = bl.dist == "hot";
+        co.hold_us = o.contend_hold_us;
+        return RunContention(
+            co,
+            [&](int, int k) { return h.Path(bl.backend, bl.path, absl::StrCat(bl.lease, "-", k + 1)); },
+            nullptr, &g_interrupted);
+      },
+      results);
 }
 
 // The modes measured in the lab. sanlock grants both shared modes as one
@@ -476,10 +625,33 @@ int RunHandoffLab(const Options& o, LabRunner& lab, json* results) {
                        });
 }
 
+// The contended scenario on every lab node at once.
+int RunContendedLab(const Options& o, LabRunner& lab, json* results) {
+  const int nodes = 3;
+  return RunContended(
+      o, nodes, o.backends,
+      [](const std::string& b) {
+        return b == "dlm" || b == "posixfd"
+                   ? std::vector<std::string>{"raw", "in-process", "latchd"}
+                   : std::vector<std::string>{"in-process", "latchd"};
+      },
+      [](const std::string& b) {
+        std::string p = "node1-node3";
+        if (b == "sanlock") p += ", lease area on the shared LUN";
+        if (b == "posixfd") p += ", lock files on NFS";
+        return p;
+      },
+      [&](const Block& bl, uint64_t seed) {
+        return lab.Contend(bl.backend, bl.path, bl.nodes, bl.owners, bl.lease, bl.resources,
+                           bl.dist == "hot", ContendSeconds(o), seed, o.contend_hold_us);
+      },
+      results);
+}
+
 int Parse(int argc, char** argv, Options* o) {
   for (int i = 0; i < argc; ++i) o->argv.push_back(argv[i]);
   bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false,
-       handoffs_set = false;
+       handoffs_set = false, contend_owners_set = false, contend_seconds_set = false;
   for (int i = 2; i < argc; ++i) {
     absl::string_view a = argv[i];
     absl::string_view v;
@@ -522,6 +694,34 @@ int Parse(int argc, char** argv, Options* o) {
         fprintf(stderr, "latchbench: --handoff-hold-ms must be at most 60000\n");
         return kUsageError;
       }
+    } else if (value("--contend-owners")) {
+      o->contend_owners.clear();
+      for (absl::string_view n : absl::StrSplit(v, ',')) {
+        int k = 0;
+        if (!absl::SimpleAtoi(n, &k) || k < 1 || k > 64) {
+          fprintf(stderr, "latchbench: --contend-owners takes numbers from 1 to 64 per node, "
+                          "not '%s'\n", std::string(v).c_str());
+          return kUsageError;
+        }
+        o->contend_owners.push_back(k);
+      }
+      contend_owners_set = true;
+    } else if (value("--contend-resources")) {
+      if (!whole("--contend-resources", 1, &o->contend_resources)) return kUsageError;
+      if (o->contend_resources > 1000) {
+        fprintf(stderr, "latchbench: --contend-resources must be at most 1000\n");
+        return kUsageError;
+      }
+    } else if (value("--contend-hold-us")) {
+      if (!whole("--contend-hold-us", 0, &o->contend_hold_us)) return kUsageError;
+    } else if (value("--contend-seconds")) {
+      if (!absl::SimpleAtod(v, &o->contend_seconds) || !(o->contend_seconds > 0) ||
+          o->contend_seconds > 86400) {
+        fprintf(stderr, "latchbench: --contend-seconds must be a number of seconds above 0 and "
+                        "at most 86400, not '%s'\n", std::string(v).c_str());
+        return kUsageError;
+      }
+      contend_seconds_set = true;
     } else if (value("--seed")) {
       if (!absl::SimpleAtoi(v, &o->seed)) {
         fprintf(stderr, "latchbench: --seed must be a whole number, not '%s'\n",
@@ -569,6 +769,8 @@ int Parse(int argc, char** argv, Options* o) {
     if (!warmup_set) o->warmup = 20;
     if (!block_seconds_set) o->block_seconds = 5;
     if (!handoffs_set) o->handoffs = 20;
+    if (!contend_owners_set) o->contend_owners = {2};
+    if (!contend_seconds_set) o->contend_seconds = 1;
   }
   if (o->backends.empty() || o->scenarios.empty()) {
     fprintf(stderr, "latchbench: --backends and --scenarios need at least one name\n");
@@ -655,7 +857,11 @@ int Run(const Options& o) {
                        {"seed", o.seed},             {"max_run_spread", o.max_run_spread},
                        {"plugin_path", o.plugin_path}, {"latchd", o.latchd},
                        {"lab", o.lab},         {"block_seconds", o.block_seconds},
-                       {"handoffs", o.handoffs}, {"handoff_hold_ms", o.handoff_hold_ms}};
+                       {"handoffs", o.handoffs}, {"handoff_hold_ms", o.handoff_hold_ms},
+                       {"contend_owners", o.contend_owners},
+                       {"contend_resources", o.contend_resources},
+                       {"contend_hold_us", o.contend_hold_us},
+                       {"contend_seconds", o.contend_seconds}};
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
@@ -683,15 +889,20 @@ int Run(const Options& o) {
     if (lab == nullptr) rc = kFailed;
     if (lab != nullptr) clocks_before = clocks("before");
   }
+  HostBench host;
+  if (!o.lab && rc == kOk) rc = StartHost(o, workdir, &host, &latchd_hello);
   for (const std::string& s : o.scenarios) {
     if (rc != kOk) break;
     if (s == "uncontended") {
-      rc = o.lab ? RunUncontendedLab(o, *lab, &results)
-                 : RunUncontended(o, workdir, &results, &latchd_hello);
+      rc = o.lab ? RunUncontendedLab(o, *lab, &results) : RunUncontended(o, host, &results);
     } else if (s == "handoff") {
       rc = RunHandoffLab(o, *lab, &results);
+    } else if (s == "contended") {
+      rc = o.lab ? RunContendedLab(o, *lab, &results) : RunContendedHost(o, host, &results);
     }
   }
+  host.latchd.reset();  // stopped by its PID
+  host.loaded.clear();
   if (lab != nullptr) {
     doc["lab"] = lab->Topology();
     doc["lab"]["clocks"] = clocks_before;
@@ -728,13 +939,20 @@ int Run(const Options& o) {
     std::string where = r["placement"].get<std::string>();
     where = where.substr(0, where.find(", lease")).substr(0, where.find(", lock"));
     absl::StrReplaceAll({{"master ", "m:"}}, &where);
+    std::string why = r["verdict"]["why"].get<std::string>();
+    if (r.contains("owners")) {  // contended: who, how, and what it gave
+      why = absl::StrFormat("%dx%d owners, %d leases %s: %.0f grants/s, Jain %.3f; %s",
+                            r["owners_per_node"].get<int>(), r["nodes"].get<int>(),
+                            r["resources"].get<int>(), r["distribution"].get<std::string>(),
+                            r["throughput_per_second"].get<double>(),
+                            r["fairness_jain"].get<double>(), why);
+    }
     printf("%-12s %-9s %-14s %-10s %-11s %9.1f %9.1f %9.1f %7.2f  %s\n",
            r["scenario"].get<std::string>().c_str(), r["backend"].get<std::string>().c_str(),
            where.c_str(),
            r["path"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
            1e6 * s["median"].get<double>(), 1e6 * s["p99"].get<double>(),
-           1e6 * s["max"].get<double>(), s["spread"].get<double>(),
-           r["verdict"]["why"].get<std::string>().c_str());
+           1e6 * s["max"].get<double>(), s["spread"].get<double>(), why.c_str());
   }
   printf("load %.2f at the start, %.2f at the end; written to %s\n",
          doc["environment"]["load"][0].get<double>(), load[0], o.out.c_str());

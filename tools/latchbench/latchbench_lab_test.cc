@@ -35,7 +35,8 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   const std::string out = Tmp() + "/lab.json";
   const std::string cmd =
       absl::StrCat(latchkey::lab::Runfile("tools/latchbench/latchbench"),
-                   " run --lab --backends=dlm,sanlock,posixfd,nop --scenarios=uncontended,handoff "
+                   " run --lab --backends=dlm,sanlock,posixfd,nop --scenarios=uncontended,handoff,contended "
+                   "--contend-owners=1 --contend-resources=2 --contend-seconds=2 "
                    "--runs=1 --cycles=5 --warmup=1 --block-seconds=2 --handoffs=6 "
                    "--handoff-hold-ms=5 --out=",
                    out, " 2>&1");
@@ -72,6 +73,7 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   // Per backend and placement: the paths and modes measured.
   std::map<std::string, std::set<std::string>> seen;
   std::map<std::string, std::set<std::string>> handoffs;  // backend: paths
+  std::map<std::string, std::set<std::string>> contended;  // backend: path/distribution
   for (const json& r : doc["results"]) {
     if (r["scenario"] == "handoff") {
       EXPECT_EQ(r["metric"], "handoff_seconds");
@@ -91,6 +93,22 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
         EXPECT_LT(x.get<double>(), 130) << "longer than a waiting acquire may take";
         EXPECT_GT(x.get<double>(), -0.05) << "node1's and node2's clocks mapped wrongly";
       }
+      continue;
+    }
+    if (r["scenario"] == "contended") {
+      // Three nodes, one owner each, all granted something between them.
+      EXPECT_EQ(r["nodes"], 3);
+      EXPECT_EQ(r["owners"], 3);
+      EXPECT_EQ(r["metric"], "wait_seconds");
+      ASSERT_EQ(r["runs"].size(), 1u);
+      const json& run = r["runs"][0];
+      ASSERT_EQ(run["grants_per_owner"].size(), 3u) << r.dump().substr(0, 300);
+      int64_t grants = 0;
+      for (const json& g : run["grants_per_owner"]) grants += g.get<int64_t>();
+      EXPECT_GT(grants, 0) << r["backend"] << " " << r["path"];
+      EXPECT_EQ(run["samples"].size(), static_cast<size_t>(grants));
+      contended[r["backend"].get<std::string>()].insert(
+          absl::StrCat(r["path"].get<std::string>(), "/", r["distribution"].get<std::string>()));
       continue;
     }
     EXPECT_EQ(r["scenario"], "uncontended");
@@ -145,6 +163,12 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   EXPECT_EQ(handoffs["posixfd"], (std::set<std::string>{"raw", "in-process", "latchd"}));
   EXPECT_EQ(handoffs["sanlock"], (std::set<std::string>{"in-process", "latchd"}));
   EXPECT_EQ(handoffs.count("nop"), 0u);
+  // Contended on all three nodes: every backend and path, both picks.
+  EXPECT_EQ(contended["dlm"].size(), 6u);
+  EXPECT_EQ(contended["posixfd"].size(), 6u);
+  EXPECT_EQ(contended["sanlock"].size(), 4u);
+  EXPECT_EQ(contended["nop"].size(), 4u);
+  EXPECT_EQ(contended["dlm"].count("raw/hot"), 1u);
 
   // Nothing of latchbench's left in the nodes: no latchd or NL holder, and
   // no sanlock daemon still in its lockspace (a later storage fault would

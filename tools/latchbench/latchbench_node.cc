@@ -17,6 +17,14 @@
 //       "release NS" lines (this node's CLOCK_REALTIME; latchbench maps it
 //       onto node 1's with the measured offset, clock_sync.h)
 //       to OUT, then "done" or "error MESSAGE". Options as for cycles.
+//   latchbench-node contend BACKEND PATH LOCKSPACE PREFIX RESOURCES OWNERS SECONDS SEED DIST
+//                   HOLD_US OUT GO [options]
+//       OWNERS threads, an owner each, take leases PREFIX-1..PREFIX-RESOURCES
+//       exclusively (DIST "uniform", or "hot": 80% on PREFIX-1), waiting for
+//       them, hold each HOLD_US and release, for SECONDS (contention.h).
+//       Writes "ready" to OUT once every path is made, waits for the file GO
+//       ("-": no wait), runs, then writes the tallies as one JSON line and
+//       "done", or "error MESSAGE". Raw posixfd locks --raw-file-K.
 //   latchbench-node hold-nl LOCKSPACE NAME...
 //       Holds a DLM NL lock on each NAME, so this node masters them, prints
 //       "holding", and keeps them until stdin closes or it is killed.
@@ -52,6 +60,7 @@
 #include "core/plugin_loader.h"
 #include "nlohmann/json.hpp"
 #include "tools/latchbench/clock_sync.h"
+#include "tools/latchbench/contention.h"
 #include "tools/latchbench/cost_counters.h"
 #include "tools/latchbench/cycle_paths.h"
 
@@ -103,7 +112,8 @@ absl::Status ParseFlags(int argc, char** argv, int from, Flags* f) {
 }
 
 // The cycle path `path` of `backend` on `lease`; an in-process backend is
-// kept in *loaded. InvalidArgument: bad usage; other errors: failures.
+// loaded into *loaded, or the one already there is used (with an owner of
+// its own). InvalidArgument: bad usage; other errors: failures.
 absl::StatusOr<std::unique_ptr<CyclePath>> MakePath(const std::string& backend,
                                                     const std::string& path,
                                                     const std::string& lockspace,
@@ -116,6 +126,11 @@ absl::StatusOr<std::unique_ptr<CyclePath>> MakePath(const std::string& backend,
       return RawPosixfdPath(f.raw_file);
     }
     return absl::InvalidArgumentError(absl::StrCat("no raw path for backend '", backend, "'"));
+  }
+  if (path == "in-process" && *loaded != nullptr) {  // one backend, several owners
+    absl::StatusOr<Resource> res = Resource::Lease(lockspace, lease);
+    if (!res.ok()) return absl::FailedPreconditionError(res.status().ToString());
+    return InProcessPath(loaded->get(), OwnerForThisProcess(RandomUuid(), "latchbench"), *res);
   }
   if (path == "in-process") {
     std::string text;
@@ -240,6 +255,52 @@ int Handoff(int argc, char** argv) {
   return finish("");
 }
 
+int Contend(int argc, char** argv) {
+  if (argc < 14) {
+    return Usage(absl::StrCat("contend BACKEND PATH LOCKSPACE PREFIX RESOURCES OWNERS SECONDS "
+                              "SEED DIST HOLD_US OUT GO ", kFlagsUsage));
+  }
+  const std::string backend = argv[2], path = argv[3], lockspace = argv[4], prefix = argv[5];
+  ContendOptions o;
+  const std::string dist = argv[11];
+  if (!absl::SimpleAtoi(argv[6], &o.resources) || o.resources < 1 || o.resources > 1000 ||
+      !absl::SimpleAtoi(argv[7], &o.owners) || o.owners < 1 || o.owners > 256 ||
+      !absl::SimpleAtod(argv[8], &o.seconds) || !(o.seconds > 0) || o.seconds > 86400 ||
+      !absl::SimpleAtoi(argv[9], &o.seed) || (dist != "uniform" && dist != "hot") ||
+      !absl::SimpleAtoi(argv[10], &o.hold_us) || o.hold_us < 0 || o.hold_us > 60000000) {
+    return Usage("RESOURCES 1..1000, OWNERS 1..256, SECONDS > 0, SEED a number, DIST uniform or "
+                 "hot, HOLD_US 0..60000000");
+  }
+  o.hot_spot = dist == "hot";
+  Flags flags;
+  if (absl::Status st = ParseFlags(argc, argv, 14, &flags); !st.ok()) return Refuse(st);
+  const std::string go = argv[13];
+  FILE* out = fopen(argv[12], "w");
+  if (out == nullptr) return Fail(absl::StrCat(argv[12], ": ", strerror(errno)));
+  auto finish = [&](const std::string& error) {
+    fprintf(out, "%s\n", error.empty() ? "done" : ("error " + error).c_str());
+    fclose(out);
+    return error.empty() ? 0 : Fail(error);
+  };
+  std::unique_ptr<Backend> loaded;  // shared by every in-process owner
+  absl::StatusOr<std::vector<OwnerTally>> t = RunContention(
+      o,
+      [&](int, int k) {
+        Flags f = flags;
+        if (!f.raw_file.empty()) f.raw_file = absl::StrCat(f.raw_file, "-", k + 1);
+        return MakePath(backend, path, lockspace, absl::StrCat(prefix, "-", k + 1), f, &loaded);
+      },
+      [&] {
+        fprintf(out, "ready\n");
+        fflush(out);
+        while (go != "-" && !g_stop && access(go.c_str(), F_OK) != 0) usleep(5000);
+      },
+      &g_stop);
+  if (!t.ok()) return finish(t.status().ToString());
+  fprintf(out, "%s\n", TalliesToJson(*t).dump().c_str());
+  return finish("");
+}
+
 int HoldNl(int argc, char** argv) {
   if (argc < 4) return Usage("hold-nl LOCKSPACE NAME...");
   dlm_lshandle_t ls = dlm_open_lockspace(argv[2]);
@@ -296,9 +357,10 @@ int main(int argc, char** argv) {
   if (cmd == "cycles") return Cycles(argc, argv);
   if (cmd == "hold-nl") return HoldNl(argc, argv);
   if (cmd == "handoff") return Handoff(argc, argv);
+  if (cmd == "contend") return Contend(argc, argv);
   if (cmd == "clock-serve") return ClockServe(argc, argv);
   if (cmd == "clock-probe") return ClockProbe(argc, argv);
   return Usage(
-      "usage: latchbench-node cycles ... | handoff ... | hold-nl LOCKSPACE NAME... | "
+      "usage: latchbench-node cycles ... | handoff ... | contend ... | hold-nl LOCKSPACE NAME... | "
       "clock-serve PORT | clock-probe ADDRESS PORT PROBES (see the source)");
 }

@@ -113,6 +113,60 @@ TEST(LatchbenchTest, QuickRunWritesOneDocumentWithEveryBackendPathAndMode) {
   EXPECT_EQ(access((Tmp() + "/report/figures/cdf-uncontended-raw.svg").c_str(), R_OK), 0);
 }
 
+TEST(LatchbenchTest, ContendedRunCountsGrantsPerOwnerAndFairness) {
+  const std::string out = Tmp() + "/contended.json";
+  Ran r = Latch(absl::StrCat("run --quick --scenarios=contended --runs=2 --contend-owners=1,3 "
+                             "--contend-resources=2 --contend-seconds=0.5 --backends=posixfd,nop "
+                             "--out=", out));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("grants/s, Jain"));
+  std::ifstream in(out);
+  std::stringstream s;
+  s << in.rdbuf();
+  const json doc = json::parse(s.str(), nullptr, false);
+  ASSERT_FALSE(doc.is_discarded());
+  EXPECT_EQ(doc["parameters"]["contend_owners"], json::array({1, 3}));
+  EXPECT_EQ(doc["parameters"]["contend_resources"], 2);
+  std::set<std::string> seen;
+  for (const json& x : doc["results"]) {
+    const std::string key = absl::StrCat(x["backend"].get<std::string>(), "/",
+                                         x["path"].get<std::string>(), "/",
+                                         x["distribution"].get<std::string>(), "/",
+                                         x["owners"].get<int>());
+    EXPECT_TRUE(seen.insert(key).second) << key << " twice";
+    EXPECT_EQ(x["scenario"], "contended");
+    EXPECT_EQ(x["metric"], "wait_seconds");
+    EXPECT_EQ(x["mode"], "exclusive");
+    EXPECT_EQ(x["nodes"], 1);
+    EXPECT_EQ(x["resources"], 2);
+    ASSERT_EQ(x["runs"].size(), 2u) << key;
+    for (const json& run : x["runs"]) {
+      // Every grant is one wait sample, and each owner's grants are listed.
+      int64_t grants = 0;
+      ASSERT_EQ(run["grants_per_owner"].size(), static_cast<size_t>(x["owners"].get<int>()));
+      // (An owner with none is what the fairness index reports, not a
+      // failure of the tool.)
+      for (const json& g : run["grants_per_owner"]) {
+        EXPECT_GE(g.get<int64_t>(), 0) << key;
+        grants += g.get<int64_t>();
+      }
+      EXPECT_GT(grants, 0) << key << ": nobody was granted anything in 0.5 s";
+      EXPECT_EQ(run["samples"].size(), static_cast<size_t>(grants)) << key;
+      EXPECT_NEAR(run["throughput_per_second"].get<double>(), grants / 0.5, 1e-6) << key;
+      EXPECT_GT(run["fairness_jain"].get<double>(), 0.0) << key;
+      EXPECT_LE(run["fairness_jain"].get<double>(), 1.0 + 1e-9) << key;
+    }
+    if (x["owners"] == 1) EXPECT_DOUBLE_EQ(x["fairness_jain"].get<double>(), 1.0);
+  }
+  // posixfd: raw, in process, latchd; nop: in process, latchd; x 2 picks x 2 owner counts.
+  EXPECT_EQ(seen.size(), 20u);
+  EXPECT_EQ(seen.count("posixfd/raw/hot/3"), 1u);
+  EXPECT_EQ(seen.count("nop/latchd/uniform/1"), 1u);
+  Ran rep = Latch(absl::StrCat("report --out=", Tmp(), "/report-ct ", out));
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_EQ(access((Tmp() + "/report-ct/figures/throughput-contended.png").c_str(), R_OK), 0);
+}
+
 TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
   struct Case {
     const char* args;
@@ -140,6 +194,11 @@ TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
       {"run --handoff-hold-ms=60001", 2, "--handoff-hold-ms must be at most 60000"},
       {"run --block-seconds=1e9", 2, "--block-seconds must be"},
       {"report", 2, "give one document, or two"},
+      {"run --contend-owners=0", 2, "--contend-owners takes numbers from 1 to 64"},
+      {"run --contend-owners=2,x", 2, "--contend-owners takes numbers"},
+      {"run --contend-resources=1001", 2, "--contend-resources must be at most 1000"},
+      {"run --contend-seconds=0", 2, "--contend-seconds must be"},
+      {"run --contend-hold-us=-5", 2, "--contend-hold-us must be"},
       // An output file that cannot be written: the run fails and says where.
       {"run --quick --cycles=5 --warmup=0 --runs=1 --backends=nop --out=/nonexistent/dir/x.json",
        1, "cannot write /nonexistent/dir/x.json"},

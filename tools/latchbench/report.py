@@ -81,7 +81,7 @@ def where(r):
     and what matters (the DLM master, NFS, the LUN)."""
     p = r.get("placement", "")
     if not p or p.startswith("host"):
-        return ""
+        return p.split("; ", 1)[1] if "; " in p else ""  # contended: owners and leases
     return p.replace("lease area on the shared LUN", "LUN").replace("lock files on NFS", "NFS")
 
 
@@ -462,6 +462,65 @@ def cost_figure(figs, docs, scenario):
     return [figs.save(fig, f"cost-{scenario}", f"{scenario}: cost per cycle")]
 
 
+def contention_table(doc):
+    """Throughput and fairness of every contended block."""
+    rows = []
+    for r in doc["results"]:
+        if r["scenario"] != "contended" or "throughput_per_second" not in r:
+            continue
+        runs = [x.get("throughput_per_second", 0) for x in r.get("runs", [])]
+        grants = r.get("runs", [{}])[0].get("grants_per_owner", [])
+        cls = "" if trusted(r) else " class='noisy'"
+        rows.append(
+            f"<tr{cls}><td>{esc(r['backend'])}</td><td>{esc(r.get('placement', ''))}</td>"
+            f"<td>{esc(r['path'])}</td><td>{r.get('owners', '')}</td>"
+            f"<td>{esc(r.get('distribution', ''))}</td>"
+            f"<td>{r['throughput_per_second']:.0f}</td>"
+            f"<td>{', '.join(f'{x:.0f}' for x in runs)}</td>"
+            f"<td>{r.get('fairness_jain', 0):.3f}</td>"
+            f"<td>{esc(' '.join(str(g) for g in grants[:16]))}{' …' if len(grants) > 16 else ''}</td>"
+            f"<td>{fmt(r['summary']['median'], r['metric'])} µs / {fmt(r['summary']['p99'], r['metric'])} µs</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Contention</h3><p>Grants per second of all owners together (median of the runs; "
+            "each run's figure listed), Jain's fairness index of the owners' grants (1: all got "
+            "the same; 1/n: one got everything), the first run's grants per owner, and the wait "
+            "for a grant (median / p99).</p><table><tr><th>backend</th><th>where</th><th>path</th>"
+            "<th>owners</th><th>picks</th><th>grants/s</th><th>runs</th><th>Jain</th>"
+            "<th>grants per owner (run 1)</th><th>wait</th></tr>" + "".join(rows) + "</table>")
+
+
+def throughput_figure(figs, docs, scenario):
+    """Grants per second against the number of owners, one line per backend,
+    path and pick distribution (contended)."""
+    import matplotlib.pyplot as plt
+    series = {}
+    for di, d in enumerate(docs):
+        for r in d["results"]:
+            if r["scenario"] != scenario or "throughput_per_second" not in r:
+                continue
+            k = (di, r["backend"], r["path"], r.get("distribution", ""),
+                 "lab" if r.get("nodes", 1) > 1 else "host")
+            series.setdefault(k, []).append((r.get("owners", 0), r["throughput_per_second"]))
+    if not series:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    styles = {"raw": ":", "in-process": "-", "latchd": "--"}
+    for (di, be, path, dist, place), pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if dist == "uniform" else "^",
+                linestyle=styles.get(path, "-"), alpha=1.0 if di == 0 else 0.55,
+                label=f"{'AB'[di] + ': ' if len(docs) > 1 else ''}{be} {path}, {dist}"
+                      f"{', ' + place if place == 'lab' else ''}")
+    ax.set_xlabel("owners (all nodes)")
+    ax.set_ylabel("grants per second")
+    ax.set_yscale("log")
+    ax.set_title(f"{scenario}: throughput against owners")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return [figs.save(fig, f"throughput-{scenario}", f"{scenario}: grants per second")]
+
+
 def compare_table(a, b):
     ia = {key(r): r for r in a["results"]}
     ib = {key(r): r for r in b["results"]}
@@ -561,6 +620,7 @@ def page(docs, figs):
         h.append(raw_ratio_table(d))
         h.append(agent_share_table(d))
         h.append(cost_table(d))
+        h.append(contention_table(d))
     present = [s for s in SCENARIOS if any(r["scenario"] == s for d in docs for r in d["results"])]
     other = sorted({r["scenario"] for d in docs for r in d["results"]} - set(SCENARIOS))
     # "cost" is measured inside other scenarios' blocks (cost_per_cycle).
@@ -573,7 +633,8 @@ def page(docs, figs):
         if cycles:
             h.append("<p>One cycle: " + "; ".join(esc(c) for c in cycles) + "</p>")
         names = cdf_figures(figs, docs, sc) + medians_figure(figs, docs, sc) + \
-            runs_figure(figs, docs, sc) + cost_figure(figs, docs, sc)
+            runs_figure(figs, docs, sc) + cost_figure(figs, docs, sc) + \
+            throughput_figure(figs, docs, sc)
         for name in names:
             _, cap, png = next(x for x in figs.made if x[0] == name)
             h.append(f"<figure id='{esc(name)}'><img alt='{esc(cap)}' src='data:image/png;base64,"
