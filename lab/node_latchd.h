@@ -52,7 +52,10 @@ class NodeLatchd {
   // The waiter's exit status ("0" granted, ...), or "none" if it still
   // waits after `within`.
   std::string WaiterStatus(const Vm& vm, const std::string& tag, absl::Duration within) const;
-  // When the waiter ended (the node's clock; nodes run on the host's).
+  // When the waiter ended, on the node's own clock. A node's clock is the
+  // host's at its boot and then its own: nodes differ from each other by
+  // tens of ms (docs/latchbench.md, "Clocks"); fine for the failover times
+  // of seconds it is used for, not for milliseconds.
   absl::Time WaiterEndedAt(const Vm& vm, const std::string& tag) const;
 
   const std::string& socket() const { return socket_; }
