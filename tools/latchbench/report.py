@@ -270,7 +270,15 @@ def env_rows(doc):
     lab = doc.get("lab")
     if isinstance(lab, dict) and lab:
         rows.append(("lab", ", ".join(f"{k}={v}" for k, v in sorted(lab.items())
-                                      if k not in ("latchd_backends",))))
+                                      if k not in ("latchd_backends", "clocks", "clocks_after"))))
+        for k, when in (("clocks", "start"), ("clocks_after", "end")):
+            c = lab.get(k)
+            if isinstance(c, dict) and isinstance(c.get("nodes"), list):
+                rows.append((f"node clocks at the {when} (against node1)", "; ".join(
+                    f"node{n.get('node')} {n.get('offset_ns', 0) / 1e6:+.3f} ms "
+                    f"± {n.get('uncertainty_ns', 0) / 1e6:.3f}" for n in c["nodes"])))
+            elif isinstance(c, dict) and "error" in c:
+                rows.append((f"node clocks at the {when}", f"not measured: {c['error']}"))
     return rows
 
 
