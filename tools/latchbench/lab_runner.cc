@@ -426,6 +426,15 @@ absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
   const auto failed = [&](size_t i, const std::string& last) {
     return absl::InternalError(absl::StrCat("node", i + 1, ": ", last.substr(6)));
   };
+  // The end of node i's contend log, for a node that never said anything.
+  const auto log_tail = [&](size_t i) {
+    std::ifstream in(absl::StrCat(lab_->shared(), "/node", i + 1, "/latchbench-contend.log"));
+    std::string line, last;
+    while (std::getline(in, line)) {
+      if (!line.empty()) last = line;
+    }
+    return last.empty() ? std::string("its log is empty") : "its log ends: " + last;
+  };
   // Every node ready (its paths made), then go; a node that cannot start
   // ends the block (the others are released by the go file and stop).
   for (size_t i = 0; i < outs.size(); ++i) {
@@ -439,7 +448,7 @@ absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
       if (waited > 120) {
         (void)WriteFile(lab_->shared() + go, "go\n");
         return absl::DeadlineExceededError(
-            absl::StrCat("node", i + 1, " was not ready to contend in 120 s"));
+            absl::StrCat("node", i + 1, " was not ready to contend in 120 s; ", log_tail(i)));
       }
       usleep(50000);
     }

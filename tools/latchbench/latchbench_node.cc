@@ -260,28 +260,32 @@ int Contend(int argc, char** argv) {
     return Usage(absl::StrCat("contend BACKEND PATH LOCKSPACE PREFIX RESOURCES OWNERS SECONDS "
                               "SEED DIST HOLD_US OUT GO ", kFlagsUsage));
   }
+  // OUT first: whoever waits for it learns of every failure, bad usage too.
+  FILE* out = fopen(argv[12], "w");
+  if (out == nullptr) return Fail(absl::StrCat(argv[12], ": ", strerror(errno)));
+  auto finish = [&](const std::string& error, int code = 1) {
+    fprintf(out, "%s\n", error.empty() ? "done" : ("error " + error).c_str());
+    fclose(out);
+    if (error.empty()) return 0;
+    return code == 2 ? Usage(error) : Fail(error);
+  };
   const std::string backend = argv[2], path = argv[3], lockspace = argv[4], prefix = argv[5];
+  const std::string dist = argv[10];
   ContendOptions o;
-  const std::string dist = argv[11];
   if (!absl::SimpleAtoi(argv[6], &o.resources) || o.resources < 1 || o.resources > 1000 ||
       !absl::SimpleAtoi(argv[7], &o.owners) || o.owners < 1 || o.owners > 256 ||
       !absl::SimpleAtod(argv[8], &o.seconds) || !(o.seconds > 0) || o.seconds > 86400 ||
       !absl::SimpleAtoi(argv[9], &o.seed) || (dist != "uniform" && dist != "hot") ||
-      !absl::SimpleAtoi(argv[10], &o.hold_us) || o.hold_us < 0 || o.hold_us > 60000000) {
-    return Usage("RESOURCES 1..1000, OWNERS 1..256, SECONDS > 0, SEED a number, DIST uniform or "
-                 "hot, HOLD_US 0..60000000");
+      !absl::SimpleAtoi(argv[11], &o.hold_us) || o.hold_us < 0 || o.hold_us > 60000000) {
+    return finish("RESOURCES 1..1000, OWNERS 1..256, SECONDS > 0, SEED a number, DIST uniform "
+                  "or hot, HOLD_US 0..60000000", 2);
   }
   o.hot_spot = dist == "hot";
   Flags flags;
-  if (absl::Status st = ParseFlags(argc, argv, 14, &flags); !st.ok()) return Refuse(st);
+  if (absl::Status st = ParseFlags(argc, argv, 14, &flags); !st.ok()) {
+    return finish(std::string(st.message()), absl::IsInvalidArgument(st) ? 2 : 1);
+  }
   const std::string go = argv[13];
-  FILE* out = fopen(argv[12], "w");
-  if (out == nullptr) return Fail(absl::StrCat(argv[12], ": ", strerror(errno)));
-  auto finish = [&](const std::string& error) {
-    fprintf(out, "%s\n", error.empty() ? "done" : ("error " + error).c_str());
-    fclose(out);
-    return error.empty() ? 0 : Fail(error);
-  };
   std::unique_ptr<Backend> loaded;  // shared by every in-process owner
   absl::StatusOr<std::vector<OwnerTally>> t = RunContention(
       o,

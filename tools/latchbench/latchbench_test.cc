@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <sstream>
 #include <string>
 
@@ -165,6 +166,50 @@ TEST(LatchbenchTest, ContendedRunCountsGrantsPerOwnerAndFairness) {
   Ran rep = Latch(absl::StrCat("report --out=", Tmp(), "/report-ct ", out));
   ASSERT_EQ(rep.status, 0) << rep.out;
   EXPECT_EQ(access((Tmp() + "/report-ct/figures/throughput-contended.png").c_str(), R_OK), 0);
+}
+
+// latchbench-node's contend, as the lab runs it (LabRunner::Contend's
+// argument order), here with nop in process and no go file.
+TEST(LatchbenchTest, NodeContendTakesTheLabsArgumentsAndReportsEveryFailureInItsFile) {
+  std::string err;
+  std::unique_ptr<bazel::tools::cpp::runfiles::Runfiles> rf(
+      bazel::tools::cpp::runfiles::Runfiles::CreateForTest(&err));
+  ASSERT_NE(rf, nullptr) << err;
+  const std::string node = rf->Rlocation("latchkey/tools/latchbench/latchbench-node");
+  const std::string nop = rf->Rlocation("latchkey/backends/nop/latchkey-nop.so");
+  const std::string plugins = nop.substr(0, nop.rfind('/'));
+  const std::string out = Tmp() + "/contend.out";
+  const auto run = [&](const std::string& args) {
+    Ran r;
+    FILE* p = popen(absl::StrCat(node, " contend ", args, " 2>&1").c_str(), "r");
+    char buf[4096];
+    size_t n;
+    while (p != nullptr && (n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int st = p != nullptr ? pclose(p) : -1;
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    std::ifstream in(out);
+    std::stringstream s;
+    s << in.rdbuf();
+    return std::make_pair(r, s.str());
+  };
+  // BACKEND PATH LOCKSPACE PREFIX RESOURCES OWNERS SECONDS SEED DIST HOLD_US OUT GO
+  auto [r, file] = run(absl::StrCat("nop in-process ls p 2 3 0.3 7 hot 50 ", out,
+                                    " - --plugin-dir=", plugins));
+  ASSERT_EQ(r.status, 0) << r.out << file;
+  EXPECT_THAT(file, HasSubstr("ready\n{\"owners\":["));
+  EXPECT_THAT(file, HasSubstr("\ndone\n"));
+  // Bad usage is written to OUT too (the lab waits on that file).
+  std::tie(r, file) = run(absl::StrCat("nop in-process ls p 2 3 0.3 7 50 hot ", out, " -"));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(file, HasSubstr("error RESOURCES 1..1000"));
+  std::tie(r, file) = run(absl::StrCat("nop in-process ls p 2 3 0.3 7 hot 50 ", out,
+                                       " - --bogus"));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(file, HasSubstr("error unknown argument '--bogus'"));
+  std::tie(r, file) = run(absl::StrCat("nop in-process ls p 2 3 0.3 7 hot 50 ", out,
+                                       " - --plugin-dir=/nonexistent"));
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_THAT(file, HasSubstr("owner 1, resource 1: loading nop: NOT_FOUND: unknown backend"));
 }
 
 TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
