@@ -10,17 +10,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "tools/latchbench/environment.h"
 
 namespace latchkey {
 namespace bench {
 namespace {
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 double TicksToSeconds(uint64_t ticks) {
   static const long hz = sysconf(_SC_CLK_TCK) > 0 ? sysconf(_SC_CLK_TCK) : 100;
@@ -105,20 +99,20 @@ bool ParseCpuLine(const std::string& text, uint64_t* busy, uint64_t* total) {
 
 CostSnapshot TakeCostSnapshot() {
   CostSnapshot s;
-  s.disk = ParseDiskstats(ReadAll("/proc/diskstats"));
-  s.net = ParseNetDev(ReadAll("/proc/net/dev"));
+  s.disk = ParseDiskstats(ReadFile("/proc/diskstats"));
+  s.net = ParseNetDev(ReadFile("/proc/net/dev"));
   uint64_t busy = 0, total = 0;
-  if (ParseCpuLine(ReadAll("/proc/stat"), &busy, &total)) s.machine_busy_seconds = TicksToSeconds(busy);
+  if (ParseCpuLine(ReadFile("/proc/stat"), &busy, &total)) s.machine_busy_seconds = TicksToSeconds(busy);
   std::string comm;
   uint64_t ticks = 0;
-  if (ParseProcStat(ReadAll("/proc/self/stat"), &comm, &ticks)) s.cpu["self"] = TicksToSeconds(ticks);
+  if (ParseProcStat(ReadFile("/proc/self/stat"), &comm, &ticks)) s.cpu["self"] = TicksToSeconds(ticks);
   DIR* d = opendir("/proc");
   if (d == nullptr) return s;
   const std::vector<std::string>& daemons = CostDaemons();
   while (dirent* e = readdir(d)) {
     int pid = 0;
     if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
-    if (!ParseProcStat(ReadAll(std::string("/proc/") + e->d_name + "/stat"), &comm, &ticks)) {
+    if (!ParseProcStat(ReadFile(std::string("/proc/") + e->d_name + "/stat"), &comm, &ticks)) {
       continue;
     }
     for (const std::string& name : daemons) {

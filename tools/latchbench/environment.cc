@@ -17,12 +17,6 @@ namespace latchkey {
 namespace bench {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // The value of the first "KEY : value" line of /proc/cpuinfo or
 // /proc/meminfo whose key is `key`; "" when none.
@@ -57,6 +51,13 @@ nlohmann::json Packages() {
 }
 
 }  // namespace
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 std::array<double, 3> LoadAverage() {
   std::array<double, 3> out = {-1, -1, -1};

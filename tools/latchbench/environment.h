@@ -20,6 +20,9 @@ std::array<double, 3> LoadAverage();
 // that are installed (sanlock, libdlm, corosync, libvirt, QEMU).
 nlohmann::json DescribeEnvironment();
 
+// A whole file (/proc, /sys); "" when it cannot be read.
+std::string ReadFile(const std::string& path);
+
 // Now as RFC 3339 UTC with milliseconds ("2026-12-07T08:30:00.123Z").
 std::string NowRfc3339();
 
