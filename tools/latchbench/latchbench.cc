@@ -164,7 +164,7 @@ struct Options {
   int handoff_hold_ms = 20;  // how long each node holds the lease
   std::vector<int> contend_owners = {1, 2, 4};  // owners per node (contended)
   int contend_resources = 4;                    // K leases
-  int contend_hold_us = 100;                    // each grant held this long
+  int contend_hold_us = 0;  // each grant held this long (a lab node sleeps >= 10 ms)
   double contend_seconds = 5;                   // each contended block runs this long
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
