@@ -36,7 +36,7 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   const std::string cmd =
       absl::StrCat(latchkey::lab::Runfile("tools/latchbench/latchbench"),
                    " run --lab --backends=dlm,sanlock,posixfd,nop --scenarios=uncontended,handoff,contended "
-                   "--contend-owners=1 --contend-resources=2 --contend-seconds=2 "
+                   "--contend-owners=1 --contend-resources=2 --contend-seconds=3 "
                    "--runs=1 --cycles=5 --warmup=1 --block-seconds=2 --handoffs=6 "
                    "--handoff-hold-ms=5 --out=",
                    out, " 2>&1");
