@@ -23,7 +23,12 @@ struct FakeResource {
 class FakePath : public CyclePath {
  public:
   FakePath(FakeResource* r, int owner, bool fail = false) : r_(r), owner_(owner), fail_(fail) {}
-  absl::Status Acquire(LockMode) override { return absl::UnimplementedError("no-wait"); }
+  absl::Status Acquire(LockMode) override {  // no wait: refused while someone holds it
+    if (fail_) return absl::UnavailableError("the fake refuses");
+    if (!r_->mu.try_lock()) return absl::UnavailableError("held");
+    if (r_->holder.exchange(owner_) != -1) ++r_->overlaps;
+    return absl::OkStatus();
+  }
   absl::Status AcquireWaiting(LockMode, absl::Duration) override {
     if (fail_) return absl::UnavailableError("the fake refuses");
     r_->mu.lock();
@@ -65,6 +70,13 @@ TEST(ContentionTest, OwnersTakeTurnsAndEveryGrantIsCountedWithItsWait) {
     grants.push_back(x.grants);
   }
   for (FakeResource& r : res) EXPECT_EQ(r.overlaps, 0);
+  // The fake's no-wait acquire refuses while another owner holds.
+  FakePath first(&res[0], 0), second(&res[0], 1);
+  ASSERT_TRUE(first.Acquire(LockMode::kExclusive).ok());
+  EXPECT_FALSE(second.Acquire(LockMode::kExclusive).ok());
+  ASSERT_TRUE(first.Release().ok());
+  ASSERT_TRUE(second.Acquire(LockMode::kExclusive).ok());
+  ASSERT_TRUE(second.Release().ok());
   const double j = JainIndex(grants);
   EXPECT_GT(j, 0.25);
   EXPECT_LE(j, 1.0);

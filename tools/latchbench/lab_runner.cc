@@ -309,9 +309,7 @@ absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backe
   for (size_t i = 0; i < outs.size(); ++i) {
     std::string last;
     for (double waited = 0;; waited += 0.1) {
-      std::ifstream in(lab_->shared() + outs[i]);
-      std::string line;
-      while (std::getline(in, line)) last = line;
+      last = LastLine(outs[i]);
       if (last == "done" || absl::StartsWith(last, "error ")) break;
       if (waited > limit) {
         return absl::DeadlineExceededError(
@@ -389,6 +387,13 @@ absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backe
   return samples;
 }
 
+std::string LabRunner::LastLine(const std::string& out) const {
+  std::ifstream in(lab_->shared() + out);
+  std::string line, last;
+  while (std::getline(in, line)) last = line;
+  return last;
+}
+
 absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
     const std::string& backend, const std::string& path, int nodes, int owners,
     const std::string& prefix, int resources, bool hot, double seconds, uint64_t seed,
@@ -416,13 +421,6 @@ absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
          absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", prefix)});
     if (!pid.ok()) return pid.status();
   }
-  // Each node's last line so far.
-  const auto last_line = [&](const std::string& out) {
-    std::ifstream in(lab_->shared() + out);
-    std::string line, last;
-    while (std::getline(in, line)) last = line;
-    return last;
-  };
   const auto failed = [&](size_t i, const std::string& last) {
     return absl::InternalError(absl::StrCat("node", i + 1, ": ", last.substr(6)));
   };
@@ -439,7 +437,7 @@ absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
   // ends the block (the others are released by the go file and stop).
   for (size_t i = 0; i < outs.size(); ++i) {
     for (double waited = 0;; waited += 0.05) {
-      const std::string last = last_line(outs[i]);
+      const std::string last = LastLine(outs[i]);
       if (last == "ready") break;
       if (absl::StartsWith(last, "error ")) {
         (void)WriteFile(lab_->shared() + go, "go\n");
@@ -459,7 +457,7 @@ absl::StatusOr<std::vector<OwnerTally>> LabRunner::Contend(
   for (size_t i = 0; i < outs.size(); ++i) {
     std::string last;
     for (double waited = 0;; waited += 0.1) {
-      last = last_line(outs[i]);
+      last = LastLine(outs[i]);
       if (last == "done" || absl::StartsWith(last, "error ")) break;
       if (waited > seconds + 180) {
         last = "error did not finish in time";

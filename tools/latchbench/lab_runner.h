@@ -94,6 +94,9 @@ class LabRunner {
  private:
   LabRunner() = default;
   absl::Status Prepare(const LabSetup& setup);
+  // The last line written so far to `out` (a path under /shared) by a
+  // latchbench-node loop; "" while there is none.
+  std::string LastLine(const std::string& out) const;
 
   std::unique_ptr<lab::ClusterLab> lab_;
   std::vector<std::string> backends_;

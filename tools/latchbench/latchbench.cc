@@ -662,10 +662,15 @@ int Parse(int argc, char** argv, Options* o) {
       return true;
     };
     // A whole number from `min` to 10000000 for `flag`.
-    auto whole = [&](absl::string_view flag, int min, int* out) {
+    // ... and at most `max` when given.
+    auto whole = [&](absl::string_view flag, int min, int* out, int max = 10000000) {
       if (!absl::SimpleAtoi(v, out) || *out < min || *out > 10000000) {
         fprintf(stderr, "latchbench: %s must be a whole number from %d to 10000000, not '%s'\n",
                 std::string(flag).c_str(), min, std::string(v).c_str());
+        return false;
+      }
+      if (*out > max) {
+        fprintf(stderr, "latchbench: %s must be at most %d\n", std::string(flag).c_str(), max);
         return false;
       }
       return true;
@@ -689,11 +694,7 @@ int Parse(int argc, char** argv, Options* o) {
       if (!whole("--handoffs", 1, &o->handoffs)) return kUsageError;
       handoffs_set = true;
     } else if (value("--handoff-hold-ms")) {
-      if (!whole("--handoff-hold-ms", 0, &o->handoff_hold_ms)) return kUsageError;
-      if (o->handoff_hold_ms > 60000) {
-        fprintf(stderr, "latchbench: --handoff-hold-ms must be at most 60000\n");
-        return kUsageError;
-      }
+      if (!whole("--handoff-hold-ms", 0, &o->handoff_hold_ms, 60000)) return kUsageError;
     } else if (value("--contend-owners")) {
       o->contend_owners.clear();
       for (absl::string_view n : absl::StrSplit(v, ',')) {
@@ -707,11 +708,7 @@ int Parse(int argc, char** argv, Options* o) {
       }
       contend_owners_set = true;
     } else if (value("--contend-resources")) {
-      if (!whole("--contend-resources", 1, &o->contend_resources)) return kUsageError;
-      if (o->contend_resources > 1000) {
-        fprintf(stderr, "latchbench: --contend-resources must be at most 1000\n");
-        return kUsageError;
-      }
+      if (!whole("--contend-resources", 1, &o->contend_resources, 1000)) return kUsageError;
     } else if (value("--contend-hold-us")) {
       if (!whole("--contend-hold-us", 0, &o->contend_hold_us)) return kUsageError;
     } else if (value("--contend-seconds")) {

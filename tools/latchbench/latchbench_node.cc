@@ -37,7 +37,6 @@
 //
 // Exit codes: 0 done, 1 a measurement or lock failed, 2 bad usage.
 #include <signal.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -203,12 +202,6 @@ int Cycles(int argc, char** argv) {
                      .dump()
                      .c_str());
   return 0;
-}
-
-int64_t RealtimeNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
 int Handoff(int argc, char** argv) {
