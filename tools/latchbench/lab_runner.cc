@@ -6,14 +6,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
+#include <atomic>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "tools/latchbench/failover.h"
 
 namespace latchkey {
 namespace bench {
@@ -137,16 +141,7 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
         return s;
       }
     }
-    const std::string log = absl::StrCat("/shared/node", n, "/latchbench-latchd.log");
-    absl::StatusOr<int> pid = lab_->Spawn(n, log, {"latchd", "--config", "/shared" + conf});
-    if (!pid.ok()) return pid.status();
-    latchds_.push_back({n, *pid});
-    absl::StatusOr<std::string> up = lab_->Sh(
-        n, absl::StrCat("for i in $(seq 150); do latchctl --socket ", kSocket,
-                        " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; "
-                        "echo 'latchd did not answer in 15 s:' >&2; tail -n 20 ",
-                        log, " >&2; exit 1"));
-    if (!up.ok()) return up.status();
+    if (absl::Status s = StartLatchd(n); !s.ok()) return s;
   }
   if (sanlock) {
     // The area is formatted once, from one node (latchctl leases-format).
@@ -187,11 +182,28 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
   return absl::OkStatus();
 }
 
+absl::Status LabRunner::StartLatchd(int n) {
+  const std::string conf = absl::StrCat("/shared/latchbench/latchd-", n, ".conf");
+  const std::string log = absl::StrCat("/shared/node", n, "/latchbench-latchd.log");
+  absl::StatusOr<int> pid = lab_->Spawn(n, log, {"latchd", "--config", conf});
+  if (!pid.ok()) return pid.status();
+  latchds_.erase(std::remove_if(latchds_.begin(), latchds_.end(),
+                                [&](const std::pair<int, int>& l) { return l.first == n; }),
+                 latchds_.end());
+  latchds_.push_back({n, *pid});
+  absl::StatusOr<std::string> up = lab_->Sh(
+      n, absl::StrCat("for i in $(seq 300); do latchctl --socket ", kSocket,
+                      " status >/dev/null 2>&1 && exit 0; sleep 0.1; done; "
+                      "echo 'latchd did not answer in 30 s:' >&2; tail -n 20 ",
+                      log, " >&2; exit 1"));
+  return up.ok() ? absl::OkStatus() : up.status();
+}
+
 LabRunner::~LabRunner() {
   if (lab_ == nullptr) return;
   // The NL holders (sh, sleep and latchbench-node; only latchbench runs them).
   for (const auto& [node, pid] : holders_) {
-    (void)lab_->Sh(node, "pkill -f 'latchbench-node hold-nl'; pkill -f 'sleep 1000000'; true");
+    (void)lab_->Sh(node, "pkill -f 'latchbench-node [h]old-nl'; pkill -f '[s]leep 1000000'; true");
   }
   // Contend and hand-off loops end by themselves; after a failure or an
   // interruption one may still wait for its go file or a grant.
@@ -503,6 +515,199 @@ absl::Status LabRunner::MasterOn(int node, const std::vector<std::string>& names
       node, absl::StrCat("for i in $(seq 100); do grep -q holding ", log,
                          " && exit 0; sleep 0.1; done; cat ", log, " >&2; exit 1"));
   return held.ok() ? absl::OkStatus() : held.status();
+}
+
+absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::string& path,
+                                         const std::string& fault, const std::string& lease,
+                                         double limit_s) {
+  constexpr int kHolder = 2, kSurvivor = 3;
+  if (lab_->nodes() < kSurvivor) return absl::FailedPreconditionError("failover needs 3 nodes");
+  const std::string holder_out = "/latchbench/fo-holder.out";
+  const std::string survivor_out = "/latchbench/fo-survivor.out";
+  const std::string detect_out = "/latchbench/fo-detect.out";
+  for (const std::string& f : {holder_out, survivor_out, detect_out}) {
+    std::remove((lab_->shared() + f).c_str());
+  }
+  const auto hold_argv = [&](int node, const std::string& out, int wait_s) {
+    return std::vector<std::string>{
+        "/shared/bin/latchbench-node", "hold", backend, path, Lockspace(backend), lease,
+        absl::StrCat(wait_s), "/shared" + out,
+        absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
+        absl::StrCat("--socket=", kSocket),
+        absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", lease)};
+  };
+  // Waits until `out`'s last line starts with `want` (or is an error).
+  const auto await_line = [&](const std::string& out, const std::string& want,
+                              double seconds) -> absl::StatusOr<std::string> {
+    for (double waited = 0;; waited += 0.05) {
+      const std::string last = LastLine(out);
+      if (absl::StartsWith(last, want)) return last;
+      if (absl::StartsWith(last, "error ")) return absl::InternalError(last.substr(6));
+      if (waited > seconds) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("no '", want, "' in ", out, " after ", seconds, " s"));
+      }
+      usleep(50000);
+    }
+  };
+  // 1. Node 2 takes the lease (a restarted node's latchd may still be
+  // joining sanlock's lockspace: up to 150 s).
+  absl::StatusOr<int> holder = lab_->Spawn(
+      kHolder, "/shared/node2/latchbench-hold.log", hold_argv(kHolder, holder_out, 150));
+  if (!holder.ok()) return holder.status();
+  if (absl::StatusOr<std::string> g = await_line(holder_out, "grant", 170); !g.ok()) {
+    return absl::InternalError(absl::StrCat("node2 (the holder): ", g.status().message()));
+  }
+  // 2. Node 3 asks for it and waits; a grant now would be two holders.
+  absl::StatusOr<int> survivor =
+      lab_->Spawn(kSurvivor, "/shared/node3/latchbench-hold.log",
+                  hold_argv(kSurvivor, survivor_out, static_cast<int>(limit_s) + 60));
+  if (!survivor.ok()) return survivor.status();
+  if (absl::StatusOr<std::string> w = await_line(survivor_out, "waiting", 60); !w.ok()) {
+    return absl::InternalError(absl::StrCat("node3 (the survivor): ", w.status().message()));
+  }
+  sleep(1);  // its request queued (latchd: asked the backend)
+  if (absl::StartsWith(LastLine(survivor_out), "grant")) {
+    return absl::InternalError(absl::StrCat("two holders: node3 was granted ", lease,
+                                            " while node2 held it, before any fault"));
+  }
+  const std::string detector = DetectorScript(backend, kHolder, Lockspace(backend),
+                                              "/shared" + detect_out);
+  if (!detector.empty()) {
+    absl::StatusOr<int> d =
+        lab_->Spawn(kSurvivor, "/tmp/latchbench-detect.log", {"sh", "-c", detector});
+    if (!d.ok()) return d.status();
+    usleep(300000);  // its first look
+  }
+  // 3. The fault; its time is the lab's event for it when there is one.
+  TrialStamps st;
+  st.backend = backend;
+  st.path = path;
+  st.fault = fault;
+  st.limit_s = limit_s;
+  const size_t events_before = [&] {
+    absl::StatusOr<std::vector<lab::LabEvent>> e = lab_->Events();
+    return e.ok() ? e->size() : 0;
+  }();
+  absl::Status injected;
+  if (fault == "node-kill") {
+    injected = lab_->Kill(kHolder);
+  } else if (fault == "node-freeze") {
+    injected = lab_->Freeze(kHolder);
+  } else if (fault == "cut") {
+    injected = lab_->Cut(kHolder, "both");
+  } else if (fault == "partition") {
+    injected = lab_->Partition({{kHolder}, {1, kSurvivor}});
+  } else if (fault == "storage-stall") {
+    injected = lab_->StorageStall(kHolder);
+  } else if (fault == "daemon-kill") {
+    injected = lab_->DaemonKill(kHolder, LockDaemon(backend), "KILL");
+  } else if (fault == "owner-kill") {
+    injected = lab_->Sh(kHolder, absl::StrCat("kill -9 ", *holder)).status();
+  } else if (fault == "latchd-kill") {
+    injected = lab_->DaemonKill(kHolder, "latchd", "KILL");
+    if (injected.ok()) injected = StartLatchd(kHolder);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown fault '", fault, "'"));
+  }
+  st.injected = absl::ToUnixNanos(absl::Now());
+  if (!injected.ok()) return injected;
+  {
+    absl::StatusOr<std::vector<lab::LabEvent>> e = lab_->Events();
+    if (e.ok() && e->size() > events_before) st.injected = (*e)[events_before].unix_ms * 1000000;
+  }
+  // 4. Watch: the survivor's grant, the detector, the holder's node (the
+  // lab's status, once a second, beside the 25 ms look at the files).
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> holder_down{0};
+  std::thread watch([&] {
+    while (!done) {
+      absl::StatusOr<std::string> status = lab_->Status();
+      if (status.ok()) {
+        for (absl::string_view l : absl::StrSplit(*status, '\n')) {
+          if (absl::StartsWith(l, "node2 ") && !absl::StrContains(l, "running")) {
+            holder_down = absl::ToUnixNanos(absl::Now());
+          }
+        }
+      }
+      if (holder_down != 0) return;
+      for (int i = 0; i < 10 && !done; ++i) usleep(100000);
+    }
+  });
+  const absl::Duration window = fault == "latchd-kill"
+                                    ? absl::Seconds(std::min(limit_s, 20.0))
+                                    : absl::Seconds(limit_s);
+  const absl::Time deadline = absl::FromUnixNanos(st.injected) + window;
+  std::string survivor_error;
+  while (absl::Now() < deadline) {
+    const int64_t now = absl::ToUnixNanos(absl::Now());
+    if (st.detected == 0 || st.dead == 0) {
+      std::ifstream in(lab_->shared() + detect_out);
+      std::string what;
+      long long ns;
+      while (in >> what >> ns) {
+        if (st.detected == 0) {
+          st.detected = now;
+          st.detected_as = what;
+        }
+        if (what == "dead" && st.dead == 0) st.dead = now;
+      }
+    }
+    const std::string last = LastLine(survivor_out);
+    if (absl::StartsWith(last, "grant")) {
+      st.granted = now;
+      break;
+    }
+    if (absl::StartsWith(last, "error ")) {
+      survivor_error = last.substr(6);
+      break;
+    }
+    usleep(25000);
+  }
+  st.ended = absl::ToUnixNanos(absl::Now());
+  done = true;
+  watch.join();
+  st.holder_down = holder_down;
+  if (absl::StatusOr<std::vector<lab::LabEvent>> e = lab_->Events(); e.ok()) {
+    for (size_t i = events_before; i < e->size(); ++i) {
+      const lab::LabEvent& ev = (*e)[i];
+      st.events.push_back({ev.unix_ms, ev.event, ev.target, ev.rest});
+    }
+  }
+  json record = TrialRecord(st);
+  if (!survivor_error.empty()) record["survivor_error"] = survivor_error;
+  // 5. Back to a whole lab: the survivor lets go (the holder's node may be
+  // gone), every fault lifted, dead nodes restarted, every latchd running.
+  // (Each pattern's bracket keeps pkill from matching the shell running it.)
+  (void)lab_->Sh(kSurvivor, "pkill -f 'latchbench-node [h]old '; pkill -f '[w]hile :; do'; true");
+  // An owner or latchd killed harms no machine: no reset needed.
+  const bool machines_harmed = fault != "owner-kill" && fault != "latchd-kill";
+  if (absl::Status s = RestoreAfterFault(machines_harmed); !s.ok()) {
+    return absl::InternalError(absl::StrCat("after ", fault, ": ", s.message()));
+  }
+  return record;
+}
+
+absl::Status LabRunner::RestoreAfterFault(bool reset) {
+  if (reset) {
+    if (absl::Status s = lab_->Reset(); !s.ok()) return s;
+    clock_offsets_.clear();  // a restarted node's clock was set anew
+    clock_uncertainty_.clear();
+  }
+  for (int n = 1; n <= lab_->nodes(); ++n) {
+    (void)lab_->Sh(n, "pkill -f 'latchbench-node [h]old '; true");
+    int pid = 0;
+    for (const auto& [node, p] : latchds_) {
+      if (node == n) pid = p;
+    }
+    absl::StatusOr<ClusterLab::Result> alive =
+        lab_->Run(n, {"sh", "-c", absl::StrCat("kill -0 ", pid, " && latchctl --socket ", kSocket,
+                                               " status >/dev/null 2>&1")});
+    if (alive.ok() && alive->status == 0) continue;
+    fprintf(stderr, "latchbench: starting node%d's latchd again\n", n);
+    if (absl::Status s = StartLatchd(n); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace bench

@@ -75,6 +75,16 @@ class LabRunner {
                                                   const std::string& prefix, int resources,
                                                   bool hot, double seconds, uint64_t seed,
                                                   int hold_us);
+  // One failover trial (failover.h): node 2 holds `lease` exclusively on
+  // `backend` and `path`, node 3 waits for it, `fault` strikes node 2, and
+  // node 3's grant is awaited for `limit_s` (20 s at most for latchd-kill,
+  // where none is expected). Returns the trial's record (TrialRecord);
+  // afterwards the lab is reset (dead nodes restarted) and every latchd is
+  // running again. An error when the trial could not be set up, or when
+  // node 3 was granted the lease before the fault.
+  absl::StatusOr<nlohmann::json> Failover(const std::string& backend, const std::string& path,
+                                          const std::string& fault, const std::string& lease,
+                                          double limit_s);
   // Has `node` master the DLM resources `names` (an NL lock on each, held
   // until the runner ends).
   absl::Status MasterOn(int node, const std::vector<std::string>& names);
@@ -94,6 +104,12 @@ class LabRunner {
  private:
   LabRunner() = default;
   absl::Status Prepare(const LabSetup& setup);
+  // Starts (or starts again) node n's latchd and waits for its answer.
+  absl::Status StartLatchd(int n);
+  // `reset` (when `reset`: it also ends every command the lab started,
+  // latchd too), the trial's holders stopped, and every node's latchd
+  // started again where it is gone.
+  absl::Status RestoreAfterFault(bool reset);
   // The last line written so far to `out` (a path under /shared) by a
   // latchbench-node loop; "" while there is none.
   std::string LastLine(const std::string& out) const;

@@ -53,6 +53,7 @@
 #include "tools/latchbench/cost_counters.h"
 #include "tools/latchbench/cycle_paths.h"
 #include "tools/latchbench/environment.h"
+#include "tools/latchbench/failover.h"
 #include "tools/latchbench/lab_runner.h"
 #include "tools/latchbench/latchd_runner.h"
 #include "tools/latchbench/stats.h"
@@ -71,6 +72,8 @@ constexpr char kUsage[] = R"(usage: latchbench list
                       [--block-seconds=S] [--handoffs=N] [--handoff-hold-ms=MS]
                       [--contend-owners=1,2,4] [--contend-resources=K]
                       [--contend-hold-us=US] [--contend-seconds=S]
+                      [--failover-faults=node-kill,...] [--failover-runs=N]
+                      [--failover-limit=S]
                       [--seed=N] [--out=FILE] [--latchd=PATH]
                       [--plugin-path=DIR:DIR] [--max-run-spread=F]
          --lab        measure on node 1 of the cluster lab (started, or the running
@@ -98,6 +101,10 @@ constexpr ScenarioInfo kScenarios[] = {
     {"handoff",
      "(--lab) node1 and node2 take one lease exclusively in turn, each waiting for the other: "
      "the time from one node's release to the other's grant"},
+    {"failover",
+     "(--lab) node2 holds a lease through latchd, node3 waits for it, a fault strikes node2 "
+     "(node kill, freeze, cut, partition, storage stall, lock daemon kill, owner kill, latchd "
+     "kill): the time from the fault to node3's grant, split into detection and the rest"},
     {"contended",
      "N owners per node (on this host, or on every lab node at once) take one of K leases "
      "exclusively, waiting, hold it, release, for a fixed time; uniform and hot-spot picks: "
@@ -166,6 +173,9 @@ struct Options {
   int contend_resources = 4;                    // K leases
   int contend_hold_us = 0;  // each grant held this long (a lab node sleeps >= 10 ms)
   double contend_seconds = 5;                   // each contended block runs this long
+  std::vector<std::string> failover_faults;  // empty: every fault a backend supports
+  int failover_runs = 1;                     // trials per backend and fault
+  double failover_limit = 150;               // how long a survivor waits for its grant
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
@@ -648,6 +658,93 @@ int RunContendedLab(const Options& o, LabRunner& lab, json* results) {
       results);
 }
 
+// The failover scenario: every backend (not nop) × fault, through latchd,
+// `failover_runs` trials each; one result per backend and fault.
+int RunFailoverLab(const Options& o, LabRunner& lab, json* results) {
+  struct Cell {
+    std::string backend, fault;
+  };
+  std::vector<Cell> cells;
+  for (const std::string& b : o.backends) {
+    for (const std::string& f : FaultsFor(b)) {
+      if (!o.failover_faults.empty() &&
+          std::find(o.failover_faults.begin(), o.failover_faults.end(), f) ==
+              o.failover_faults.end()) {
+        continue;
+      }
+      cells.push_back({b, f});
+    }
+  }
+  const auto start = Clock::now();
+  const int total = static_cast<int>(cells.size()) * o.failover_runs;
+  int done = 0;
+  std::map<std::pair<std::string, std::string>, std::vector<json>> trials;
+  for (int run = 0; run < o.failover_runs; ++run) {
+    for (const Cell& c : cells) {
+      if (g_interrupted) return kInterrupted;
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      fprintf(stderr, "latchbench: failover %s %s, trial %d/%d (%d/%d done%s)\n",
+              c.backend.c_str(), c.fault.c_str(), run + 1, o.failover_runs, done, total,
+              done > 0 ? absl::StrFormat(", ETA %.0f s", elapsed / done * (total - done)).c_str()
+                       : "");
+      absl::StatusOr<json> t = lab.Failover(c.backend, "latchd", c.fault,
+                                            absl::StrCat("fo", o.seed, "-", c.backend),
+                                            o.failover_limit);
+      if (g_interrupted) return kInterrupted;
+      if (!t.ok()) {
+        fprintf(stderr, "latchbench: failover %s %s: %s\n", c.backend.c_str(), c.fault.c_str(),
+                t.status().ToString().c_str());
+        return kFailed;
+      }
+      fprintf(stderr, "latchbench: failover %s %s: %s%s\n", c.backend.c_str(), c.fault.c_str(),
+              (*t)["outcome"].get<std::string>().c_str(),
+              (*t)["grant_s"].is_number()
+                  ? absl::StrFormat(" after %.2f s", (*t)["grant_s"].get<double>()).c_str()
+                  : "");
+      trials[{c.backend, c.fault}].push_back(*t);
+      ++done;
+    }
+  }
+  for (const Cell& c : cells) {
+    const std::vector<json>& ts = trials[{c.backend, c.fault}];
+    json runs = json::array();
+    std::vector<double> grants;
+    std::vector<Summary> per_run;
+    int as_expected = 0;
+    for (const json& t : ts) {
+      std::vector<double> one;
+      if (t["grant_s"].is_number()) one.push_back(t["grant_s"].get<double>());
+      grants.insert(grants.end(), one.begin(), one.end());
+      if (!one.empty()) per_run.push_back(Summarize(one));
+      as_expected += t["as_expected"].get<bool>() ? 1 : 0;
+      runs.push_back({{"summary", SummaryJson(Summarize(one))}, {"samples", one}, {"trial", t}});
+    }
+    const Verdict v = JudgeRuns(per_run, o.max_run_spread);
+    std::string what;
+    for (int i = 0; i < kFaultCount; ++i) {
+      if (c.fault == kFaults[i].name) what = kFaults[i].what;
+    }
+    results->push_back(
+        {{"scenario", "failover"},
+         {"backend", c.backend},
+         {"path", "latchd"},
+         {"mode", "exclusive"},
+         {"placement", absl::StrCat("node2 holds, node3 waits; ", c.fault)},
+         {"metric", "failover_s"},
+         {"cycle", "the time from the fault (the lab's event for it, host clock) to node3's "
+                   "grant line as the host saw it (polled every 25 ms)"},
+         {"fault", c.fault},
+         {"fault_what", what},
+         {"expected", Expected(c.fault)},
+         {"trials", static_cast<int>(ts.size())},
+         {"as_expected", as_expected},
+         {"runs", runs},
+         {"summary", SummaryJson(Summarize(grants))},
+         {"verdict", {{"trusted", v.trusted}, {"relative", v.relative}, {"why", v.why}}}});
+  }
+  return kOk;
+}
+
 int Parse(int argc, char** argv, Options* o) {
   for (int i = 0; i < argc; ++i) o->argv.push_back(argv[i]);
   bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false,
@@ -719,6 +816,24 @@ int Parse(int argc, char** argv, Options* o) {
         return kUsageError;
       }
       contend_seconds_set = true;
+    } else if (value("--failover-faults")) {
+      o->failover_faults = absl::StrSplit(v, ',', absl::SkipEmpty());
+      for (const std::string& f : o->failover_faults) {
+        if (!KnownFault(f)) {
+          fprintf(stderr, "latchbench: unknown fault '%s' (latchbench list shows them)\n",
+                  f.c_str());
+          return kUsageError;
+        }
+      }
+    } else if (value("--failover-runs")) {
+      if (!whole("--failover-runs", 1, &o->failover_runs, 100)) return kUsageError;
+    } else if (value("--failover-limit")) {
+      if (!absl::SimpleAtod(v, &o->failover_limit) || !(o->failover_limit >= 5) ||
+          o->failover_limit > 3600) {
+        fprintf(stderr, "latchbench: --failover-limit must be a number of seconds from 5 to "
+                        "3600, not '%s'\n", std::string(v).c_str());
+        return kUsageError;
+      }
     } else if (value("--seed")) {
       if (!absl::SimpleAtoi(v, &o->seed)) {
         fprintf(stderr, "latchbench: --seed must be a whole number, not '%s'\n",
@@ -797,8 +912,9 @@ int Parse(int argc, char** argv, Options* o) {
               s.c_str());
       return kUsageError;
     }
-    if (s == "handoff" && !o->lab) {
-      fprintf(stderr, "latchbench: scenario 'handoff' runs between lab nodes: add --lab\n");
+    if ((s == "handoff" || s == "failover") && !o->lab) {
+      fprintf(stderr, "latchbench: scenario '%s' runs between lab nodes: add --lab\n",
+              s.c_str());
       return kUsageError;
     }
   }
@@ -832,6 +948,8 @@ int List() {
   printf("backends:\n");
   for (const BackendInfo& b : kBackends) printf("  %-12s needs %s\n", b.name, b.needs);
   printf("paths: raw (the raw API: posixfd, dlm), in-process (the plugin ABI), latchd\n");
+  printf("faults (failover; each backend gets those that apply to it):\n");
+  for (int i = 0; i < kFaultCount; ++i) printf("  %-13s %s\n", kFaults[i].name, kFaults[i].what);
   return kOk;
 }
 
@@ -858,7 +976,10 @@ int Run(const Options& o) {
                        {"contend_owners", o.contend_owners},
                        {"contend_resources", o.contend_resources},
                        {"contend_hold_us", o.contend_hold_us},
-                       {"contend_seconds", o.contend_seconds}};
+                       {"contend_seconds", o.contend_seconds},
+                       {"failover_faults", o.failover_faults},
+                       {"failover_runs", o.failover_runs},
+                       {"failover_limit_s", o.failover_limit}};
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
@@ -896,6 +1017,8 @@ int Run(const Options& o) {
       rc = RunHandoffLab(o, *lab, &results);
     } else if (s == "contended") {
       rc = o.lab ? RunContendedLab(o, *lab, &results) : RunContendedHost(o, host, &results);
+    } else if (s == "failover") {
+      rc = RunFailoverLab(o, *lab, &results);
     }
   }
   host.latchd.reset();  // stopped by its PID
@@ -932,6 +1055,7 @@ int Run(const Options& o) {
   printf("%-12s %-9s %-14s %-10s %-11s %9s %9s %9s %7s  %s\n", "scenario", "backend", "where",
          "path", "mode", "median_us", "p99_us", "max_us", "spread", "runs");
   for (const json& r : results) {
+    if (r["scenario"] == "failover") continue;  // seconds, below
     const json& s = r["summary"];
     std::string where = r["placement"].get<std::string>();
     where = where.substr(0, where.find(", lease")).substr(0, where.find(", lock"));
@@ -950,6 +1074,20 @@ int Run(const Options& o) {
            r["path"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
            1e6 * s["median"].get<double>(), 1e6 * s["p99"].get<double>(),
            1e6 * s["max"].get<double>(), s["spread"].get<double>(), why.c_str());
+  }
+  for (const json& r : results) {
+    if (r["scenario"] != "failover") continue;
+    for (const json& run : r["runs"]) {
+      const json& t = run["trial"];
+      const auto secs = [&](const char* k) {
+        return t[k].is_number() ? absl::StrFormat("%.2f s", t[k].get<double>()) : std::string("-");
+      };
+      printf("failover %-8s %-14s %-22s grant %-9s detection %-9s (%s)%s\n",
+             r["backend"].get<std::string>().c_str(), r["fault"].get<std::string>().c_str(),
+             t["outcome"].get<std::string>().c_str(), secs("grant_s").c_str(),
+             secs("detection_s").c_str(), t["detected_as"].get<std::string>().c_str(),
+             t["as_expected"].get<bool>() ? "" : "  NOT AS EXPECTED");
+    }
   }
   printf("load %.2f at the start, %.2f at the end; written to %s\n",
          doc["environment"]["load"][0].get<double>(), load[0], o.out.c_str());

@@ -25,6 +25,13 @@
 //       Writes "ready" to OUT once every path is made, waits for the file GO
 //       ("-": no wait), runs, then writes the tallies as one JSON line and
 //       "done", or "error MESSAGE". Raw posixfd locks --raw-file-K.
+//   latchbench-node hold BACKEND PATH LOCKSPACE LEASE WAIT_S OUT [options]
+//       Takes LEASE exclusively, waiting up to WAIT_S seconds, and holds it
+//       until killed or sent SIGTERM (then releases it). Writes "waiting NS"
+//       before asking and "grant NS" once granted (this node's
+//       CLOCK_REALTIME), each flushed at once, then "released" or
+//       "error MESSAGE". The failover scenario's holder and survivor
+//       (failover.h).
 //   latchbench-node hold-nl LOCKSPACE NAME...
 //       Holds a DLM NL lock on each NAME, so this node masters them, prints
 //       "holding", and keeps them until stdin closes or it is killed.
@@ -248,6 +255,48 @@ int Handoff(int argc, char** argv) {
   return finish("");
 }
 
+int Hold(int argc, char** argv) {
+  if (argc < 8) {
+    return Usage(absl::StrCat("hold BACKEND PATH LOCKSPACE LEASE WAIT_S OUT ", kFlagsUsage));
+  }
+  // OUT first: whoever waits for it learns of every failure, bad usage too.
+  FILE* out = fopen(argv[7], "w");
+  if (out == nullptr) return Fail(absl::StrCat(argv[7], ": ", strerror(errno)));
+  auto line = [&](const std::string& text) {
+    fprintf(out, "%s\n", text.c_str());
+    fflush(out);
+  };
+  auto fail = [&](const absl::Status& st) {
+    line("error " + std::string(st.message()));
+    fclose(out);
+    return Refuse(st);
+  };
+  const std::string backend = argv[2], path = argv[3], lockspace = argv[4], lease = argv[5];
+  int wait_s = 0;
+  if (!absl::SimpleAtoi(argv[6], &wait_s) || wait_s < 1 || wait_s > 3600) {
+    return fail(absl::InvalidArgumentError("WAIT_S must be 1 to 3600 seconds"));
+  }
+  Flags flags;
+  if (absl::Status st = ParseFlags(argc, argv, 8, &flags); !st.ok()) return fail(st);
+  std::unique_ptr<Backend> loaded;
+  absl::StatusOr<std::unique_ptr<CyclePath>> made =
+      MakePath(backend, path, lockspace, lease, flags, &loaded);
+  if (!made.ok()) return fail(made.status());
+  std::unique_ptr<CyclePath> p = std::move(*made);
+  line(absl::StrCat("waiting ", RealtimeNs()));
+  if (absl::Status st = p->AcquireWaiting(LockMode::kExclusive, absl::Seconds(wait_s)); !st.ok()) {
+    return fail(absl::InternalError(st.ToString()));
+  }
+  line(absl::StrCat("grant ", RealtimeNs()));
+  while (!g_stop) usleep(50000);  // (pause() could miss a signal before it)
+  const absl::Status st = p->Release();
+  p.reset();
+  if (!st.ok()) return fail(absl::InternalError("release: " + st.ToString()));
+  line("released");
+  fclose(out);
+  return 0;
+}
+
 int Contend(int argc, char** argv) {
   if (argc < 14) {
     return Usage(absl::StrCat("contend BACKEND PATH LOCKSPACE PREFIX RESOURCES OWNERS SECONDS "
@@ -354,10 +403,11 @@ int main(int argc, char** argv) {
   if (cmd == "cycles") return Cycles(argc, argv);
   if (cmd == "hold-nl") return HoldNl(argc, argv);
   if (cmd == "handoff") return Handoff(argc, argv);
+  if (cmd == "hold") return Hold(argc, argv);
   if (cmd == "contend") return Contend(argc, argv);
   if (cmd == "clock-serve") return ClockServe(argc, argv);
   if (cmd == "clock-probe") return ClockProbe(argc, argv);
   return Usage(
-      "usage: latchbench-node cycles ... | handoff ... | contend ... | hold-nl LOCKSPACE NAME... | "
+      "usage: latchbench-node cycles ... | handoff ... | hold ... | contend ... | hold-nl LOCKSPACE NAME... | "
       "clock-serve PORT | clock-probe ADDRESS PORT PROBES (see the source)");
 }
