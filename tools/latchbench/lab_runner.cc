@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -170,6 +172,7 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
       {"corosync_token_ms",
        token.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*token), &token_ms) ? token_ms
                                                                                      : -1},
+      {"nfs_lease_s", lab::ClusterLabOptions().nfs_lease_seconds},
       {"sanlock",
        {{"lockspace", absl::StrCat(kSanlockLockspace, ":", kLeaseLun, ":", kSanlockLockspaceOffset)},
         {"lease_area", absl::StrCat(kLeaseLun, ":", kSanlockArea)},
@@ -708,6 +711,153 @@ absl::Status LabRunner::RestoreAfterFault(bool reset) {
     if (absl::Status s = StartLatchd(n); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<json> LabRunner::Scale(const std::string& backend, int locks,
+                                      const std::string& prefix) {
+  constexpr int kNode = 1;
+  const std::string ctl = absl::StrCat("latchctl --socket ", kSocket, " ");
+  // What the node holds in memory: latchd's and the lock daemon's resident
+  // set and open files, and the kernel DLM's lock and resource objects.
+  const std::string memory = absl::StrCat(
+      "p=$(pidof latchd | cut -d' ' -f1); s=$(pidof sanlock | cut -d' ' -f1); "
+      "echo latchd_rss_kib $(awk '/^VmRSS/{print $2}' /proc/$p/status); "
+      "echo latchd_fds $(ls /proc/$p/fd | wc -l); "
+      "[ -n \"$s\" ] && echo sanlock_rss_kib $(awk '/^VmRSS/{print $2}' /proc/$s/status); "
+      "awk '$1==\"dlm_lkb\"||$1==\"dlm_rsb\"{print $1\"_objects\", $2}' /proc/slabinfo "
+      "2>/dev/null; true");
+  const auto read_memory = [&]() -> json {
+    json m = json::object();
+    absl::StatusOr<std::string> out = lab_->Sh(kNode, memory);
+    if (!out.ok()) return m;
+    for (absl::string_view line : absl::StrSplit(*out, '\n', absl::SkipEmpty())) {
+      std::vector<std::string> kv = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      int64_t v = 0;
+      if (kv.size() == 2 && absl::SimpleAtoi(kv[1], &v)) m[kv[0]] = v;
+    }
+    return m;
+  };
+  json r = {{"backend", backend}, {"locks", locks}, {"node", "node1"}, {"path", "latchd"}};
+  // The owner: a process of its own, policy ignore (this is about locks).
+  const std::string uuid = absl::StrCat("5ca1e000-0000-4000-8000-", absl::StrFormat("%012d", locks));
+  absl::StatusOr<std::string> owner = lab_->Sh(
+      kNode, absl::StrCat("sleep 1000000 >/dev/null 2>&1 </dev/null & echo $!; ", ctl,
+                          "register --owner latchbench-scale --uuid ", uuid,
+                          " --pid $! --policy ignore >/dev/null"));
+  if (!owner.ok()) return owner.status();
+  const std::string owner_pid(absl::StripAsciiWhitespace(*owner));
+  r["memory_before"] = read_memory();
+  // Take: requests of 500 leases (a request line is at most 64 KiB), timed
+  // in the node; the first refusal ends it and is recorded.
+  absl::StatusOr<ClusterLab::Result> take = lab_->Run(
+      kNode,
+      {"/bin/sh", "-c",
+       absl::StrCat("t0=$(date +%s%N); i=0; while [ $i -lt ", locks, " ]; do args=; j=0; "
+                    "while [ $j -lt 500 ] && [ $i -lt ", locks, " ]; do args=\"$args --lease ",
+                    prefix, "-$i\"; i=$((i+1)); j=$((j+1)); done; ", ctl, "acquire --backend ",
+                    backend, " --lockspace ", Lockspace(backend), " $args --uuid ", uuid,
+                    " >/dev/null || { echo \"failed $i\"; exit 1; }; done; "
+                    "echo took $(( $(date +%s%N) - t0 ))")},
+      absl::Minutes(30));
+  if (!take.ok()) return take.status();
+  int64_t ns = 0;
+  absl::string_view took = absl::StripAsciiWhitespace(take->out);
+  if (take->status != 0 || !absl::ConsumePrefix(&took, "took ") ||
+      !absl::SimpleAtoi(took, &ns)) {
+    r["outcome"] = absl::StrCat("taking them failed (", absl::StripAsciiWhitespace(take->out),
+                                " of ", locks, "): ",
+                                absl::StripAsciiWhitespace(take->err).substr(0, 400));
+    r["take_s"] = nullptr;
+  } else {
+    r["take_s"] = ns / 1e9;
+    r["outcome"] = "held";
+  }
+  r["memory_held"] = read_memory();
+  // Adopt: latchd killed -9 and started again; its log says how long
+  // adopting took and how many it adopted.
+  if (r["outcome"] == "held") {
+    const std::string log = absl::StrCat("/shared/node", kNode, "/latchbench-latchd.log");
+    if (absl::Status s = lab_->Sh(kNode, "kill -9 $(pidof latchd); sleep 0.3").status(); !s.ok()) {
+      return s;
+    }
+    const absl::Time t0 = absl::Now();
+    if (absl::Status s = StartLatchd(kNode); !s.ok()) return s;
+    r["restart_to_answer_s"] = absl::ToDoubleSeconds(absl::Now() - t0);
+    absl::StatusOr<std::string> line =
+        lab_->Sh(kNode, absl::StrCat("grep 'adopted .* locks of' ", log, " | tail -1"));
+    if (line.ok()) {
+      r["adopt_log"] = std::string(absl::StripAsciiWhitespace(*line));
+      // "... adopted L locks of O owners (B backend names) in MS ms"
+      std::vector<std::string> w = absl::StrSplit(r["adopt_log"].get<std::string>(), ' ');
+      for (size_t i = 0; i + 1 < w.size(); ++i) {
+        int64_t v = 0;
+        if (w[i] == "adopted" && absl::SimpleAtoi(w[i + 1], &v)) r["adopted_locks"] = v;
+        if (w[i] == "in" && i + 2 < w.size() && w[i + 2] == "ms" && absl::SimpleAtoi(w[i + 1], &v)) {
+          r["adopt_s"] = v / 1e3;
+        }
+      }
+    }
+    r["memory_adopted"] = read_memory();
+  }
+  // Release: the owner unregistered (every lock released), timed in the node.
+  absl::StatusOr<ClusterLab::Result> rel = lab_->Run(
+      kNode, {"/bin/sh", "-c",
+              absl::StrCat("t0=$(date +%s%N); ", ctl, "unregister --uuid ", uuid,
+                           " >/dev/null || exit 1; echo $(( $(date +%s%N) - t0 )); kill ",
+                           owner_pid)},
+      absl::Minutes(30));
+  if (rel.ok() && rel->status == 0 &&
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(rel->out), &ns)) {
+    r["release_s"] = ns / 1e9;
+  } else {
+    r["release_s"] = nullptr;
+    r["release_error"] = rel.ok() ? std::string(absl::StripAsciiWhitespace(rel->err))
+                                  : rel.status().ToString();
+    (void)lab_->Sh(kNode, absl::StrCat("kill ", owner_pid, " 2>/dev/null; true"));
+  }
+  r["memory_after"] = read_memory();
+  if (backend == "sanlock") {
+    // Their slots freed again, for the scenarios after this one.
+    absl::StatusOr<ClusterLab::Result> clean = lab_->Run(
+        kNode, {"/bin/sh", "-c",
+                absl::StrCat("i=0; while [ $i -lt ", locks, " ]; do ", ctl,
+                             "leases-clean --lockspace ", kSanlockLockspace, " --remove ", prefix,
+                             "-$i >/dev/null 2>&1; i=$((i+1)); done")},  // (some never made)
+        absl::Minutes(10));
+    if (!clean.ok()) return clean.status();
+    if (clean->status != 0) {
+      return absl::InternalError(absl::StrCat("freeing the scale leases' slots: ", clean->err));
+    }
+  }
+  return r;
+}
+
+absl::StatusOr<int> LabRunner::SanlockFreeSlots() {
+  absl::StatusOr<ClusterLab::Result> l = lab_->Run(
+      1, {"/shared/bin/latchctl", "--socket", kSocket, "leases", "--lockspace", kSanlockLockspace,
+          "--json"});
+  if (!l.ok()) return l.status();
+  json j = json::parse(l->out, nullptr, false);
+  if (l->status != 0 || j.is_discarded()) {
+    return absl::InternalError(absl::StrCat("latchctl leases: ", l->err, l->out.substr(0, 200)));
+  }
+  // The area's free slots, wherever the document keeps them.
+  int free = -1;
+  std::function<void(const json&)> find = [&](const json& v) {
+    if (v.is_object()) {
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        if (it.key() == "free" && it->is_number_integer()) {
+          free = it->get<int>();
+        }
+        find(*it);
+      }
+    } else if (v.is_array()) {
+      for (const json& e : v) find(e);
+    }
+  };
+  find(j);
+  if (free < 0) return absl::InternalError("latchctl leases --json names no free slots");
+  return free;
 }
 
 }  // namespace bench

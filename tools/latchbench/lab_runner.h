@@ -85,6 +85,18 @@ class LabRunner {
   absl::StatusOr<nlohmann::json> Failover(const std::string& backend, const std::string& path,
                                           const std::string& fault, const std::string& lease,
                                           double limit_s);
+  // The scale scenario on node 1 through latchd: one owner takes `locks`
+  // exclusive leases PREFIX-0.. on `backend` (requests of 500), latchd is
+  // killed -9 and started again (it adopts them), the owner is
+  // unregistered (they are released). Times (in the node), latchd's
+  // adoption line, and memory before, holding, adopted and after (latchd's
+  // and sanlock's resident set, latchd's open files, the kernel DLM's lock
+  // and resource objects). A refusal while taking them is recorded in
+  // "outcome", not returned as an error.
+  absl::StatusOr<nlohmann::json> Scale(const std::string& backend, int locks,
+                                       const std::string& prefix);
+  // The free slots of latchbench's sanlock lease area (latchctl leases).
+  absl::StatusOr<int> SanlockFreeSlots();
   // Has `node` master the DLM resources `names` (an NL lock on each, held
   // until the runner ends).
   absl::Status MasterOn(int node, const std::vector<std::string>& names);

@@ -72,8 +72,8 @@ constexpr char kUsage[] = R"(usage: latchbench list
                       [--block-seconds=S] [--handoffs=N] [--handoff-hold-ms=MS]
                       [--contend-owners=1,2,4] [--contend-resources=K]
                       [--contend-hold-us=US] [--contend-seconds=S]
-                      [--failover-faults=node-kill,...] [--failover-runs=N]
-                      [--failover-limit=S]
+                      [--failover-faults=FAULT|BACKEND:FAULT,...] [--failover-runs=N]
+                      [--failover-limit=S] [--scale-locks=1000,10000]
                       [--seed=N] [--out=FILE] [--latchd=PATH]
                       [--plugin-path=DIR:DIR] [--max-run-spread=F]
          --lab        measure on node 1 of the cluster lab (started, or the running
@@ -105,6 +105,10 @@ constexpr ScenarioInfo kScenarios[] = {
      "(--lab) node2 holds a lease through latchd, node3 waits for it, a fault strikes node2 "
      "(node kill, freeze, cut, partition, storage stall, lock daemon kill, owner kill, latchd "
      "kill): the time from the fault to node3's grant, split into detection and the rest"},
+    {"scale",
+     "(--lab) one owner on node1 takes N leases through latchd (--scale-locks), latchd is "
+     "killed -9 and adopts them, the owner goes and they are released: the time of each "
+     "step and the memory held (latchd, sanlock, the kernel DLM); what fits in sanlock's area"},
     {"contended",
      "N owners per node (on this host, or on every lab node at once) take one of K leases "
      "exclusively, waiting, hold it, release, for a fixed time; uniform and hot-spot picks: "
@@ -176,6 +180,7 @@ struct Options {
   std::vector<std::string> failover_faults;  // empty: every fault a backend supports
   int failover_runs = 1;                     // trials per backend and fault
   double failover_limit = 150;               // how long a survivor waits for its grant
+  std::vector<int> scale_locks = {1000, 10000};  // the scale scenario's sizes
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
@@ -667,8 +672,11 @@ int RunFailoverLab(const Options& o, LabRunner& lab, json* results) {
   std::vector<Cell> cells;
   for (const std::string& b : o.backends) {
     for (const std::string& f : FaultsFor(b)) {
+      // --failover-faults: FAULT (every backend) or BACKEND:FAULT.
       if (!o.failover_faults.empty() &&
           std::find(o.failover_faults.begin(), o.failover_faults.end(), f) ==
+              o.failover_faults.end() &&
+          std::find(o.failover_faults.begin(), o.failover_faults.end(), b + ":" + f) ==
               o.failover_faults.end()) {
         continue;
       }
@@ -745,6 +753,65 @@ int RunFailoverLab(const Options& o, LabRunner& lab, json* results) {
   return kOk;
 }
 
+// The scale scenario on node 1: every backend at every size that fits.
+int RunScaleLab(const Options& o, LabRunner& lab, json* results) {
+  for (const std::string& b : o.backends) {
+    std::vector<int> sizes = o.scale_locks;
+    int free = -1;
+    if (b == "sanlock") {
+      absl::StatusOr<int> f = lab.SanlockFreeSlots();
+      if (!f.ok()) {
+        fprintf(stderr, "latchbench: scale sanlock: %s\n", f.status().ToString().c_str());
+        return kFailed;
+      }
+      free = *f;
+      // What fits: every free slot, once, when a size asked for does not.
+      if (std::any_of(sizes.begin(), sizes.end(), [&](int n) { return n > free; }) && free > 0 &&
+          std::find(sizes.begin(), sizes.end(), free) == sizes.end()) {
+        sizes.push_back(free);
+      }
+    }
+    for (int n : sizes) {
+      if (g_interrupted) return kInterrupted;
+      json r;
+      if (free >= 0 && n > free) {
+        r = {{"backend", b}, {"locks", n}, {"node", "node1"}, {"path", "latchd"},
+             {"take_s", nullptr},
+             {"outcome", absl::StrFormat(
+                  "does not fit: %d leases need %d MiB of lease area on 512-byte storage "
+                  "(%d MiB on 4K storage); latchbench's area has %d free slots of 1 MiB",
+                  n, n, 8 * n, free)}};
+      } else {
+        fprintf(stderr, "latchbench: scale %s, %d locks...\n", b.c_str(), n);
+        absl::StatusOr<json> got = lab.Scale(b, n, absl::StrCat("sc", o.seed, "-", n));
+        if (!got.ok()) {
+          fprintf(stderr, "latchbench: scale %s %d: %s\n", b.c_str(), n,
+                  got.status().ToString().c_str());
+          return kFailed;
+        }
+        r = *got;
+      }
+      fprintf(stderr, "latchbench: scale %s %d: %s\n", b.c_str(), n,
+              r["outcome"].get<std::string>().c_str());
+      std::vector<double> one;
+      if (r["take_s"].is_number()) one.push_back(r["take_s"].get<double>());
+      const Summary sm = Summarize(one);
+      r["scenario"] = "scale";
+      r["mode"] = "exclusive";
+      r["placement"] = absl::StrCat("node1; ", n, " locks");
+      r["metric"] = "take_s";
+      r["cycle"] = "one owner takes N exclusive leases through latchd in requests of 500 "
+                   "(latchctl acquire), timed in the node";
+      r["runs"] = json::array({{{"summary", SummaryJson(sm)}, {"samples", one}}});
+      r["summary"] = SummaryJson(sm);
+      r["verdict"] = {{"trusted", true}, {"relative", 0.0},
+                      {"why", "one run: its spread between runs is unknown"}};
+      results->push_back(r);
+    }
+  }
+  return kOk;
+}
+
 int Parse(int argc, char** argv, Options* o) {
   for (int i = 0; i < argc; ++i) o->argv.push_back(argv[i]);
   bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false,
@@ -816,9 +883,21 @@ int Parse(int argc, char** argv, Options* o) {
         return kUsageError;
       }
       contend_seconds_set = true;
+    } else if (value("--scale-locks")) {
+      o->scale_locks.clear();
+      for (absl::string_view n : absl::StrSplit(v, ',')) {
+        int k = 0;
+        if (!absl::SimpleAtoi(n, &k) || k < 1 || k > 1000000) {
+          fprintf(stderr, "latchbench: --scale-locks takes numbers from 1 to 1000000, not "
+                          "'%s'\n", std::string(v).c_str());
+          return kUsageError;
+        }
+        o->scale_locks.push_back(k);
+      }
     } else if (value("--failover-faults")) {
       o->failover_faults = absl::StrSplit(v, ',', absl::SkipEmpty());
-      for (const std::string& f : o->failover_faults) {
+      for (const std::string& entry : o->failover_faults) {
+        const std::string f = entry.substr(entry.find(':') + 1);  // BACKEND:FAULT or FAULT
         if (!KnownFault(f)) {
           fprintf(stderr, "latchbench: unknown fault '%s' (latchbench list shows them)\n",
                   f.c_str());
@@ -912,7 +991,7 @@ int Parse(int argc, char** argv, Options* o) {
               s.c_str());
       return kUsageError;
     }
-    if ((s == "handoff" || s == "failover") && !o->lab) {
+    if ((s == "handoff" || s == "failover" || s == "scale") && !o->lab) {
       fprintf(stderr, "latchbench: scenario '%s' runs between lab nodes: add --lab\n",
               s.c_str());
       return kUsageError;
@@ -979,7 +1058,8 @@ int Run(const Options& o) {
                        {"contend_seconds", o.contend_seconds},
                        {"failover_faults", o.failover_faults},
                        {"failover_runs", o.failover_runs},
-                       {"failover_limit_s", o.failover_limit}};
+                       {"failover_limit_s", o.failover_limit},
+                       {"scale_locks", o.scale_locks}};
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
@@ -1019,6 +1099,8 @@ int Run(const Options& o) {
       rc = o.lab ? RunContendedLab(o, *lab, &results) : RunContendedHost(o, host, &results);
     } else if (s == "failover") {
       rc = RunFailoverLab(o, *lab, &results);
+    } else if (s == "scale") {
+      rc = RunScaleLab(o, *lab, &results);
     }
   }
   host.latchd.reset();  // stopped by its PID
@@ -1055,7 +1137,7 @@ int Run(const Options& o) {
   printf("%-12s %-9s %-14s %-10s %-11s %9s %9s %9s %7s  %s\n", "scenario", "backend", "where",
          "path", "mode", "median_us", "p99_us", "max_us", "spread", "runs");
   for (const json& r : results) {
-    if (r["scenario"] == "failover") continue;  // seconds, below
+    if (r["scenario"] == "failover" || r["scenario"] == "scale") continue;  // below
     const json& s = r["summary"];
     std::string where = r["placement"].get<std::string>();
     where = where.substr(0, where.find(", lease")).substr(0, where.find(", lock"));
@@ -1088,6 +1170,20 @@ int Run(const Options& o) {
              secs("detection_s").c_str(), t["detected_as"].get<std::string>().c_str(),
              t["as_expected"].get<bool>() ? "" : "  NOT AS EXPECTED");
     }
+  }
+  for (const json& r : results) {
+    if (r["scenario"] != "scale") continue;
+    const auto secs = [&](const char* k) {
+      return r.contains(k) && r[k].is_number() ? absl::StrFormat("%.2f s", r[k].get<double>())
+                                               : std::string("-");
+    };
+    const json held = r.value("memory_held", json::object());
+    printf("scale    %-8s %7d locks: take %-9s adopt %-9s release %-9s latchd %s KiB  %s\n",
+           r["backend"].get<std::string>().c_str(), r["locks"].get<int>(), secs("take_s").c_str(),
+           secs("adopt_s").c_str(), secs("release_s").c_str(),
+           held.contains("latchd_rss_kib") ? absl::StrCat(held["latchd_rss_kib"].get<int64_t>()).c_str()
+                                           : "-",
+           r["outcome"].get<std::string>().c_str());
   }
   printf("load %.2f at the start, %.2f at the end; written to %s\n",
          doc["environment"]["load"][0].get<double>(), load[0], o.out.c_str());

@@ -35,7 +35,9 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   const std::string out = Tmp() + "/lab.json";
   const std::string cmd =
       absl::StrCat(latchkey::lab::Runfile("tools/latchbench/latchbench"),
-                   " run --lab --backends=dlm,sanlock,posixfd,nop --scenarios=uncontended,handoff,contended "
+                   " run --lab --backends=dlm,sanlock,posixfd,nop "
+                   "--scenarios=uncontended,handoff,contended,scale,failover "
+                   "--scale-locks=100 --failover-faults=owner-kill,dlm:node-kill,dlm:latchd-kill "
                    "--contend-owners=1 --contend-resources=2 --contend-seconds=3 "
                    "--runs=1 --cycles=5 --warmup=1 --block-seconds=2 --handoffs=6 "
                    "--handoff-hold-ms=5 --out=",
@@ -74,6 +76,8 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   std::map<std::string, std::set<std::string>> seen;
   std::map<std::string, std::set<std::string>> handoffs;  // backend: paths
   std::map<std::string, std::set<std::string>> contended;  // backend: path/distribution
+  std::map<std::string, std::set<int>> scale;               // backend: locks
+  std::set<std::string> failovers;                          // backend:fault
   for (const json& r : doc["results"]) {
     if (r["scenario"] == "handoff") {
       EXPECT_EQ(r["metric"], "handoff_seconds");
@@ -109,6 +113,54 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
       EXPECT_EQ(run["samples"].size(), static_cast<size_t>(grants));
       contended[r["backend"].get<std::string>()].insert(
           absl::StrCat(r["path"].get<std::string>(), "/", r["distribution"].get<std::string>()));
+      continue;
+    }
+    if (r["scenario"] == "scale") {
+      const std::string b = r["backend"].get<std::string>();
+      scale[b].insert(r["locks"].get<int>());
+      if (b == "sanlock" && r["locks"] == 100) {
+        // The lease area holds 62: 100 do not fit, and latchbench says so.
+        EXPECT_THAT(r["outcome"].get<std::string>(), HasSubstr("does not fit")) << r.dump();
+        continue;
+      }
+      EXPECT_EQ(r["outcome"], "held") << r.dump();
+      EXPECT_GT(r["take_s"].get<double>(), 0) << b;
+      EXPECT_EQ(r["adopted_locks"].get<int>(), r["locks"].get<int>()) << r["adopt_log"];
+      EXPECT_GE(r["adopt_s"].get<double>(), 0) << b;
+      EXPECT_GT(r["release_s"].get<double>(), 0) << b;
+      EXPECT_GT(r["memory_held"]["latchd_rss_kib"].get<int64_t>(), 0) << b;
+      if (b == "dlm") {
+        // The kernel holds at least the owner's locks while they are held.
+        EXPECT_GE(r["memory_held"]["dlm_lkb_objects"].get<int64_t>(), 100) << r.dump();
+      }
+      continue;
+    }
+    if (r["scenario"] == "failover") {
+      const std::string b = r["backend"].get<std::string>();
+      const std::string f = r["fault"].get<std::string>();
+      failovers.insert(b + ":" + f);
+      ASSERT_EQ(r["runs"].size(), 1u);
+      const json& t = r["runs"][0]["trial"];
+      // Every trial ends as a correct stack must: the survivor granted
+      // after the owner or its node is gone, never while latchd's owner
+      // lives on.
+      EXPECT_TRUE(t["as_expected"].get<bool>()) << t.dump();
+      if (f == "latchd-kill") {
+        EXPECT_EQ(t["outcome"], "kept") << t.dump();
+        continue;
+      }
+      EXPECT_EQ(t["outcome"], "granted") << t.dump();
+      EXPECT_GT(t["grant_s"].get<double>(), 0) << t.dump();
+      EXPECT_LT(t["grant_s"].get<double>(), 150) << t.dump();
+      if (f == "node-kill") {
+        // The DLM: corosync saw node2 leave, the lab fenced it, then node3
+        // was granted.
+        EXPECT_EQ(t["detected_as"], "left") << t.dump();
+        EXPECT_LE(t["detection_s"].get<double>(), t["grant_s"].get<double>()) << t.dump();
+        bool fenced = false;
+        for (const json& e : t["events"]) fenced = fenced || e["event"] == "fence";
+        EXPECT_TRUE(fenced) << t.dump();
+      }
       continue;
     }
     EXPECT_EQ(r["scenario"], "uncontended");
@@ -169,6 +221,15 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   EXPECT_EQ(contended["sanlock"].size(), 4u);
   EXPECT_EQ(contended["nop"].size(), 4u);
   EXPECT_EQ(contended["dlm"].count("raw/hot"), 1u);
+  // Scale: 100 locks on each backend; sanlock also at its free slots.
+  for (const char* b : {"dlm", "posixfd", "nop"}) {
+    EXPECT_EQ(scale[b], std::set<int>{100}) << b;
+  }
+  EXPECT_EQ(scale["sanlock"].size(), 2u);
+  // Failover: owner-kill everywhere, node-kill and latchd-kill on the DLM.
+  EXPECT_EQ(failovers, (std::set<std::string>{"dlm:owner-kill", "sanlock:owner-kill",
+                                              "posixfd:owner-kill", "dlm:node-kill",
+                                              "dlm:latchd-kill"}));
 
   // Nothing of latchbench's left in the nodes: no latchd or NL holder, and
   // no sanlock daemon still in its lockspace (a later storage fault would

@@ -94,6 +94,8 @@ def scale_of(metric):
     """(factor, unit) for showing a metric."""
     if metric.endswith("_seconds"):
         return 1e6, "µs"
+    if metric.endswith("_s"):  # failover: seconds
+        return 1.0, "s"
     return 1.0, ""
 
 
@@ -530,6 +532,184 @@ def throughput_figure(figs, docs, scenario):
     return [figs.save(fig, f"throughput-{scenario}", f"{scenario}: grants per second")]
 
 
+def failover_trials(doc):
+    """Every failover trial of a document: (result, trial)."""
+    out = []
+    for r in doc["results"]:
+        if r["scenario"] != "failover":
+            continue
+        for run in r.get("runs", []):
+            t = run.get("trial") if isinstance(run, dict) else None
+            if isinstance(t, dict):
+                out.append((r, t))
+    return out
+
+
+def secs(v):
+    return f"{v:.2f} s" if isinstance(v, (int, float)) else "–"
+
+
+def failover_table(doc):
+    """One row per failover trial: the fault, what was expected and what
+    happened, and the timeline's parts."""
+    rows = []
+    for r, t in failover_trials(doc):
+        ok = t.get("as_expected", False)
+        cls = "" if ok else " class='noisy'"
+        events = "; ".join(f"{e.get('event')} {e.get('target')} at {e.get('at_s', 0):.1f} s"
+                           f"{' (' + e['rest'] + ')' if e.get('rest') else ''}"
+                           for e in t.get("events", [])[1:])
+        rows.append(
+            f"<tr{cls}><td>{esc(r['backend'])}</td><td>{esc(t.get('fault', ''))}</td>"
+            f"<td>{esc(t.get('expected', ''))}</td><td>{esc(t.get('outcome', ''))}"
+            f"{'' if ok else ' (NOT AS EXPECTED)'}</td>"
+            f"<td>{secs(t.get('detection_s'))} {esc(t.get('detected_as', ''))}</td>"
+            f"<td>{secs(t.get('grant_after_detection_s'))}</td><td>{secs(t.get('grant_s'))}</td>"
+            f"<td>{secs(t.get('holder_down_s'))}</td><td>{esc(events)}</td></tr>")
+    if not rows:
+        return ""
+    lab = doc.get("lab", {})
+    san = lab.get("sanlock", {}) if isinstance(lab, dict) else {}
+    return ("<h3>Failover</h3><p>Node 2 holds a lease through latchd, node 3 waits for it, and "
+            "a fault strikes node 2. Times are seconds after the fault took effect, on the "
+            "host's clock: <i>detection</i> is when node 3 saw the holder fail (DLM: corosync "
+            "membership; sanlock: the holder's host lease FAIL; posixfd: nothing to see), "
+            "<i>then grant</i> the rest (fencing, recovery, lease expiry, the grant itself), "
+            "<i>holder down</i> when the host saw node 2's machine dead (the lab's status, "
+            "looked at about once a second: coarse). Timeouts: corosync token "
+            f"{esc(lab.get('corosync_token_ms', '?') if isinstance(lab, dict) else '?')} ms, "
+            f"sanlock io_timeout {esc(san.get('io_timeout_s', '?'))} s, NFS lease "
+            f"{esc(lab.get('nfs_lease_s', '?') if isinstance(lab, dict) else '?')} s.</p>"
+            "<table><tr><th>backend</th><th>fault</th><th>expected</th><th>outcome</th>"
+            "<th>detection</th><th>then grant</th><th>grant</th><th>holder down</th>"
+            "<th>the lab's events</th></tr>" + "".join(rows) + "</table>")
+
+
+def failover_figure(figs, docs, scenario):
+    """The failover timelines: one bar per trial, detection then the rest
+    up to the grant; a trial without a grant is a hatched bar over its
+    whole window."""
+    if scenario != "failover":
+        return []
+    import matplotlib.pyplot as plt
+    bars = []
+    for di, d in enumerate(docs):
+        for r, t in failover_trials(d):
+            bars.append((di, r["backend"], t))
+    if not bars:
+        return []
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(bars) + 1.5))
+    labels = []
+    for y, (di, be, t) in enumerate(bars):
+        det, grant = t.get("detection_s"), t.get("grant_s")
+        alpha = 1.0 if di == 0 else 0.55
+        if isinstance(grant, (int, float)):
+            if isinstance(det, (int, float)) and det <= grant:
+                ax.barh(y, det, color="#f0a030", alpha=alpha)
+                ax.barh(y, grant - det, left=det, color="#3070c0", alpha=alpha)
+            else:
+                ax.barh(y, grant, color="#3070c0", alpha=alpha)
+        else:
+            window = t.get("window_s") or t.get("limit_s") or 0
+            ax.barh(y, window, color="#dddddd", hatch="//", edgecolor="#888888", alpha=alpha)
+        for e in t.get("events", [])[1:]:
+            if e.get("event") == "fence":
+                ax.plot(e.get("at_s", 0), y, marker="x", color="black")
+        labels.append(f"{'AB'[di] + ': ' if len(docs) > 1 else ''}{be}, {t.get('fault', '')}: "
+                      f"{t.get('outcome', '')}")
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds after the fault (host clock)")
+    ax.set_title("failover: detection (orange), then fencing/recovery/grant (blue); "
+                 "x: a fence; hatched: no grant in the window", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    return [figs.save(fig, "failover-timelines", "failover: timelines per backend and fault")]
+
+
+def scale_results(doc):
+    return [r for r in doc["results"] if r["scenario"] == "scale"]
+
+
+def scale_table(doc):
+    """One row per backend and number of locks: the steps' times and the
+    memory held."""
+    rows = []
+    for r in scale_results(doc):
+        held = r.get("memory_held") or {}
+        before = r.get("memory_before") or {}
+
+        def mem(k, m=held):
+            return f"{m[k]:,}" if isinstance(m.get(k), int) else "–"
+        grown = (f"{held['latchd_rss_kib'] - before['latchd_rss_kib']:,}"
+                 if isinstance(held.get("latchd_rss_kib"), int)
+                 and isinstance(before.get("latchd_rss_kib"), int) else "–")
+        ok = r.get("outcome") == "held"
+        cls = "" if ok else " class='noisy'"
+        rows.append(
+            f"<tr{cls}><td>{esc(r['backend'])}</td><td>{r.get('locks', '')}</td>"
+            f"<td>{esc(r.get('outcome', ''))}</td><td>{secs(r.get('take_s'))}</td>"
+            f"<td>{secs(r.get('adopt_s'))}</td><td>{secs(r.get('restart_to_answer_s'))}</td>"
+            f"<td>{secs(r.get('release_s'))}</td><td>{mem('latchd_rss_kib')} (+{grown})</td>"
+            f"<td>{mem('latchd_fds')}</td><td>{mem('sanlock_rss_kib')}</td>"
+            f"<td>{mem('dlm_lkb_objects')} / {mem('dlm_rsb_objects')}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Scale</h3><p>One owner on node 1 takes N exclusive leases through latchd "
+            "(requests of 500), latchd is killed -9 and started again (<i>adopt</i>: what its "
+            "log says adoption took; <i>restart</i>: from starting it to its first answer), "
+            "and the owner is unregistered (<i>release</i>). Memory while holding them: "
+            "latchd's resident set (KiB, and its growth), its open files, sanlock's resident "
+            "set, the kernel DLM's lock / resource objects in the slab (the whole node's). "
+            "Red: not every lock was taken.</p><table><tr><th>backend</th><th>locks</th>"
+            "<th>outcome</th><th>take</th><th>adopt</th><th>restart</th><th>release</th>"
+            "<th>latchd RSS KiB</th><th>latchd files</th><th>sanlock RSS KiB</th>"
+            "<th>DLM lkb / rsb</th></tr>" + "".join(rows) + "</table>")
+
+
+def scale_figure(figs, docs, scenario):
+    """Time to take, adopt and release against the number of locks, and
+    latchd's resident set while holding them."""
+    if scenario != "scale":
+        return []
+    import matplotlib.pyplot as plt
+    series = {}
+    for di, d in enumerate(docs):
+        for r in scale_results(d):
+            if r.get("outcome") != "held":
+                continue
+            series.setdefault((di, r["backend"]), []).append(r)
+    if not series:
+        return []
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    marks = {"take_s": "o-", "adopt_s": "s--", "release_s": "^:"}
+    for (di, be), rs in sorted(series.items()):
+        rs.sort(key=lambda r: r["locks"])
+        alpha = 1.0 if di == 0 else 0.55
+        tag = f"{'AB'[di] + ': ' if len(docs) > 1 else ''}{be}"
+        for k, style in marks.items():
+            pts = [(r["locks"], r[k]) for r in rs if isinstance(r.get(k), (int, float)) and r[k] > 0]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, alpha=alpha,
+                        label=f"{tag} {k[:-2]}")
+        pts = [(r["locks"], (r.get("memory_held") or {}).get("latchd_rss_kib")) for r in rs]
+        pts = [p for p in pts if isinstance(p[1], int)]
+        if pts:
+            bx.plot([p[0] for p in pts], [p[1] / 1024 for p in pts], "o-", alpha=alpha, label=tag)
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xlabel("locks held by one owner")
+        a.grid(True, which="both", alpha=0.3)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds")
+    ax.set_title("take, adopt (latchd's figure), release")
+    bx.set_ylabel("latchd resident set while holding (MiB)")
+    bx.set_title("latchd's memory")
+    ax.legend(fontsize=7)
+    bx.legend(fontsize=7)
+    return [figs.save(fig, "scale", "scale: time and memory against the number of locks")]
+
+
 def compare_table(a, b):
     ia = {key(r): r for r in a["results"]}
     ib = {key(r): r for r in b["results"]}
@@ -630,6 +810,8 @@ def page(docs, figs):
         h.append(agent_share_table(d))
         h.append(cost_table(d))
         h.append(contention_table(d))
+        h.append(failover_table(d))
+        h.append(scale_table(d))
     present = [s for s in SCENARIOS if any(r["scenario"] == s for d in docs for r in d["results"])]
     other = sorted({r["scenario"] for d in docs for r in d["results"]} - set(SCENARIOS))
     # "cost" is measured inside other scenarios' blocks (cost_per_cycle).
@@ -643,7 +825,8 @@ def page(docs, figs):
             h.append("<p>One cycle: " + "; ".join(esc(c) for c in cycles) + "</p>")
         names = cdf_figures(figs, docs, sc) + medians_figure(figs, docs, sc) + \
             runs_figure(figs, docs, sc) + cost_figure(figs, docs, sc) + \
-            throughput_figure(figs, docs, sc)
+            throughput_figure(figs, docs, sc) + failover_figure(figs, docs, sc) + \
+            scale_figure(figs, docs, sc)
         for name in names:
             _, cap, png = next(x for x in figs.made if x[0] == name)
             h.append(f"<figure id='{esc(name)}'><img alt='{esc(cap)}' src='data:image/png;base64,"
