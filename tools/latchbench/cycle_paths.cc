@@ -7,10 +7,20 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <utility>
+#include <vector>
 
+extern "C" {  // (libsanlock's headers have no guards of their own)
+#include <sanlock.h>
+#include <sanlock_resource.h>
+}
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "agent/client.h"
 #include "backends/dlm/raw_lock.h"
 #include "backends/posixfd/lock_file.h"
@@ -52,6 +62,59 @@ class RawDlm final : public CyclePath {
   dlm_lshandle_t ls_;
   std::string name_;
   RawDlmLock lock_;
+};
+
+// libsanlock's own calls on one lease, this process registered with the
+// node's sanlock daemon (its lockspace joined already, by latchd).
+class RawSanlock final : public CyclePath {
+ public:
+  RawSanlock(int sock, const std::string& lockspace, const std::string& name,
+             const std::string& path, uint64_t offset)
+      : sock_(sock) {
+    snprintf(r_.res.lockspace_name, SANLK_NAME_LEN, "%s", lockspace.c_str());
+    snprintf(r_.res.name, SANLK_NAME_LEN, "%s", name.c_str());
+    r_.res.flags = SANLK_RES_ALIGN1M | SANLK_RES_SECTOR512;
+    r_.res.num_disks = 1;
+    snprintf(r_.disk.path, sizeof r_.disk.path, "%s", path.c_str());
+    r_.disk.offset = offset;
+  }
+  ~RawSanlock() override { close(sock_); }  // unregisters; sanlock drops what it held
+  absl::Status Acquire(LockMode mode) override {
+    if (mode != LockMode::kExclusive) {
+      return absl::InvalidArgumentError("raw sanlock: exclusive leases only");
+    }
+    sanlk_resource* p = &r_.res;
+    const int rv = sanlock_acquire(sock_, -1, 0, 1, &p, nullptr);
+    if (rv != 0) {
+      return absl::UnavailableError(absl::StrCat("sanlock_acquire ", r_.res.name, ": ", rv));
+    }
+    return absl::OkStatus();
+  }
+  // libsanlock has no waiting acquire: retry every 100 ms until the holder
+  // is gone (the sanlock backend's wait does the same).
+  absl::Status AcquireWaiting(LockMode mode, absl::Duration timeout) override {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      absl::Status st = Acquire(mode);
+      if (st.ok() || absl::IsInvalidArgument(st) || absl::Now() >= deadline) return st;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  absl::Status Release() override {
+    sanlk_resource* p = &r_.res;
+    const int rv = sanlock_release(sock_, -1, 0, 1, &p);
+    if (rv != 0) {
+      return absl::InternalError(absl::StrCat("sanlock_release ", r_.res.name, ": ", rv));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  int sock_;
+  struct {
+    sanlk_resource res;
+    sanlk_disk disk;  // follows res: its disks[] member
+  } r_{};
 };
 
 // Through the plugin ABI, in this process.
@@ -214,6 +277,24 @@ absl::StatusOr<std::unique_ptr<CyclePath>> RawDlmPath(const std::string& lockspa
   return std::unique_ptr<CyclePath>(new RawDlm(ls, name));
 }
 
+absl::StatusOr<std::unique_ptr<CyclePath>> RawSanlockPath(const std::string& lockspace,
+                                                         const std::string& spec) {
+  // NAME:PATH:OFFSET; the path may not hold a ':'.
+  std::vector<std::string> f = absl::StrSplit(spec, ':');
+  uint64_t offset = 0;
+  if (f.size() != 3 || f[0].empty() || f[0].size() >= SANLK_NAME_LEN || f[1].empty() ||
+      !absl::SimpleAtoi(f[2], &offset)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a raw sanlock lease is NAME:PATH:OFFSET, not '", spec, "'"));
+  }
+  const int sock = sanlock_register();
+  if (sock < 0) {
+    return absl::UnavailableError(absl::StrCat("sanlock_register: ", sock,
+                                               " (is the sanlock daemon running?)"));
+  }
+  return std::unique_ptr<CyclePath>(new RawSanlock(sock, lockspace, f[0], f[1], offset));
+}
+
 absl::StatusOr<std::unique_ptr<CyclePath>> LatchdPath(const std::string& socket,
                                                       const std::string& backend,
                                                       const std::string& lockspace,
@@ -277,6 +358,11 @@ std::string CycleText(const std::string& backend, const std::string& path) {
   if (path == "raw" && backend == "dlm") {
     return "raw libdlm: dlm_ls_lock + dlm_ls_unlock (asynchronous calls, completion waited for "
            "on a condition variable), in the same DLM mode the backend uses";
+  }
+  if (path == "raw" && backend == "sanlock") {
+    return "raw libsanlock: sanlock_acquire + sanlock_release of one exclusive lease (made with "
+           "`sanlock direct init -r`, beside the backend's lease area on the same LUN), this "
+           "process registered with the node's sanlock daemon once";
   }
   if (path == "raw") {
     return "raw OFD calls (posixfd's minimum): open, F_OFD_SETLK write lock, read the header, "

@@ -2,7 +2,8 @@
 // shared by latchbench (on this host) and latchbench-node (in a lab node).
 //
 //   raw         the backend's raw API doing what its grant must do at the
-//               least (posixfd: OFD calls; dlm: libdlm's asynchronous calls)
+//               least (posixfd: OFD calls; dlm: libdlm's asynchronous calls;
+//               sanlock: libsanlock's acquire and release)
 //   in-process  the plugin loaded in this process, through the plugin ABI
 //   latchd      requests to a latchd, one connection, one registered owner
 //
@@ -46,6 +47,12 @@ std::unique_ptr<CyclePath> RawPosixfdPath(std::string file);
 // A raw libdlm lock on `name` in `lockspace` (opened, or created).
 absl::StatusOr<std::unique_ptr<CyclePath>> RawDlmPath(const std::string& lockspace,
                                                       const std::string& name);
+// A raw libsanlock lease in `lockspace` (which the node's sanlock daemon
+// has joined), `spec` NAME:PATH:OFFSET of a lease made with `sanlock direct
+// init -r` (1 MiB aligned, 512-byte sectors): this process registers with
+// the daemon; exclusive only.
+absl::StatusOr<std::unique_ptr<CyclePath>> RawSanlockPath(const std::string& lockspace,
+                                                         const std::string& spec);
 // Registers this process as an owner (policy "ignore") with the latchd at
 // `socket`; each cycle acquires and releases `lease` of `lockspace` on
 // `backend`. Unregisters when destroyed.

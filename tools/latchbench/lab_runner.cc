@@ -36,6 +36,10 @@ constexpr char kLeaseLun[] = "/dev/lab/lease";
 constexpr char kSanlockLockspaceOffset[] = "134217728";  // 128 MiB
 constexpr char kSanlockArea[] = "130M:64M";  // 62 slots of 1 MiB
 constexpr char kNfsLocks[] = "/mnt/nfs/latchbench-locks";
+// Raw libsanlock leases (made with `sanlock direct init -r`) above the
+// area: one for the uncontended cycles, one for the hand-offs.
+constexpr char kRawSanlockCycles[] = "lbraw-u:/dev/lab/lease:209715200";    // 200 MiB
+constexpr char kRawSanlockHandoff[] = "lbraw-h:/dev/lab/lease:210763776";   // 201 MiB
 
 // latchd's configuration on `node`: every backend measured, nop only as a
 // benchmark backend.
@@ -124,7 +128,10 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
     absl::StatusOr<std::string> init = lab_->Sh(
         1, absl::StrCat("dd if=/dev/zero of=", kLeaseLun, " bs=1M seek=128 count=3 oflag=direct "
                         "2>&1 && sanlock direct init -o ", kSanlockIoTimeout, " -s ",
-                        kSanlockLockspace, ":0:", kLeaseLun, ":", 128 * 1048576));
+                        kSanlockLockspace, ":0:", kLeaseLun, ":", 128 * 1048576,
+                        " && sanlock direct init -r ", kSanlockLockspace, ":", kRawSanlockCycles,
+                        " && sanlock direct init -r ", kSanlockLockspace, ":",
+                        kRawSanlockHandoff));
     if (!init.ok()) return init.status();
   }
   if (absl::Status s = lab_->Sh(1, absl::StrCat("mkdir -p ", kNfsLocks)).status(); !s.ok()) {
@@ -176,6 +183,7 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
       {"sanlock",
        {{"lockspace", absl::StrCat(kSanlockLockspace, ":", kLeaseLun, ":", kSanlockLockspaceOffset)},
         {"lease_area", absl::StrCat(kLeaseLun, ":", kSanlockArea)},
+        {"raw_leases", {kRawSanlockCycles, kRawSanlockHandoff}},
         {"io_timeout_s", kSanlockIoTimeout}}},
       {"dlm", {{"lockspace", kDlmLockspace}}},
       {"posixfd", {{"lock_dir", absl::StrCat(kNfsLocks, " (NFSv4, storage node)")}}},
@@ -276,6 +284,7 @@ absl::StatusOr<std::vector<double>> LabRunner::Cycles(int node, const std::strin
       absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
       absl::StrCat("--socket=", kSocket),
       absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", lease),
+      absl::StrCat("--raw-sanlock=", kRawSanlockCycles),
       absl::StrCat("--max-seconds=", max_seconds)};
   absl::StatusOr<ClusterLab::Result> r = lab_->Run(node, argv, absl::Minutes(30));
   if (!r.ok()) return r.status();
@@ -315,6 +324,7 @@ absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backe
          absl::StrCat("--settings=/shared/latchbench/", backend, "-", node, ".conf"),
          absl::StrCat("--socket=", kSocket),
          absl::StrCat("--raw-file=/mnt/nfs/latchbench-locks/raw-", lease),
+         absl::StrCat("--raw-sanlock=", kRawSanlockHandoff),
          absl::StrCat("--max-seconds=", max_seconds)});
     if (!pid.ok()) return pid.status();
   }

@@ -201,19 +201,18 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
     }
   }
   // dlm: raw, in process and latchd in 3 modes, mastered on node 1 and 2;
-  // sanlock: in process and latchd; posixfd: raw (exclusive) and both
-  // paths; nop: both paths.
+  // sanlock and posixfd: raw (exclusive) and both paths; nop: both paths.
   EXPECT_EQ(seen["dlm @ node1, master node1"].size(), 9u);
   EXPECT_EQ(seen["dlm @ node1, master node2"].size(), 9u);
-  EXPECT_EQ(seen["sanlock @ node1, lease area on the shared LUN"].size(), 6u);
+  EXPECT_EQ(seen["sanlock @ node1, lease area on the shared LUN"].size(), 7u);
+  EXPECT_EQ(seen["sanlock @ node1, lease area on the shared LUN"].count("raw/exclusive"), 1u);
   EXPECT_EQ(seen["posixfd @ node1, lock files on NFS"].size(), 7u);
   EXPECT_EQ(seen["nop @ node1"].size(), 6u);
   EXPECT_EQ(seen.size(), 5u);
-  // Hand-off: every backend but nop (it excludes nobody), raw where there is
-  // a raw API.
+  // Hand-off: every backend but nop (it excludes nobody), raw included.
   EXPECT_EQ(handoffs["dlm"], (std::set<std::string>{"raw", "in-process", "latchd"}));
   EXPECT_EQ(handoffs["posixfd"], (std::set<std::string>{"raw", "in-process", "latchd"}));
-  EXPECT_EQ(handoffs["sanlock"], (std::set<std::string>{"in-process", "latchd"}));
+  EXPECT_EQ(handoffs["sanlock"], (std::set<std::string>{"raw", "in-process", "latchd"}));
   EXPECT_EQ(handoffs.count("nop"), 0u);
   // Contended on all three nodes: every backend and path, both picks.
   EXPECT_EQ(contended["dlm"].size(), 6u);

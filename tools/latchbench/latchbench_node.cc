@@ -8,7 +8,8 @@
 //       PATH (raw, in-process, latchd; cycle_paths.h) and prints one line,
 //       {"samples": [seconds, ...]}. in-process loads BACKEND from DIR with
 //       the settings in FILE (latchd.conf syntax, unprefixed keys); latchd
-//       talks to SOCKET; raw posixfd locks --raw-file. The timed part ends
+//       talks to SOCKET; raw posixfd locks --raw-file, raw sanlock the lease
+//       --raw-sanlock (NAME:PATH:OFFSET, made by `sanlock direct init -r`). The timed part ends
 //       after S seconds once it has 5 samples (cycle_paths.h).
 //   latchbench-node handoff BACKEND PATH LOCKSPACE LEASE ROUNDS HOLD_MS OUT [options]
 //       ROUNDS times (or until --max-seconds): take LEASE exclusively,
@@ -87,11 +88,12 @@ int Fail(const std::string& what) {
 
 // The options after the positional arguments.
 struct Flags {
-  std::string plugin_dir = "/shared/bin", settings_file, socket, raw_file;
+  std::string plugin_dir = "/shared/bin", settings_file, socket, raw_file, raw_sanlock;
   double max_seconds = 0;
 };
 constexpr char kFlagsUsage[] =
-    "[--plugin-dir=DIR] [--settings=FILE] [--socket=SOCKET] [--raw-file=FILE] [--max-seconds=S]";
+    "[--plugin-dir=DIR] [--settings=FILE] [--socket=SOCKET] [--raw-file=FILE] "
+    "[--raw-sanlock=NAME:PATH:OFFSET] [--max-seconds=S]";
 
 // Parses argv[from..]; an error names the bad argument.
 absl::Status ParseFlags(int argc, char** argv, int from, Flags* f) {
@@ -105,6 +107,8 @@ absl::Status ParseFlags(int argc, char** argv, int from, Flags* f) {
       f->socket = std::string(a);
     } else if (absl::ConsumePrefix(&a, "--raw-file=")) {
       f->raw_file = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--raw-sanlock=")) {
+      f->raw_sanlock = std::string(a);
     } else if (absl::ConsumePrefix(&a, "--max-seconds=")) {
       if (!absl::SimpleAtod(a, &f->max_seconds) || !(f->max_seconds >= 0)) {
         return absl::InvalidArgumentError(
@@ -130,6 +134,12 @@ absl::StatusOr<std::unique_ptr<CyclePath>> MakePath(const std::string& backend,
     if (backend == "posixfd") {
       if (f.raw_file.empty()) return absl::InvalidArgumentError("raw posixfd needs --raw-file");
       return RawPosixfdPath(f.raw_file);
+    }
+    if (backend == "sanlock") {
+      if (f.raw_sanlock.empty()) {
+        return absl::InvalidArgumentError("raw sanlock needs --raw-sanlock=NAME:PATH:OFFSET");
+      }
+      return RawSanlockPath(lockspace, f.raw_sanlock);
     }
     return absl::InvalidArgumentError(absl::StrCat("no raw path for backend '", backend, "'"));
   }
