@@ -74,6 +74,7 @@ constexpr char kUsage[] = R"(usage: latchbench list
                       [--contend-hold-us=US] [--contend-seconds=S]
                       [--failover-faults=FAULT|BACKEND:FAULT,...] [--failover-runs=N]
                       [--failover-limit=S] [--scale-locks=1000,10000]
+                      [--host-backends=posixfd,nop]   (with --lab: this host's too)
                       [--seed=N] [--out=FILE] [--latchd=PATH]
                       [--plugin-path=DIR:DIR] [--max-run-spread=F]
          --lab        measure on node 1 of the cluster lab (started, or the running
@@ -181,6 +182,7 @@ struct Options {
   int failover_runs = 1;                     // trials per backend and fault
   double failover_limit = 150;               // how long a survivor waits for its grant
   std::vector<int> scale_locks = {1000, 10000};  // the scale scenario's sizes
+  std::vector<std::string> host_backends;  // with --lab: also these on this host
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
@@ -903,6 +905,8 @@ int Parse(int argc, char** argv, Options* o) {
         }
         o->scale_locks.push_back(k);
       }
+    } else if (value("--host-backends")) {
+      o->host_backends = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (value("--failover-faults")) {
       o->failover_faults = absl::StrSplit(v, ',', absl::SkipEmpty());
       for (const std::string& entry : o->failover_faults) {
@@ -994,6 +998,20 @@ int Parse(int argc, char** argv, Options* o) {
       return kUsageError;
     }
   }
+  if (!o->host_backends.empty() && !o->lab) {
+    fprintf(stderr, "latchbench: --host-backends adds this host's backends to a --lab run; "
+                    "without --lab use --backends\n");
+    return kUsageError;
+  }
+  for (const std::string& b : o->host_backends) {
+    bool host_ok = false;
+    for (const BackendInfo& i : kBackends) host_ok = host_ok || (b == i.name && !i.lab_only);
+    if (!host_ok) {
+      fprintf(stderr, "latchbench: --host-backends: '%s' is not a backend this host can "
+                      "measure (posixfd, nop)\n", b.c_str());
+      return kUsageError;
+    }
+  }
   for (const std::string& s : o->scenarios) {
     if (!Known(kScenarios, s)) {
       fprintf(stderr, "latchbench: unknown scenario '%s' (latchbench list shows them)\n",
@@ -1068,7 +1086,8 @@ int Run(const Options& o) {
                        {"failover_faults", o.failover_faults},
                        {"failover_runs", o.failover_runs},
                        {"failover_limit_s", o.failover_limit},
-                       {"scale_locks", o.scale_locks}};
+                       {"scale_locks", o.scale_locks},
+                       {"host_backends", o.host_backends}};
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
@@ -1097,15 +1116,24 @@ int Run(const Options& o) {
     if (lab != nullptr) clocks_before = clocks("before");
   }
   HostBench host;
-  if (!o.lab && rc == kOk) rc = StartHost(o, workdir, &host, &latchd_hello);
+  // This host's backends: the run's own, or with --lab those of
+  // --host-backends, measured in the same run and document.
+  Options ho = o;
+  if (o.lab) ho.backends = o.host_backends;
+  const bool on_host = !o.lab || !o.host_backends.empty();
+  json host_hello;
+  if (on_host && rc == kOk) rc = StartHost(ho, workdir, &host, &host_hello);
+  if (!o.lab) latchd_hello = host_hello;
   for (const std::string& s : o.scenarios) {
     if (rc != kOk) break;
     if (s == "uncontended") {
-      rc = o.lab ? RunUncontendedLab(o, *lab, &results) : RunUncontended(o, host, &results);
+      if (on_host) rc = RunUncontended(ho, host, &results);
+      if (o.lab && rc == kOk) rc = RunUncontendedLab(o, *lab, &results);
     } else if (s == "handoff") {
       rc = RunHandoffLab(o, *lab, &results);
     } else if (s == "contended") {
-      rc = o.lab ? RunContendedLab(o, *lab, &results) : RunContendedHost(o, host, &results);
+      if (on_host) rc = RunContendedHost(ho, host, &results);
+      if (o.lab && rc == kOk) rc = RunContendedLab(o, *lab, &results);
     } else if (s == "failover") {
       rc = RunFailoverLab(o, *lab, &results);
     } else if (s == "scale") {
@@ -1119,6 +1147,7 @@ int Run(const Options& o) {
     doc["lab"]["clocks"] = clocks_before;
     if (!g_interrupted) doc["lab"]["clocks_after"] = clocks("after");
     latchd_hello = {{"latchd_backends_node1", lab->Topology()["latchd_backends"]}};
+    if (!o.host_backends.empty()) latchd_hello["host"] = host_hello;
     lab.reset();  // latchd stopped, the lab stopped or reset
   }
   (void)system(absl::StrCat("rm -rf '", workdir, "'").c_str());

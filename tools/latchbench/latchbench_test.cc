@@ -59,6 +59,14 @@ TEST(LatchbenchTest, ListNamesScenariosAndBackends) {
   EXPECT_THAT(r.out, HasSubstr("uncontended"));
   EXPECT_THAT(r.out, HasSubstr("posixfd"));
   EXPECT_THAT(r.out, HasSubstr("nop"));
+  for (const char* s : {"handoff", "contended", "scale", "failover"}) {
+    EXPECT_THAT(r.out, HasSubstr(s));
+  }
+  // Every fault the failover scenario knows, with what it does.
+  for (const char* f : {"node-kill", "node-freeze", "cut", "partition", "storage-stall",
+                        "daemon-kill", "owner-kill", "latchd-kill"}) {
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("  ", f, " "))) << f;
+  }
 }
 
 TEST(LatchbenchTest, QuickRunWritesOneDocumentWithEveryBackendPathAndMode) {
@@ -244,6 +252,17 @@ TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
       {"run --contend-resources=1001", 2, "--contend-resources must be at most 1000"},
       {"run --contend-seconds=0", 2, "--contend-seconds must be"},
       {"run --contend-hold-us=-5", 2, "--contend-hold-us must be"},
+      // The lab's scenarios and their options.
+      {"run --scenarios=failover --backends=nop", 2, "scenario 'failover' runs between lab nodes"},
+      {"run --scenarios=scale --backends=nop", 2, "scenario 'scale' runs between lab nodes"},
+      {"run --failover-faults=node-explode", 2, "unknown fault 'node-explode'"},
+      {"run --failover-faults=dlm:node-melt", 2, "unknown fault 'node-melt'"},
+      {"run --failover-runs=0", 2, "--failover-runs must be"},
+      {"run --failover-limit=1", 2, "--failover-limit must be a number of seconds from 5"},
+      {"run --scale-locks=0", 2, "--scale-locks takes numbers from 1 to 1000000"},
+      {"run --scale-locks=100,abc", 2, "--scale-locks takes numbers"},
+      {"run --host-backends=nop", 2, "--host-backends adds this host's backends to a --lab run"},
+      {"run --lab=/ --host-backends=posixfd,dlm", 2, "--host-backends: 'dlm' is not a backend this host"},
       // An output file that cannot be written: the run fails and says where.
       {"run --quick --cycles=5 --warmup=0 --runs=1 --backends=nop --out=/nonexistent/dir/x.json",
        1, "cannot write /nonexistent/dir/x.json"},
