@@ -776,9 +776,8 @@ int RunScaleLab(const Options& o, LabRunner& lab, json* results) {
         return kFailed;
       }
       free = *f;
-      // What fits: every free slot, once, when a size asked for does not.
-      if (std::any_of(sizes.begin(), sizes.end(), [&](int n) { return n > free; }) && free > 0 &&
-          std::find(sizes.begin(), sizes.end(), free) == sizes.end()) {
+      // What fits: every free slot, once, when no size asked for does.
+      if (std::all_of(sizes.begin(), sizes.end(), [&](int n) { return n > free; }) && free > 0) {
         sizes.push_back(free);
       }
     }
