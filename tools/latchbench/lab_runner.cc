@@ -36,6 +36,13 @@ constexpr char kLeaseLun[] = "/dev/lab/lease";
 constexpr char kSanlockLockspaceOffset[] = "134217728";  // 128 MiB
 constexpr char kSanlockArea[] = "130M:64M";  // 62 slots of 1 MiB
 constexpr char kNfsLocks[] = "/mnt/nfs/latchbench-locks";
+// Ends `latchbench-node hold` processes: SIGTERM (a holder releases), then
+// SIGKILL for any left after 3 s (the bracket keeps pkill from matching the
+// shell running it).
+constexpr char kStopHolds[] =
+    "pkill -f 'latchbench-node [h]old ' || exit 0; for i in 1 2 3 4 5 6; do "
+    "pgrep -f 'latchbench-node [h]old ' >/dev/null || exit 0; sleep 0.5; done; "
+    "pkill -9 -f 'latchbench-node [h]old '; true";
 // Raw libsanlock leases (made with `sanlock direct init -r`) above the
 // area: one for the uncontended cycles, one for the hand-offs.
 constexpr char kRawSanlockCycles[] = "lbraw-u:/dev/lab/lease:209715200";    // 200 MiB
@@ -692,7 +699,9 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
   // 5. Back to a whole lab: the survivor lets go (the holder's node may be
   // gone), every fault lifted, dead nodes restarted, every latchd running.
   // (Each pattern's bracket keeps pkill from matching the shell running it.)
-  (void)lab_->Sh(kSurvivor, "pkill -f 'latchbench-node [h]old '; pkill -f '[w]hile :; do'; true");
+  // A survivor still waiting does not see SIGTERM until its request ends:
+  // SIGKILL after 3 s (latchd then drops a dead owner's request).
+  (void)lab_->Sh(kSurvivor, "pkill -f '[w]hile :; do'; " + std::string(kStopHolds));
   // An owner or latchd killed harms no machine: no reset needed.
   const bool machines_harmed = fault != "owner-kill" && fault != "latchd-kill";
   if (absl::Status s = RestoreAfterFault(machines_harmed); !s.ok()) {
@@ -708,7 +717,7 @@ absl::Status LabRunner::RestoreAfterFault(bool reset) {
     clock_uncertainty_.clear();
   }
   for (int n = 1; n <= lab_->nodes(); ++n) {
-    (void)lab_->Sh(n, "pkill -f 'latchbench-node [h]old '; true");
+    (void)lab_->Sh(n, kStopHolds);
     int pid = 0;
     for (const auto& [node, p] : latchds_) {
       if (node == n) pid = p;

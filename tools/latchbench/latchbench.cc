@@ -5,10 +5,10 @@
 //   latchbench run [--quick] [--lab[=DIR]] [--backends=...] [--scenarios=uncontended] ...
 //   latchbench report [--out=DIR] A.json [B.json]
 //
-// Issue 18 so far: the `uncontended` scenario on this host (posixfd, nop)
-// and in the cluster lab (dlm, sanlock, posixfd on NFS, nop), on the raw
-// API, in process (the plugin ABI) and through latchd; the report
-// (report.py). The other scenarios come next.
+// Scenarios: uncontended and contended on this host (posixfd, nop) and in
+// the cluster lab (dlm, sanlock, posixfd on NFS, nop), on the raw API, in
+// process (the plugin ABI) and through latchd; handoff, scale and failover
+// in the lab (lab_runner.h, failover.h); the report (report.py).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
