@@ -53,8 +53,16 @@ std::vector<std::string> FaultsFor(const std::string& backend) {
   return out;
 }
 
-std::string Expected(const std::string& fault) {
-  return fault == "latchd-kill" ? "kept" : "grant";
+std::string Expected(const std::string& backend, const std::string& fault) {
+  if (fault != "latchd-kill") return "grant";
+  return backend == "posixfd" ? "lost" : "kept";
+}
+
+std::string KnownLimit(const std::string& backend, const std::string& fault) {
+  if (Expected(backend, fault) != "lost") return "";
+  return "posixfd's OFD locks are open files of latchd and close when it dies; another host "
+         "can take the lease before the restarted latchd takes it again, which then applies "
+         "the owner's lock-failure policy (docs/libvirt.md, posixfd and latchd's kill -9)";
 }
 
 std::string DetectorScript(const std::string& backend, int holder, const std::string& lockspace,
@@ -83,11 +91,11 @@ json TrialRecord(const TrialStamps& s) {
     if (t == 0 || s.injected == 0) return nullptr;
     return static_cast<double>(t - s.injected) / 1e9;
   };
-  const std::string expected = Expected(s.fault);
+  const std::string expected = Expected(s.backend, s.fault);
   std::string outcome;
   if (s.granted != 0) {
     outcome = "granted";
-  } else if (expected == "kept") {
+  } else if (s.fault == "latchd-kill") {
     outcome = "kept";
   } else {
     outcome = absl::StrFormat("not granted in %.0f s", s.limit_s);
@@ -105,6 +113,7 @@ json TrialRecord(const TrialStamps& s) {
             {"expected", expected},
             {"outcome", outcome},
             {"as_expected", expected == "kept" ? s.granted == 0 : s.granted != 0},
+            {"known_limit", KnownLimit(s.backend, s.fault)},
             {"limit_s", s.limit_s},
             {"grant_s", since(s.granted)},
             {"detection_s", since(s.detected)},

@@ -35,10 +35,15 @@ bool KnownFault(const std::string& fault);
 std::vector<std::string> FaultsFor(const std::string& backend);
 // The process `daemon-kill` kills for `backend` ("" when it has none).
 std::string LockDaemon(const std::string& backend);
-// "grant" when a correct stack hands the lease to the survivor after
-// `fault`, "kept" when it must not (latchd killed and restarted while its
-// owner lives: the owner still holds the lock).
-std::string Expected(const std::string& fault);
+// What a correct stack does after `fault` on `backend`: "grant" (the
+// survivor gets the lease), "kept" (it must not: latchd killed and
+// restarted while its owner lives, so the owner still holds the lock), or
+// "lost" where the backend cannot keep it and says so (posixfd: its OFD
+// locks close with latchd's files, docs/libvirt.md; the restarted latchd
+// then applies the owner's lock-failure policy).
+std::string Expected(const std::string& backend, const std::string& fault);
+// Why "lost" is expected, for the record; "" otherwise.
+std::string KnownLimit(const std::string& backend, const std::string& fault);
 
 // A shell script for the survivor's node that watches node `holder` as
 // `backend` sees it and appends "EVENT NS" lines (NS: that node's

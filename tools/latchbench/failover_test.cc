@@ -29,8 +29,14 @@ TEST(FailoverTest, FaultsApplyWhereTheyMeanSomething) {
   EXPECT_FALSE(KnownFault("node-explode"));
   EXPECT_EQ(LockDaemon("dlm"), "corosync");
   EXPECT_EQ(LockDaemon("sanlock"), "sanlock");
-  EXPECT_EQ(Expected("node-kill"), "grant");
-  EXPECT_EQ(Expected("latchd-kill"), "kept");
+  EXPECT_EQ(Expected("dlm", "node-kill"), "grant");
+  EXPECT_EQ(Expected("dlm", "latchd-kill"), "kept");
+  EXPECT_EQ(Expected("sanlock", "latchd-kill"), "kept");
+  // posixfd's locks close with latchd: a documented limit, said so.
+  EXPECT_EQ(Expected("posixfd", "latchd-kill"), "lost");
+  EXPECT_THAT(KnownLimit("posixfd", "latchd-kill"), HasSubstr("docs/libvirt.md"));
+  EXPECT_EQ(KnownLimit("posixfd", "node-kill"), "");
+  EXPECT_EQ(KnownLimit("dlm", "latchd-kill"), "");
 }
 
 TEST(FailoverTest, DetectorsWatchTheHolderOnly) {
@@ -84,7 +90,8 @@ TEST(FailoverTest, NoGrantIsAnOutcomeNotAnError) {
   EXPECT_TRUE(r["grant_s"].is_null());
   EXPECT_TRUE(r["grant_after_detection_s"].is_null());
   // latchd killed while its owner lives: keeping the lock is right, a
-  // grant is two holders.
+  // grant is two holders...
+  s.backend = "dlm";
   s.fault = "latchd-kill";
   r = TrialRecord(s);
   EXPECT_EQ(r["outcome"], "kept");
@@ -93,6 +100,12 @@ TEST(FailoverTest, NoGrantIsAnOutcomeNotAnError) {
   r = TrialRecord(s);
   EXPECT_EQ(r["outcome"], "granted");
   EXPECT_FALSE(r["as_expected"].get<bool>());
+  // ...except on posixfd, whose limit it is, recorded with its reason.
+  s.backend = "posixfd";
+  r = TrialRecord(s);
+  EXPECT_EQ(r["expected"], "lost");
+  EXPECT_TRUE(r["as_expected"].get<bool>());
+  EXPECT_THAT(r["known_limit"].get<std::string>(), HasSubstr("OFD locks"));
 }
 
 TEST(FailoverTest, DetectionAfterTheGrantIsNotSubtracted) {

@@ -654,7 +654,7 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
       for (int i = 0; i < 10 && !done; ++i) usleep(100000);
     }
   });
-  const absl::Duration window = fault == "latchd-kill"
+  const absl::Duration window = Expected(backend, fault) == "kept"
                                     ? absl::Seconds(std::min(limit_s, 20.0))
                                     : absl::Seconds(limit_s);
   const absl::Time deadline = absl::FromUnixNanos(st.injected) + window;

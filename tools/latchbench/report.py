@@ -562,7 +562,8 @@ def failover_table(doc):
         rows.append(
             f"<tr{cls}><td>{esc(r['backend'])}</td><td>{esc(t.get('fault', ''))}</td>"
             f"<td>{esc(t.get('expected', ''))}</td><td>{esc(t.get('outcome', ''))}"
-            f"{'' if ok else ' (NOT AS EXPECTED)'}</td>"
+            f"{'' if ok else ' (NOT AS EXPECTED)'}"
+            f"{'; a known limit: ' + esc(t['known_limit']) if t.get('known_limit') else ''}</td>"
             f"<td>{secs(t.get('detection_s'))} {esc(t.get('detected_as', ''))}</td>"
             f"<td>{secs(t.get('grant_after_detection_s'))}</td><td>{secs(t.get('grant_s'))}</td>"
             f"<td>{secs(t.get('holder_down_s'))}</td><td>{esc(events)}</td></tr>")
@@ -576,7 +577,10 @@ def failover_table(doc):
             "membership; sanlock: the holder's host lease FAIL; posixfd: nothing to see), "
             "<i>then grant</i> the rest (fencing, recovery, lease expiry, the grant itself), "
             "<i>holder down</i> when the host saw node 2's machine dead (the lab's status, "
-            "looked at about once a second: coarse). Timeouts: corosync token "
+            "looked at about once a second: coarse). Expected: <i>grant</i> (the survivor gets "
+            "the lease), <i>kept</i> (it must not: latchd was killed and restarted while its "
+            "owner lived), <i>lost</i> (the backend cannot keep it, a documented limit). "
+            "Timeouts: corosync token "
             f"{esc(lab.get('corosync_token_ms', '?') if isinstance(lab, dict) else '?')} ms, "
             f"sanlock io_timeout {esc(san.get('io_timeout_s', '?'))} s, NFS lease "
             f"{esc(lab.get('nfs_lease_s', '?') if isinstance(lab, dict) else '?')} s.</p>"
