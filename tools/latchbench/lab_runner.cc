@@ -735,7 +735,9 @@ absl::Status LabRunner::RestoreAfterFault(bool reset) {
 absl::StatusOr<json> LabRunner::Scale(const std::string& backend, int locks,
                                       const std::string& prefix) {
   constexpr int kNode = 1;
-  const std::string ctl = absl::StrCat("latchctl --socket ", kSocket, " ");
+  // A request of 500 sanlock leases takes minutes (each a slot and a paxos
+  // acquire): latchctl's own 30 s would give up first.
+  const std::string ctl = absl::StrCat("latchctl --socket ", kSocket, " --timeout 1800 ");
   // What the node holds in memory: latchd's and the lock daemon's resident
   // set and open files, and the kernel DLM's lock and resource objects.
   const std::string memory = absl::StrCat(
