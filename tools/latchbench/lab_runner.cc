@@ -48,35 +48,9 @@ constexpr char kStopHolds[] =
 constexpr char kRawSanlockCycles[] = "lbraw-u:/dev/lab/lease:209715200";    // 200 MiB
 constexpr char kRawSanlockHandoff[] = "lbraw-h:/dev/lab/lease:210763776";   // 201 MiB
 
-// latchd's configuration on `node`: every backend measured, nop only as a
-// benchmark backend.
-std::string LatchdConf(int node, const std::vector<std::string>& backends) {
-  std::string out = absl::StrCat(
-      "backends = [ \"", absl::StrJoin(backends, "\", \""), "\" ]\n",
-      "plugin_path = [ \"/shared/bin\" ]\n"
-      "lockspace = \"latchbench\"\n"
-      "state_dir = \"/run/latchbench\"\n"
-      "socket = \"", LabRunner::kSocket, "\"\n"
-      "log_syslog = 0\nlog_level = \"info\"\nterminate_grace_ms = 1000\n");
-  for (const std::string& b : backends) {
-    if (b == "nop") out += "benchmark_backends = [ \"nop\" ]\n";
-  }
-  return out + absl::StrCat(
-      // The DLM lockspace is shared with latchbench-node's raw and
-      // in-process cycles on the same node.
-      "dlm_lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n",
-      "dlm_shared_lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n",
-      "sanlock_host_id = ", node, "\n",
-      "sanlock_lockspaces = [ \"", LabRunner::kSanlockLockspace, ":", kLeaseLun, ":",
-      kSanlockLockspaceOffset, "\" ]\n",
-      "sanlock_lease_areas = [ \"", LabRunner::kSanlockLockspace, ":", kLeaseLun, ":", kSanlockArea,
-      "\" ]\n",
-      "sanlock_io_timeout = ", LabRunner::kSanlockIoTimeout, "\nsanlock_num_hosts = 8\n",
-      "posixfd_lock_dir = \"", kNfsLocks, "\"\n");
-}
-
-// The in-process settings of `backend` on `node` (the same as latchd's,
-// without the prefix).
+// The in-process settings of `backend` on `node` (latchd's are the same,
+// prefixed with the backend's name). The DLM lockspace is shared with
+// latchbench-node's raw and in-process cycles on the same node.
 std::string InProcessSettings(int node, const std::string& backend) {
   if (backend == "dlm") {
     return absl::StrCat("lockspaces = [ \"", LabRunner::kDlmLockspace, "\" ]\n",
@@ -91,6 +65,27 @@ std::string InProcessSettings(int node, const std::string& backend) {
   }
   if (backend == "posixfd") return absl::StrCat("lock_dir = \"", kNfsLocks, "\"\n");
   return "";
+}
+
+// latchd's configuration on `node`: every backend measured with its
+// in-process settings prefixed by its name (a key of a backend latchd does
+// not load is an error), nop only as a benchmark backend.
+std::string LatchdConf(int node, const std::vector<std::string>& backends) {
+  std::string out = absl::StrCat(
+      "backends = [ \"", absl::StrJoin(backends, "\", \""), "\" ]\n",
+      "plugin_path = [ \"/shared/bin\" ]\n"
+      "lockspace = \"latchbench\"\n"
+      "state_dir = \"/run/latchbench\"\n"
+      "socket = \"", LabRunner::kSocket, "\"\n"
+      "log_syslog = 0\nlog_level = \"info\"\nterminate_grace_ms = 1000\n");
+  for (const std::string& b : backends) {
+    if (b == "nop") out += "benchmark_backends = [ \"nop\" ]\n";
+    for (absl::string_view line : absl::StrSplit(InProcessSettings(node, b), '\n',
+                                                 absl::SkipEmpty())) {
+      absl::StrAppend(&out, b, "_", line, "\n");
+    }
+  }
+  return out;
 }
 
 absl::Status WriteFile(const std::string& path, const std::string& text) {
@@ -203,6 +198,12 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
 absl::Status LabRunner::StartLatchd(int n) {
   const std::string conf = absl::StrCat("/shared/latchbench/latchd-", n, ".conf");
   const std::string log = absl::StrCat("/shared/node", n, "/latchbench-latchd.log");
+  // One just killed may still be closing its files (its state directory
+  // stays taken until it is gone).
+  (void)lab_->Sh(n, absl::StrCat("for i in $(seq 600); do pgrep -f 'latchd --config ",
+                                 conf.substr(0, conf.size() - 1), "[", conf.back(),
+                                 "]' >/dev/null || exit 0; sleep 0.1; done"),
+                 absl::Seconds(70));
   absl::StatusOr<int> pid = lab_->Spawn(n, log, {"latchd", "--config", conf});
   if (!pid.ok()) return pid.status();
   latchds_.erase(std::remove_if(latchds_.begin(), latchds_.end(),
@@ -798,7 +799,13 @@ absl::StatusOr<json> LabRunner::Scale(const std::string& backend, int locks,
   // adopting took and how many it adopted.
   if (r["outcome"] == "held") {
     const std::string log = absl::StrCat("/shared/node", kNode, "/latchbench-latchd.log");
-    if (absl::Status s = lab_->Sh(kNode, "kill -9 $(pidof latchd); sleep 0.3").status(); !s.ok()) {
+    // Gone only once the kernel closed its files (thousands of NFS locks
+    // take seconds to unlock); a latchd started before finds it running.
+    if (absl::Status s = lab_->Sh(kNode, "p=$(pidof latchd); kill -9 $p; for i in $(seq 600); "
+                                         "do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done; "
+                                         "echo \"latchd $p did not die in 60 s\" >&2; exit 1")
+                                .status();
+        !s.ok()) {
       return s;
     }
     const absl::Time t0 = absl::Now();
