@@ -201,7 +201,7 @@ absl::Status LabRunner::StartLatchd(int n) {
   // One just killed may still be closing its files (its state directory
   // stays taken until it is gone).
   (void)lab_->Sh(n, absl::StrCat("for i in $(seq 600); do pgrep -f 'latchd --config ",
-                                 conf.substr(0, conf.size() - 1), "[", conf.back(),
+                                 conf.substr(0, conf.size() - 1), "[", conf.substr(conf.size() - 1),
                                  "]' >/dev/null || exit 0; sleep 0.1; done"),
                  absl::Seconds(70));
   absl::StatusOr<int> pid = lab_->Spawn(n, log, {"latchd", "--config", conf});
