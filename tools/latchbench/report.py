@@ -549,6 +549,15 @@ def secs(v):
     return f"{v:.2f} s" if isinstance(v, (int, float)) else "–"
 
 
+def fenced(t):
+    """When the lab fenced the holder's node in a trial, with the result."""
+    for e in t.get("events", []):
+        if e.get("event") == "fence":
+            rest = " ".join(w for w in str(e.get("rest", "")).split() if w.startswith("result="))
+            return f"{e.get('at_s', 0):.1f} s {esc(rest[7:])}"
+    return "–"
+
+
 def failover_table(doc):
     """One row per failover trial: the fault, what was expected and what
     happened, and the timeline's parts."""
@@ -566,7 +575,7 @@ def failover_table(doc):
             f"{'; a known limit: ' + esc(t['known_limit']) if t.get('known_limit') else ''}</td>"
             f"<td>{secs(t.get('detection_s'))} {esc(t.get('detected_as', ''))}</td>"
             f"<td>{secs(t.get('grant_after_detection_s'))}</td><td>{secs(t.get('grant_s'))}</td>"
-            f"<td>{secs(t.get('holder_down_s'))}</td><td>{esc(events)}</td></tr>")
+            f"<td>{fenced(t)}</td><td>{esc(events)}</td></tr>")
     if not rows:
         return ""
     lab = doc.get("lab", {})
@@ -576,8 +585,8 @@ def failover_table(doc):
             "host's clock: <i>detection</i> is when node 3 saw the holder fail (DLM: corosync "
             "membership; sanlock: the holder's host lease FAIL; posixfd: nothing to see), "
             "<i>then grant</i> the rest (fencing, recovery, lease expiry, the grant itself), "
-            "<i>holder down</i> when the host saw node 2's machine dead (the lab's status, "
-            "looked at about once a second: coarse). Expected: <i>grant</i> (the survivor gets "
+            "<i>fenced</i> when the lab's fencing took node 2 (its event log; the trial's "
+            "window ends at the grant, so a later fence is not shown). Expected: <i>grant</i> (the survivor gets "
             "the lease), <i>kept</i> (it must not: latchd was killed and restarted while its "
             "owner lived), <i>lost</i> (the backend cannot keep it, a documented limit). "
             "Timeouts: corosync token "
@@ -585,7 +594,7 @@ def failover_table(doc):
             f"sanlock io_timeout {esc(san.get('io_timeout_s', '?'))} s, NFS lease "
             f"{esc(lab.get('nfs_lease_s', '?') if isinstance(lab, dict) else '?')} s.</p>"
             "<table><tr><th>backend</th><th>fault</th><th>expected</th><th>outcome</th>"
-            "<th>detection</th><th>then grant</th><th>grant</th><th>holder down</th>"
+            "<th>detection</th><th>then grant</th><th>grant</th><th>fenced</th>"
             "<th>the lab's events</th></tr>" + "".join(rows) + "</table>")
 
 
