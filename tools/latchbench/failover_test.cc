@@ -23,7 +23,7 @@ TEST(FailoverTest, FaultsApplyWhereTheyMeanSomething) {
   EXPECT_THAT(FaultsFor("posixfd"), Not(Contains("daemon-kill")));  // no lock daemon of its own
   EXPECT_TRUE(FaultsFor("nop").empty());
   EXPECT_TRUE(FaultsFor("unknown").empty());
-  for (const std::string& b : {"dlm", "sanlock", "posixfd"}) {
+  for (const char* b : {"dlm", "sanlock", "posixfd"}) {
     for (const std::string& f : FaultsFor(b)) EXPECT_TRUE(KnownFault(f)) << f;
   }
   EXPECT_FALSE(KnownFault("node-explode"));

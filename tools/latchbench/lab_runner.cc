@@ -611,6 +611,7 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
     return e.ok() ? e->size() : 0;
   }();
   absl::Status injected;
+  const int64_t asked = absl::ToUnixNanos(absl::Now());
   if (fault == "node-kill") {
     injected = lab_->Kill(kHolder);
   } else if (fault == "node-freeze") {
@@ -631,8 +632,11 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown fault '", fault, "'"));
   }
-  st.injected = absl::ToUnixNanos(absl::Now());
   if (!injected.ok()) return injected;
+  // The lab's event for the fault (logged once it took effect); without one
+  // (owner-kill) the time the command was given: the kill came after it, so
+  // the grant is never counted as earlier than it was.
+  st.injected = asked;
   {
     absl::StatusOr<std::vector<lab::LabEvent>> e = lab_->Events();
     if (e.ok() && e->size() > events_before) st.injected = (*e)[events_before].unix_ms * 1000000;

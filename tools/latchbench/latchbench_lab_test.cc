@@ -193,7 +193,9 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
       wire_packets += n["rx_packets"].get<double>() + n["tx_packets"].get<double>();
     }
     // A sanlock lease is paxos on the shared LUN: disk requests every cycle.
-    if (r["backend"] == "sanlock") EXPECT_GE(disk_ios, 1.0) << where << c.dump();
+    if (r["backend"] == "sanlock") {
+      EXPECT_GE(disk_ios, 1.0) << where << c.dump();
+    }
     // posixfd's lock files are on NFS, a remote DLM master is on node 2:
     // each cycle goes over a wire.
     if (r["backend"] == "posixfd" ||
