@@ -849,6 +849,20 @@ int Parse(int argc, char** argv, Options* o) {
       }
       return true;
     };
+    // A comma-separated list of numbers from 1 to `max` for `flag`.
+    auto numbers = [&](absl::string_view flag, int max, const char* unit, std::vector<int>* out) {
+      out->clear();
+      for (absl::string_view n : absl::StrSplit(v, ',')) {
+        int k = 0;
+        if (!absl::SimpleAtoi(n, &k) || k < 1 || k > max) {
+          fprintf(stderr, "latchbench: %s takes numbers from 1 to %d%s, not '%s'\n",
+                  std::string(flag).c_str(), max, unit, std::string(v).c_str());
+          return false;
+        }
+        out->push_back(k);
+      }
+      return true;
+    };
     if (a == "--quick") {
       o->quick = true;
     } else if (value("--backends")) {
@@ -870,16 +884,7 @@ int Parse(int argc, char** argv, Options* o) {
     } else if (value("--handoff-hold-ms")) {
       if (!whole("--handoff-hold-ms", 0, &o->handoff_hold_ms, 60000)) return kUsageError;
     } else if (value("--contend-owners")) {
-      o->contend_owners.clear();
-      for (absl::string_view n : absl::StrSplit(v, ',')) {
-        int k = 0;
-        if (!absl::SimpleAtoi(n, &k) || k < 1 || k > 64) {
-          fprintf(stderr, "latchbench: --contend-owners takes numbers from 1 to 64 per node, "
-                          "not '%s'\n", std::string(v).c_str());
-          return kUsageError;
-        }
-        o->contend_owners.push_back(k);
-      }
+      if (!numbers("--contend-owners", 64, " per node", &o->contend_owners)) return kUsageError;
       contend_owners_set = true;
     } else if (value("--contend-resources")) {
       if (!whole("--contend-resources", 1, &o->contend_resources, 1000)) return kUsageError;
@@ -894,16 +899,7 @@ int Parse(int argc, char** argv, Options* o) {
       }
       contend_seconds_set = true;
     } else if (value("--scale-locks")) {
-      o->scale_locks.clear();
-      for (absl::string_view n : absl::StrSplit(v, ',')) {
-        int k = 0;
-        if (!absl::SimpleAtoi(n, &k) || k < 1 || k > 1000000) {
-          fprintf(stderr, "latchbench: --scale-locks takes numbers from 1 to 1000000, not "
-                          "'%s'\n", std::string(v).c_str());
-          return kUsageError;
-        }
-        o->scale_locks.push_back(k);
-      }
+      if (!numbers("--scale-locks", 1000000, "", &o->scale_locks)) return kUsageError;
     } else if (value("--host-backends")) {
       o->host_backends = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (value("--failover-faults")) {
