@@ -822,6 +822,12 @@ int RunScaleLab(const Options& o, LabRunner& lab, json* results) {
   return kOk;
 }
 
+// `j[key]` in seconds ("1.23 s"), or "-" when it is missing or null.
+std::string Seconds(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? absl::StrFormat("%.2f s", j[key].get<double>())
+                                               : std::string("-");
+}
+
 int Parse(int argc, char** argv, Options* o) {
   for (int i = 0; i < argc; ++i) o->argv.push_back(argv[i]);
   bool cycles_set = false, runs_set = false, warmup_set = false, block_seconds_set = false,
@@ -1194,9 +1200,7 @@ int Run(const Options& o) {
     if (r["scenario"] != "failover") continue;
     for (const json& run : r["runs"]) {
       const json& t = run["trial"];
-      const auto secs = [&](const char* k) {
-        return t[k].is_number() ? absl::StrFormat("%.2f s", t[k].get<double>()) : std::string("-");
-      };
+      const auto secs = [&](const char* k) { return Seconds(t, k); };
       printf("failover %-8s %-14s %-22s grant %-9s detection %-9s (%s)%s\n",
              r["backend"].get<std::string>().c_str(), r["fault"].get<std::string>().c_str(),
              t["outcome"].get<std::string>().c_str(), secs("grant_s").c_str(),
@@ -1206,10 +1210,7 @@ int Run(const Options& o) {
   }
   for (const json& r : results) {
     if (r["scenario"] != "scale") continue;
-    const auto secs = [&](const char* k) {
-      return r.contains(k) && r[k].is_number() ? absl::StrFormat("%.2f s", r[k].get<double>())
-                                               : std::string("-");
-    };
+    const auto secs = [&](const char* k) { return Seconds(r, k); };
     const json held = r.value("memory_held", json::object());
     printf("scale    %-8s %7d locks: take %-9s adopt %-9s release %-9s latchd %s KiB  %s\n",
            r["backend"].get<std::string>().c_str(), r["locks"].get<int>(), secs("take_s").c_str(),
