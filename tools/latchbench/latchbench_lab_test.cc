@@ -37,8 +37,8 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
       absl::StrCat(latchkey::lab::Runfile("tools/latchbench/latchbench"),
                    " run --lab --backends=dlm,sanlock,posixfd,nop "
                    "--scenarios=uncontended,handoff,contended,scale,failover "
-                   "--scale-locks=20,100 --failover-faults=owner-kill,dlm:node-kill,dlm:latchd-kill "
-                   "--contend-owners=1 --contend-resources=2 --contend-seconds=3 "
+                   "--scale-locks=20,100 --failover-faults=owner-kill,dlm:latchd-kill "
+                   "--contend-owners=1 --contend-resources=2 --contend-seconds=1 "
                    "--runs=1 --cycles=5 --warmup=1 --block-seconds=2 --handoffs=6 "
                    "--handoff-hold-ms=5 --out=",
                    out, " 2>&1");
@@ -153,15 +153,6 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
       EXPECT_EQ(t["outcome"], "granted") << t.dump();
       EXPECT_GT(t["grant_s"].get<double>(), 0) << t.dump();
       EXPECT_LT(t["grant_s"].get<double>(), 150) << t.dump();
-      if (f == "node-kill") {
-        // The DLM: corosync saw node2 leave, the lab fenced it, then node3
-        // was granted.
-        EXPECT_EQ(t["detected_as"], "left") << t.dump();
-        EXPECT_LE(t["detection_s"].get<double>(), t["grant_s"].get<double>()) << t.dump();
-        bool fenced = false;
-        for (const json& e : t["events"]) fenced = fenced || e["event"] == "fence";
-        EXPECT_TRUE(fenced) << t.dump();
-      }
       continue;
     }
     EXPECT_EQ(r["scenario"], "uncontended");
@@ -227,10 +218,11 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
   for (const char* b : {"dlm", "posixfd", "nop", "sanlock"}) {
     EXPECT_EQ(scale[b], (std::set<int>{20, 100})) << b;
   }
-  // Failover: owner-kill everywhere, node-kill and latchd-kill on the DLM.
+  // Failover: owner-kill everywhere, latchd-kill on the DLM. The node
+  // faults (a node restarted each, ~90 s) are scripts/bench's; the fencing
+  // they rest on is dlm_cluster_test's and cluster_lab_test's.
   EXPECT_EQ(failovers, (std::set<std::string>{"dlm:owner-kill", "sanlock:owner-kill",
-                                              "posixfd:owner-kill", "dlm:node-kill",
-                                              "dlm:latchd-kill"}));
+                                              "posixfd:owner-kill", "dlm:latchd-kill"}));
 
   // Nothing of latchbench's left in the nodes: no latchd or NL holder, and
   // no sanlock daemon still in its lockspace (a later storage fault would
