@@ -9,6 +9,7 @@
 #include <atomic>
 #include <fstream>
 #include <functional>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -20,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "tools/latchbench/failover.h"
+#include "tools/latchbench/handoff_samples.h"
 
 namespace latchkey {
 namespace bench {
@@ -314,12 +316,7 @@ absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backe
                                                         const std::string& path,
                                                         const std::string& lease, int rounds,
                                                         int hold_ms, double max_seconds) {
-  struct Event {
-    int64_t ns;
-    int node;
-    bool grant;
-  };
-  std::vector<Event> events;
+  std::vector<HandoffEvent> events;
   std::vector<std::string> outs;
   for (int node : {1, 2}) {
     const std::string out = absl::StrCat("/latchbench/ho-", lease, "-", node, ".log");
@@ -354,70 +351,20 @@ absl::StatusOr<std::vector<double>> LabRunner::Handoffs(const std::string& backe
       return absl::InternalError(absl::StrCat("node", i + 1, ": ", last.substr(6)));
     }
     std::ifstream in(lab_->shared() + outs[i]);
-    std::string kind;
-    long long ns = 0;
-    while (in >> kind) {
-      if (kind == "done") break;
-      if (!(in >> ns)) break;
-      events.push_back({ns, static_cast<int>(i) + 1, kind == "grant"});
-    }
+    std::stringstream log;
+    log << in.rdbuf();
     std::remove((lab_->shared() + outs[i]).c_str());
+    const int node = static_cast<int>(i) + 1;
+    if (absl::Status s = ParseHandoffLog(log.str(), node, absl::StrCat("node", node), &events);
+        !s.ok()) {
+      return s;
+    }
   }
-  // Onto node 1's clock: node K's timestamps minus its measured offset.
-  // Each node notes a grant after it has the lease and a release before it
-  // lets go, so its holding intervals must never overlap the other node's
-  // by more than the offset's uncertainty.
   if (clock_offsets_.empty()) {
     if (absl::StatusOr<json> c = MeasureClocks(); !c.ok()) return c.status();
   }
-  const auto at = [&](int node) { return clock_offsets_.count(node) ? clock_offsets_[node] : 0; };
-  const int64_t uncertainty = clock_uncertainty_.count(2) ? clock_uncertainty_[2] : 0;
-  for (Event& e : events) e.ns -= at(e.node);
-  std::sort(events.begin(), events.end(),
-            [](const Event& a, const Event& b) { return a.ns < b.ns; });
-  std::vector<double> samples;
-  const Event* last_release = nullptr;
-  int holder = 0;
-  int64_t held_since = 0;
-  for (size_t i = 0; i < events.size(); ++i) {
-    const Event& e = events[i];
-    if (!e.grant) {
-      if (e.node == holder) holder = 0;
-      last_release = &e;
-      continue;
-    }
-    if (holder != 0 && holder != e.node) {
-      // The holder's release comes later in this order: by how much.
-      int64_t overlap = -1;
-      for (size_t k = i + 1; k < events.size(); ++k) {
-        if (events[k].node == holder && !events[k].grant) {
-          overlap = events[k].ns - e.ns;
-          break;
-        }
-      }
-      if (overlap < 0 || overlap > uncertainty) {
-        return absl::InternalError(absl::StrCat(
-            "two holders at once: node", e.node, " was granted ", lease, " while node", holder,
-            " held it (since ", held_since, " ns on node1's clock) for ",
-            overlap < 0 ? std::string("the rest of the run")
-                        : absl::StrCat(overlap / 1e6, " ms more"),
-            ", beyond the clocks' uncertainty of ", uncertainty / 1e6, " ms"));
-      }
-      // Within the uncertainty: the release was first; count it so.
-      for (size_t k = i + 1; k < events.size(); ++k) {
-        if (events[k].node == holder && !events[k].grant) {
-          last_release = &events[k];
-          break;
-        }
-      }
-    }
-    if (last_release != nullptr && last_release->node != e.node) {
-      samples.push_back((e.ns - last_release->ns) / 1e9);  // may be < 0 within the uncertainty
-    }
-    holder = e.node;
-    held_since = e.ns;
-  }
-  return samples;
+  return HandoffSamples(std::move(events), clock_offsets_.count(2) ? clock_offsets_[2] : 0,
+                        clock_uncertainty_.count(2) ? clock_uncertainty_[2] : 0, lease);
 }
 
 std::string LabRunner::LastLine(const std::string& out) const {

@@ -54,8 +54,10 @@
 #include "tools/latchbench/cycle_paths.h"
 #include "tools/latchbench/environment.h"
 #include "tools/latchbench/failover.h"
+#include "tools/latchbench/hosts_runner.h"
 #include "tools/latchbench/lab_runner.h"
 #include "tools/latchbench/latchd_runner.h"
+#include "tools/latchbench/remote_shell.h"
 #include "tools/latchbench/stats.h"
 
 namespace latchkey {
@@ -75,12 +77,17 @@ constexpr char kUsage[] = R"(usage: latchbench list
                       [--failover-faults=FAULT|BACKEND:FAULT,...] [--failover-runs=N]
                       [--failover-limit=S] [--scale-locks=1000,10000]
                       [--host-backends=posixfd,nop]   (with --lab: this host's too)
+                      [--hosts=HOST[=SOCKET],...] [--rsh='ssh -o BatchMode=yes {}']
+                      [--clock-port=PORT]
                       [--seed=N] [--out=FILE] [--latchd=PATH]
                       [--plugin-path=DIR:DIR] [--max-run-spread=F]
          --lab        measure on node 1 of the cluster lab (started, or the running
                       one in DIR); needed for dlm and sanlock
          --block-seconds  a block's timed part ends after S s once it has 5 cycles
                       (a hand-off block after 3 S)
+         --hosts      measure real hosts' latchds instead (uncontended on the first,
+                      handoff between the first two), reached with --rsh ({} = the
+                      host); SOCKET defaults to /run/latchkey/latchd.sock
        latchbench report [--out=DIR] A.json [B.json]
 )";
 
@@ -183,6 +190,10 @@ struct Options {
   double failover_limit = 150;               // how long a survivor waits for its grant
   std::vector<int> scale_locks = {1000, 10000};  // the scale scenario's sizes
   std::vector<std::string> host_backends;  // with --lab: also these on this host
+  std::vector<HostSpec> hosts;             // real hosts running latchd (--hosts)
+  std::string rsh = "ssh -o BatchMode=yes {}";
+  int clock_port = 7718;
+  bool backends_set = false;
   bool lab = false;          // measure in the cluster lab
   std::string lab_dir;  // a running lab to use; empty: start one
   std::string latchd;
@@ -669,6 +680,79 @@ int RunContendedLab(const Options& o, LabRunner& lab, json* results) {
       results);
 }
 
+// Real hosts (--hosts): latchbench-node copied to each, their latchds
+// asked for hello; the backends to measure settled (the common ones unless
+// --backends named some). nullptr after printing what failed.
+std::unique_ptr<HostsRunner> StartHosts(Options* o) {
+  HostsSetup setup;
+  setup.hosts = o->hosts;
+  setup.rsh = o->rsh;
+  setup.clock_port = o->clock_port;
+  setup.node_binary = Runfile("tools/latchbench/latchbench-node");
+  if (setup.node_binary.empty()) {
+    fprintf(stderr, "latchbench: latchbench-node is not in the runfiles\n");
+    return nullptr;
+  }
+  fprintf(stderr, "latchbench: %zu hosts through '%s'...\n", o->hosts.size(), o->rsh.c_str());
+  absl::StatusOr<std::unique_ptr<HostsRunner>> r = HostsRunner::Start(setup);
+  if (!r.ok()) {
+    fprintf(stderr, "latchbench: the hosts: %s\n", r.status().ToString().c_str());
+    return nullptr;
+  }
+  const std::vector<std::string> common = (*r)->Backends();
+  if (!o->backends_set) o->backends = common;
+  for (const std::string& b : o->backends) {
+    if (std::find(common.begin(), common.end(), b) == common.end()) {
+      fprintf(stderr, "latchbench: backend '%s' is not in every host's latchd (they all have: "
+                      "%s)\n", b.c_str(), absl::StrJoin(common, ", ").c_str());
+      return nullptr;
+    }
+  }
+  if (o->backends.empty()) {
+    fprintf(stderr, "latchbench: the hosts' latchds have no backend in common\n");
+    return nullptr;
+  }
+  return std::move(*r);
+}
+
+// The uncontended scenario on the first host, through its latchd.
+int RunUncontendedHosts(const Options& o, HostsRunner& hosts, json* results) {
+  std::vector<Block> blocks;
+  for (const std::string& b : o.backends) {
+    for (LockMode m : LabModes()) {
+      blocks.push_back({b, "latchd", m, "host1 (" + o.hosts[0].host + ")",
+                        absl::StrCat("uh", o.seed), 1, {}, {}});
+    }
+  }
+  return MeasureBlocks(o, "uncontended", &blocks, results,
+                       [&](const Block& bl,
+                           const std::function<void(int, int)>&) -> absl::StatusOr<Measured> {
+                         absl::StatusOr<std::vector<double>> s =
+                             hosts.Cycles(1, bl.backend, bl.mode, bl.lease, o.warmup, o.cycles,
+                                          o.block_seconds);
+                         if (!s.ok()) return s.status();
+                         return Measured(std::move(*s), hosts.LastCost());
+                       });
+}
+
+// The hand-off scenario between the first two hosts (not nop).
+int RunHandoffHosts(const Options& o, HostsRunner& hosts, json* results) {
+  std::vector<Block> blocks;
+  for (const std::string& b : o.backends) {
+    if (b == "nop") continue;
+    blocks.push_back({b, "latchd", LockMode::kExclusive,
+                      absl::StrCat("host1 (", o.hosts[0].host, ") <-> host2 (", o.hosts[1].host,
+                                   ")"),
+                      absl::StrCat("hh", o.seed), 1, {}, {}});
+  }
+  if (blocks.empty()) return kOk;
+  return MeasureBlocks(o, "handoff", &blocks, results,
+                       [&](const Block& bl, const std::function<void(int, int)>&) {
+                         return hosts.Handoffs(bl.backend, bl.lease, o.handoffs,
+                                               o.handoff_hold_ms, o.block_seconds * 3);
+                       });
+}
+
 // The failover scenario: every backend (not nop) × fault, through latchd,
 // `failover_runs` trials each; one result per backend and fault.
 int RunFailoverLab(const Options& o, LabRunner& lab, json* results) {
@@ -873,6 +957,7 @@ int Parse(int argc, char** argv, Options* o) {
       o->quick = true;
     } else if (value("--backends")) {
       o->backends = absl::StrSplit(v, ',', absl::SkipEmpty());
+      o->backends_set = true;
     } else if (value("--scenarios")) {
       o->scenarios = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (value("--runs")) {
@@ -906,6 +991,25 @@ int Parse(int argc, char** argv, Options* o) {
       contend_seconds_set = true;
     } else if (value("--scale-locks")) {
       if (!numbers("--scale-locks", 1000000, "", &o->scale_locks)) return kUsageError;
+    } else if (value("--hosts")) {
+      absl::StatusOr<std::vector<HostSpec>> h = ParseHosts(std::string(v));
+      if (!h.ok()) {
+        fprintf(stderr, "latchbench: %s\n", std::string(h.status().message()).c_str());
+        return kUsageError;
+      }
+      o->hosts = std::move(*h);
+    } else if (value("--rsh")) {
+      if (absl::StatusOr<RemoteShell> sh = RemoteShell::Parse(std::string(v)); !sh.ok()) {
+        fprintf(stderr, "latchbench: %s\n", std::string(sh.status().message()).c_str());
+        return kUsageError;
+      }
+      o->rsh = std::string(v);
+    } else if (value("--clock-port")) {
+      if (!absl::SimpleAtoi(v, &o->clock_port) || o->clock_port < 1 || o->clock_port > 65535) {
+        fprintf(stderr, "latchbench: --clock-port must be a UDP port (1-65535), not '%s'\n",
+                std::string(v).c_str());
+        return kUsageError;
+      }
     } else if (value("--host-backends")) {
       o->host_backends = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (value("--failover-faults")) {
@@ -988,7 +1092,7 @@ int Parse(int argc, char** argv, Options* o) {
       return kUsageError;
     }
     for (const BackendInfo& i : kBackends) {
-      if (b == i.name && i.lab_only && !o->lab) {
+      if (b == i.name && i.lab_only && !o->lab && o->hosts.empty()) {
         fprintf(stderr, "latchbench: backend '%s' runs only in the cluster lab: add --lab (or "
                         "--lab=DIR to use a running one)\n", b.c_str());
         return kUsageError;
@@ -998,6 +1102,11 @@ int Parse(int argc, char** argv, Options* o) {
       fprintf(stderr, "latchbench: backend '%s' is named twice\n", b.c_str());
       return kUsageError;
     }
+  }
+  if (!o->hosts.empty() && (o->lab || !o->host_backends.empty())) {
+    fprintf(stderr, "latchbench: --hosts measures real hosts; it does not go with --lab or "
+                    "--host-backends\n");
+    return kUsageError;
   }
   if (!o->host_backends.empty() && !o->lab) {
     fprintf(stderr, "latchbench: --host-backends adds this host's backends to a --lab run; "
@@ -1018,6 +1127,19 @@ int Parse(int argc, char** argv, Options* o) {
       fprintf(stderr, "latchbench: unknown scenario '%s' (latchbench list shows them)\n",
               s.c_str());
       return kUsageError;
+    }
+    if (!o->hosts.empty()) {
+      if (s != "uncontended" && s != "handoff") {
+        fprintf(stderr, "latchbench: scenario '%s' needs the lab's faults and probes: on real "
+                        "hosts (--hosts) latchbench runs uncontended and handoff\n", s.c_str());
+        return kUsageError;
+      }
+      if (s == "handoff" && o->hosts.size() < 2) {
+        fprintf(stderr, "latchbench: scenario 'handoff' runs between two hosts: --hosts names "
+                        "one\n");
+        return kUsageError;
+      }
+      continue;
     }
     if ((s == "handoff" || s == "failover" || s == "scale") && !o->lab) {
       fprintf(stderr, "latchbench: scenario '%s' runs between lab nodes: add --lab\n",
@@ -1060,7 +1182,7 @@ int List() {
   return kOk;
 }
 
-int Run(const Options& o) {
+int Run(Options o) {
   char templ[] = "/tmp/latchbench.XXXXXX";
   if (mkdtemp(templ) == nullptr) {
     fprintf(stderr, "latchbench: cannot create a work directory under /tmp: %s\n",
@@ -1089,6 +1211,13 @@ int Run(const Options& o) {
                        {"failover_limit_s", o.failover_limit},
                        {"scale_locks", o.scale_locks},
                        {"host_backends", o.host_backends}};
+  if (!o.hosts.empty()) {
+    json hs = json::array();
+    for (const HostSpec& h : o.hosts) hs.push_back({{"host", h.host}, {"socket", h.socket}});
+    doc["parameters"]["hosts"] = hs;
+    doc["parameters"]["rsh"] = o.rsh;
+    doc["parameters"]["clock_port"] = o.clock_port;
+  }
   json results = json::array();
   json latchd_hello;
   int rc = kOk;
@@ -1111,6 +1240,29 @@ int Run(const Options& o) {
     return *c;
   };
   json clocks_before;
+  std::unique_ptr<HostsRunner> hosts;
+  const auto host_clocks = [&](const char* when) {
+    if (hosts->hosts() < 2) return json();
+    absl::StatusOr<json> c = hosts->MeasureClocks();
+    if (!c.ok()) {
+      fprintf(stderr, "latchbench: clocks %s: %s\n", when, c.status().ToString().c_str());
+      return json{{"error", c.status().ToString()}};
+    }
+    for (const json& h : (*c)["hosts"]) {
+      fprintf(stderr, "latchbench: clocks %s: host%d = host1 %+.3f ms (+- %.3f ms)\n", when,
+              h["host"].get<int>(), h["offset_ns"].get<int64_t>() / 1e6,
+              h["uncertainty_ns"].get<int64_t>() / 1e6);
+    }
+    return *c;
+  };
+  if (!o.hosts.empty()) {
+    hosts = StartHosts(&o);
+    if (hosts == nullptr) rc = kFailed;
+    if (hosts != nullptr) {
+      clocks_before = host_clocks("before");
+      doc["parameters"]["backends"] = o.backends;
+    }
+  }
   if (o.lab) {
     lab = StartLab(o);
     if (lab == nullptr) rc = kFailed;
@@ -1121,13 +1273,16 @@ int Run(const Options& o) {
   // --host-backends, measured in the same run and document.
   Options ho = o;
   if (o.lab) ho.backends = o.host_backends;
-  const bool on_host = !o.lab || !o.host_backends.empty();
+  const bool on_host = o.hosts.empty() && (!o.lab || !o.host_backends.empty());
   json host_hello;
   if (on_host && rc == kOk) rc = StartHost(ho, workdir, &host, &host_hello);
-  if (!o.lab) latchd_hello = host_hello;
+  if (!o.lab && o.hosts.empty()) latchd_hello = host_hello;
   for (const std::string& s : o.scenarios) {
     if (rc != kOk) break;
-    if (s == "uncontended") {
+    if (hosts != nullptr) {
+      rc = s == "uncontended" ? RunUncontendedHosts(o, *hosts, &results)
+                              : RunHandoffHosts(o, *hosts, &results);
+    } else if (s == "uncontended") {
       if (on_host) rc = RunUncontended(ho, host, &results);
       if (o.lab && rc == kOk) rc = RunUncontendedLab(o, *lab, &results);
     } else if (s == "handoff") {
@@ -1143,6 +1298,14 @@ int Run(const Options& o) {
   }
   host.latchd.reset();  // stopped by its PID
   host.loaded.clear();
+  if (hosts != nullptr) {
+    doc["hosts"] = hosts->Topology();
+    doc["hosts"]["clocks"] = clocks_before;
+    if (!g_interrupted) doc["hosts"]["clocks_after"] = host_clocks("after");
+    latchd_hello = json::array();
+    for (const json& h : doc["hosts"]["hosts"]) latchd_hello.push_back(h["hello"]);
+    hosts.reset();  // latchbench-node removed from every host
+  }
   if (lab != nullptr) {
     doc["lab"] = lab->Topology();
     doc["lab"]["clocks"] = clocks_before;

@@ -36,6 +36,9 @@
 //   latchbench-node hold-nl LOCKSPACE NAME...
 //       Holds a DLM NL lock on each NAME, so this node masters them, prints
 //       "holding", and keeps them until stdin closes or it is killed.
+//   latchbench-node hello SOCKET
+//       Asks the latchd at SOCKET for its hello and prints one line,
+//       {"hello": {...}, "hostname", "kernel", "cpus"} (latchbench --hosts).
 //   latchbench-node clock-serve PORT
 //       Answers clock probes on UDP PORT until killed (clock_sync.h).
 //   latchbench-node clock-probe ADDRESS PORT PROBES
@@ -45,6 +48,7 @@
 //
 // Exit codes: 0 done, 1 a measurement or lock failed, 2 bad usage.
 #include <signal.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -61,6 +65,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "agent/client.h"
 #include "backends/dlm/raw_lock.h"
 #include "core/config.h"
 #include "core/lock_mode.h"
@@ -381,6 +386,23 @@ int HoldNl(int argc, char** argv) {
   return 0;
 }
 
+int Hello(int argc, char** argv) {
+  if (argc != 3) return Usage("usage: hello SOCKET");
+  absl::StatusOr<LatchdClient> c = LatchdClient::Connect(argv[2], absl::Seconds(10));
+  if (!c.ok()) return Fail(std::string(c.status().message()));
+  absl::StatusOr<nlohmann::json> h = c->Call({{"op", "hello"}});
+  if (!h.ok()) return Fail(absl::StrCat("latchd at ", argv[2], ": ", h.status().message()));
+  struct utsname u;
+  if (uname(&u) != 0) return Fail(absl::StrCat("uname: ", strerror(errno)));
+  printf("%s\n", nlohmann::json{{"hello", *h},
+                                {"hostname", u.nodename},
+                                {"kernel", u.release},
+                                {"cpus", sysconf(_SC_NPROCESSORS_ONLN)}}
+                     .dump()
+                     .c_str());
+  return 0;
+}
+
 int ClockServe(int argc, char** argv) {
   int port = 0;
   if (argc != 3 || !absl::SimpleAtoi(argv[2], &port)) return Usage("clock-serve PORT");
@@ -415,9 +437,10 @@ int main(int argc, char** argv) {
   if (cmd == "handoff") return Handoff(argc, argv);
   if (cmd == "hold") return Hold(argc, argv);
   if (cmd == "contend") return Contend(argc, argv);
+  if (cmd == "hello") return Hello(argc, argv);
   if (cmd == "clock-serve") return ClockServe(argc, argv);
   if (cmd == "clock-probe") return ClockProbe(argc, argv);
   return Usage(
       "usage: latchbench-node cycles ... | handoff ... | hold ... | contend ... | hold-nl LOCKSPACE NAME... | "
-      "clock-serve PORT | clock-probe ADDRESS PORT PROBES (see the source)");
+      "hello SOCKET | clock-serve PORT | clock-probe ADDRESS PORT PROBES (see the source)");
 }

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "agent/testing/latchd_process.h"
 #include "nlohmann/json.hpp"
 #include "tools/cpp/runfiles/runfiles.h"
 
@@ -165,7 +167,9 @@ TEST(LatchbenchTest, ContendedRunCountsGrantsPerOwnerAndFairness) {
       EXPECT_GT(run["fairness_jain"].get<double>(), 0.0) << key;
       EXPECT_LE(run["fairness_jain"].get<double>(), 1.0 + 1e-9) << key;
     }
-    if (x["owners"] == 1) EXPECT_DOUBLE_EQ(x["fairness_jain"].get<double>(), 1.0);
+    if (x["owners"] == 1) {
+      EXPECT_DOUBLE_EQ(x["fairness_jain"].get<double>(), 1.0);
+    }
   }
   // posixfd: raw, in process, latchd; nop: in process, latchd; x 2 picks x 2 owner counts.
   EXPECT_EQ(seen.size(), 20u);
@@ -263,6 +267,18 @@ TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
       {"run --scale-locks=100,abc", 2, "--scale-locks takes numbers"},
       {"run --host-backends=nop", 2, "--host-backends adds this host's backends to a --lab run"},
       {"run --lab=/ --host-backends=posixfd,dlm", 2, "--host-backends: 'dlm' is not a backend this host"},
+      // Real hosts: what they can run, and how they are named.
+      {"run --hosts=a --lab", 2, "it does not go with --lab"},
+      {"run --hosts=a=run/latchd.sock", 2, "the socket of a must be an absolute path"},
+      {"run --hosts=,b", 2, "an entry without a host"},
+      {"run --hosts='a;reboot'", 2, "has a character other than letters"},
+      {"run --hosts=a --scenarios=contended", 2, "on real hosts (--hosts) latchbench runs"},
+      {"run --hosts=a --scenarios=handoff", 2, "'handoff' runs between two hosts"},
+      {"run --hosts=a --rsh=' '", 2, "the remote shell command is empty"},
+      {"run --hosts=a --clock-port=70000", 2, "--clock-port must be a UDP port"},
+      {"run --hosts=a --rsh=/nonexistent/ssh", 1, "host1 (a): cannot copy latchbench-node"},
+      {"run --hosts=a=/nonexistent/latchd.sock --rsh='sh -c'", 1,
+       "host1 (a): no answer from latchd at /nonexistent/latchd.sock"},
       // An output file that cannot be written: the run fails and says where.
       {"run --quick --cycles=5 --warmup=0 --runs=1 --backends=nop --out=/nonexistent/dir/x.json",
        1, "cannot write /nonexistent/dir/x.json"},
@@ -272,6 +288,87 @@ TEST(LatchbenchTest, BadInputIsRefusedWithAClearError) {
     EXPECT_EQ(r.status, c.status) << c.args << ": " << r.out;
     EXPECT_THAT(r.out, HasSubstr(c.says)) << c.args;
   }
+}
+
+// --hosts on two latchds of this machine playing hosts (one posixfd lock
+// directory between them), reached through `sh -c` as ssh would reach
+// them: latchbench-node copied into each, hello, clocks, uncontended
+// cycles on the first, hand-offs between the two; every copy removed.
+TEST(LatchbenchTest, RealHostsAreMeasuredThroughTheirOwnLatchds) {
+  using latchkey::testing::LatchdProcess;
+  using latchkey::testing::TempDir;
+  const std::string locks = TempDir("hosts-locks");
+  const std::string conf = "backends = [ \"posixfd\", \"nop\" ]\nbenchmark_backends = [ \"nop\" ]\n";
+  LatchdProcess a(TempDir("host-a"), conf, locks), b(TempDir("host-b"), conf, locks);
+  ASSERT_TRUE(a.Start().ok());
+  ASSERT_TRUE(b.Start().ok());
+  const std::string out = Tmp() + "/hosts.json";
+  Ran r = Latch(absl::StrCat("run --hosts=127.0.0.1=", a.socket(), ",localhost=", b.socket(),
+                             " --rsh='sh -c' --scenarios=uncontended,handoff --runs=1 --cycles=20 "
+                             "--warmup=2 --handoffs=8 --handoff-hold-ms=5 --clock-port=",
+                             20000 + getpid() % 20000, " --out=", out));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("clocks before: host2 = host1"));
+  std::ifstream in(out);
+  std::stringstream s;
+  s << in.rdbuf();
+  const json doc = json::parse(s.str(), nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << s.str().substr(0, 300);
+  ASSERT_EQ(doc["hosts"]["hosts"].size(), 2u) << doc["hosts"].dump();
+  EXPECT_EQ(doc["hosts"]["hosts"][1]["socket"], b.socket());
+  EXPECT_EQ(doc["hosts"]["hosts"][0]["hello"]["server"], "latchd");
+  EXPECT_GT(doc["hosts"]["hosts"][0]["cpus"].get<int>(), 0);
+  // Both backends the two latchds have in common, none named.
+  EXPECT_EQ(doc["parameters"]["backends"], json({"posixfd", "nop"}));
+  // One machine: the two "hosts" share a clock, within the uncertainty.
+  const json& c = doc["hosts"]["clocks"]["hosts"][0];
+  EXPECT_LE(std::abs(c["offset_ns"].get<int64_t>()), c["uncertainty_ns"].get<int64_t>() + 1000000)
+      << c.dump();
+  std::set<std::string> uncontended;
+  int handoffs = 0;
+  for (const json& res : doc["results"]) {
+    EXPECT_EQ(res["path"], "latchd") << res.dump().substr(0, 200);
+    ASSERT_EQ(res["runs"].size(), 1u);
+    if (res["scenario"] == "handoff") {
+      ++handoffs;
+      EXPECT_EQ(res["backend"], "posixfd");  // nop excludes nobody
+      EXPECT_EQ(res["placement"], "host1 (127.0.0.1) <-> host2 (localhost)");
+      // Two loops of 8 rounds each: a hand-off at most every other grant.
+      EXPECT_GE(res["runs"][0]["samples"].size(), 1u);
+      EXPECT_LE(res["runs"][0]["samples"].size(), 15u);
+      continue;
+    }
+    EXPECT_EQ(res["scenario"], "uncontended");
+    EXPECT_EQ(res["placement"], "host1 (127.0.0.1)");
+    EXPECT_EQ(res["runs"][0]["samples"].size(), 20u);
+    EXPECT_GT(res["summary"]["median"].get<double>(), 0);
+    EXPECT_EQ(res["runs"][0]["cost"]["node"], "host1");
+    uncontended.insert(absl::StrCat(res["backend"].get<std::string>(), "/",
+                                    res["mode"].get<std::string>()));
+  }
+  EXPECT_EQ(uncontended.size(), 6u);  // 2 backends x 3 modes
+  EXPECT_EQ(handoffs, 1);
+  // Nothing of latchbench's left on the hosts, and the hosts' latchds
+  // hold nothing for it.
+  DIR* d = opendir("/tmp");
+  ASSERT_NE(d, nullptr);
+  while (dirent* e = readdir(d)) {
+    EXPECT_NE(std::string(e->d_name).rfind("latchbench-node.", 0), 0u) << e->d_name;
+  }
+  closedir(d);
+  for (LatchdProcess* l : {&a, &b}) {
+    absl::StatusOr<latchkey::LatchdClient> cl = l->Connect();
+    ASSERT_TRUE(cl.ok());
+    absl::StatusOr<json> st = cl->Call({{"op", "status"}});
+    ASSERT_TRUE(st.ok());
+    EXPECT_EQ((*st)["owners"].size(), 0u) << st->dump();
+  }
+  // A backend one of them lacks is refused, naming what they share.
+  r = Latch(absl::StrCat("run --hosts=a=", a.socket(), ",b=", b.socket(),
+                         " --rsh='sh -c' --backends=dlm --out=", Tmp(), "/x.json"));
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("backend 'dlm' is not in every host's latchd (they all have: "
+                               "posixfd, nop)"));
 }
 
 // Processes whose command line mentions `needle`.

@@ -281,6 +281,21 @@ def env_rows(doc):
                     f"± {n.get('uncertainty_ns', 0) / 1e6:.3f}" for n in c["nodes"])))
             elif isinstance(c, dict) and "error" in c:
                 rows.append((f"node clocks at the {when}", f"not measured: {c['error']}"))
+    hosts = doc.get("hosts")
+    if isinstance(hosts, dict) and isinstance(hosts.get("hosts"), list):
+        rows.append(("hosts", f"reached with '{hosts.get('rsh', '?')}': " + "; ".join(
+            f"host{i + 1} {h.get('host', '?')} ({h.get('hostname', '?')}, kernel "
+            f"{h.get('kernel', '?')}, {h.get('cpus', '?')} CPUs), latchd at {h.get('socket', '?')} "
+            f"with {', '.join(str(b) for b in (h.get('hello') or {}).get('backends', []))}"
+            for i, h in enumerate(hosts["hosts"]) if isinstance(h, dict))))
+        for k, when in (("clocks", "start"), ("clocks_after", "end")):
+            c = hosts.get(k)
+            if isinstance(c, dict) and isinstance(c.get("hosts"), list):
+                rows.append((f"host clocks at the {when} (against host1)", "; ".join(
+                    f"host{n.get('host')} {n.get('offset_ns', 0) / 1e6:+.3f} ms "
+                    f"± {n.get('uncertainty_ns', 0) / 1e6:.3f}" for n in c["hosts"])))
+            elif isinstance(c, dict) and "error" in c:
+                rows.append((f"host clocks at the {when}", f"not measured: {c['error']}"))
     return rows
 
 

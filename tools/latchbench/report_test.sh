@@ -112,6 +112,18 @@ grep -q "does not fit: 1000 leases need 1000 MiB" "$tmp/sc/index.html" || fail "
 grep -q "Too many open files" "$tmp/sc/index.html" || fail "posixfd's refusal is not shown"
 expect_figures "$tmp/sc/index.html" 1
 
+# Real hosts (--hosts, two latchds of one machine through `sh -c`): the
+# hosts, their latchds and clocks in the machine table, the hand-off row
+# placed between them.
+ho=$(pwd)/tools/latchbench/testdata/hosts.json
+"$bench" report --out="$tmp/ho" "$ho" >"$tmp/ho.log" 2>&1 || fail "report of hosts: $(cat "$tmp/ho.log")"
+grep -q "reached with [^ ]*sh -c[^ ]*: host1 127.0.0.1 (vm, kernel [^,]*, 2 CPUs), latchd at /tmp/hh/a/latchd.sock with posixfd, nop; host2 localhost" \
+  "$tmp/ho/index.html" || fail "the hosts are not described"
+grep -q "host clocks at the start (against host1)</th><td>host2 [-+][0-9.]* ms ± [0-9.]*</td>" \
+  "$tmp/ho/index.html" || fail "the hosts' clocks are not shown"
+grep -q "<td>handoff</td><td>posixfd</td><td>host1 (127.0.0.1) &lt;-&gt; host2 (localhost)</td>" \
+  "$tmp/ho/index.html" || fail "no hand-off row between the hosts"
+
 # Two runs: B against A, said to be from different runs.
 out=$tmp/two
 "$bench" report --out="$out" "$a" "$b" >"$tmp/two.log" 2>&1 || fail "report of two runs: $(cat "$tmp/two.log")"
