@@ -20,40 +20,18 @@
 #include "agent/testing/latchd_process.h"
 #include "nlohmann/json.hpp"
 #include "tools/cpp/runfiles/runfiles.h"
+#include "tools/latchbench/bench_testing.h"
 
 namespace {
 
 using json = nlohmann::json;
 using ::testing::HasSubstr;
-
-std::string Latchbench() {
-  std::string err;
-  std::unique_ptr<bazel::tools::cpp::runfiles::Runfiles> rf(
-      bazel::tools::cpp::runfiles::Runfiles::CreateForTest(&err));
-  return rf == nullptr ? "" : rf->Rlocation("latchkey/tools/latchbench/latchbench");
-}
-
-struct Ran {
-  int status = -1;  // exit code
-  std::string out;  // stdout and stderr
-};
-
-Ran Latch(const std::string& args) {
-  Ran r;
-  FILE* p = popen(absl::StrCat(Latchbench(), " ", args, " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-std::string Tmp() {
-  const char* t = getenv("TEST_TMPDIR");
-  return t != nullptr ? t : "/tmp";
-}
+using latchkey::bench::testing::Latch;
+using latchkey::bench::testing::Latchbench;
+using latchkey::bench::testing::NodeCopiesLeft;
+using latchkey::bench::testing::ProcessesMentioning;
+using latchkey::bench::testing::Ran;
+using latchkey::bench::testing::Tmp;
 
 TEST(LatchbenchTest, ListNamesScenariosAndBackends) {
   Ran r = Latch("list");
@@ -350,12 +328,7 @@ TEST(LatchbenchTest, RealHostsAreMeasuredThroughTheirOwnLatchds) {
   EXPECT_EQ(handoffs, 1);
   // Nothing of latchbench's left on the hosts, and the hosts' latchds
   // hold nothing for it.
-  DIR* d = opendir("/tmp");
-  ASSERT_NE(d, nullptr);
-  while (dirent* e = readdir(d)) {
-    EXPECT_NE(std::string(e->d_name).rfind("latchbench-node.", 0), 0u) << e->d_name;
-  }
-  closedir(d);
+  EXPECT_EQ(NodeCopiesLeft(), "");
   for (LatchdProcess* l : {&a, &b}) {
     absl::StatusOr<latchkey::LatchdClient> cl = l->Connect();
     ASSERT_TRUE(cl.ok());
@@ -369,21 +342,6 @@ TEST(LatchbenchTest, RealHostsAreMeasuredThroughTheirOwnLatchds) {
   EXPECT_EQ(r.status, 1) << r.out;
   EXPECT_THAT(r.out, HasSubstr("backend 'dlm' is not in every host's latchd (they all have: "
                                "posixfd, nop)"));
-}
-
-// Processes whose command line mentions `needle`.
-int ProcessesMentioning(const std::string& needle) {
-  int n = 0;
-  DIR* d = opendir("/proc");
-  if (d == nullptr) return -1;
-  while (dirent* e = readdir(d)) {
-    std::ifstream in(absl::StrCat("/proc/", e->d_name, "/cmdline"));
-    std::stringstream s;
-    s << in.rdbuf();
-    if (s.str().find(needle) != std::string::npos) ++n;
-  }
-  closedir(d);
-  return n;
 }
 
 TEST(LatchbenchTest, AnInterruptedRunStopsItsLatchdAndWritesNothing) {
