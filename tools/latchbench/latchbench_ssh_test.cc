@@ -101,11 +101,12 @@ TEST(LatchbenchTest, RealHostsAreReachedOverSsh) {
   ASSERT_TRUE(a.Start().ok());
   ASSERT_TRUE(b.Start().ok());
   const std::string out = Tmp() + "/ssh.json";
+  const int clock_port = 20000 + (getpid() + 7) % 20000;
   // {} twice: the host is 127.0.0.1 for ssh and for host 2's clock probe.
   Ran r = Latch(absl::StrCat("run --hosts=root@127.0.0.1=", a.socket(), ",root@127.0.0.1=",
                              b.socket(), " --rsh='", sshd.Rsh("{}"), "' --scenarios=uncontended,handoff "
                              "--runs=1 --cycles=10 --warmup=1 --handoffs=6 --handoff-hold-ms=5 "
-                             "--clock-port=", 20000 + (getpid() + 7) % 20000, " --out=", out));
+                             "--clock-port=", clock_port, " --out=", out));
   ASSERT_EQ(r.status, 0) << r.out;
   std::ifstream in(out);
   std::stringstream s;
@@ -129,8 +130,9 @@ TEST(LatchbenchTest, RealHostsAreReachedOverSsh) {
   EXPECT_EQ(uncontended, 3);
   EXPECT_EQ(handoff, 1);
   EXPECT_EQ(NodeCopiesLeft(), "");
-  // No clock server left behind (it ran under sshd, not under latchbench).
-  EXPECT_EQ(ProcessesMentioning("latchbench-node clock-serve"), 0);
+  // No clock server left behind (it ran under sshd, not under latchbench);
+  // a command line's arguments are NUL-separated.
+  EXPECT_EQ(ProcessesMentioning(absl::StrCat("clock-serve", std::string(1, '\0'), clock_port)), 0);
 }
 
 }  // namespace
