@@ -173,7 +173,22 @@ void DivideBy(nlohmann::json& a, double n) {
   }
 }
 
+void MultiplyBy(nlohmann::json& a, double f) {
+  if (a.is_number()) {
+    a = a.get<double>() * f;
+  } else if (a.is_object()) {
+    for (auto& v : a) MultiplyBy(v, f);
+  }
+}
+
 }  // namespace
+
+nlohmann::json ScaledCost(const nlohmann::json& delta, double factor) {
+  nlohmann::json s = delta;
+  if (s.is_object()) s.erase("cycles");
+  MultiplyBy(s, factor);
+  return s;
+}
 
 nlohmann::json CostPerCycle(const std::vector<nlohmann::json>& deltas) {
   nlohmann::json sum;
@@ -183,6 +198,8 @@ nlohmann::json CostPerCycle(const std::vector<nlohmann::json>& deltas) {
     cycles += d["cycles"].get<double>();
     nlohmann::json rest = d;
     rest.erase("cycles");
+    rest.erase("seconds");  // a run's own length, and its idle interval's
+    rest.erase("background_idle_seconds");
     AddInto(sum, rest);
   }
   if (cycles <= 0 || sum.is_null()) return nullptr;

@@ -43,9 +43,16 @@ CostSnapshot TakeCostSnapshot();
 // left out; loopback too.
 nlohmann::json CostDelta(const CostSnapshot& before, const CostSnapshot& after, int cycles);
 
+// `delta` (CostDelta's shape) with every figure multiplied by `factor`,
+// "cycles" left out: an idle interval's counters scaled to a block's
+// length, the block's background.
+nlohmann::json ScaledCost(const nlohmann::json& delta, double factor);
+
 // Several CostDelta results (one block's runs) summed and divided by their
 // cycles: the same shape, every figure per cycle, "cycles" the total.
-// Null when there is nothing to sum.
+// A delta's "background" (ScaledCost of an idle interval) is summed and
+// divided the same way: the part of each figure the node would have shown
+// without the cycles. Null when there is nothing to sum.
 nlohmann::json CostPerCycle(const std::vector<nlohmann::json>& deltas);
 
 // Parsers, exposed for tests.

@@ -99,6 +99,29 @@ TEST(CostCountersTest, PerCycleSumsRunsAndDividesByTheirCycles) {
   EXPECT_TRUE(CostPerCycle({nullptr, {{"cycles", 0}}}).is_null());
 }
 
+TEST(CostCountersTest, AnIdleIntervalScaledToTheBlockIsItsBackgroundPerCycle) {
+  // 1 s idle: 4 packets and 2 writes; the block lasted 0.5 s over 10 cycles.
+  const nlohmann::json idle = {{"cycles", 0},
+                               {"disk", {{"sdb", {{"writes", 2}}}}},
+                               {"net", {{"eth0", {{"rx_packets", 4}}}}},
+                               {"machine_busy_seconds", 0.02}};
+  const nlohmann::json bg = ScaledCost(idle, 0.5);
+  EXPECT_FALSE(bg.contains("cycles"));
+  EXPECT_DOUBLE_EQ(bg["disk"]["sdb"]["writes"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(bg["net"]["eth0"]["rx_packets"].get<double>(), 2.0);
+  nlohmann::json run = {{"cycles", 10}, {"net", {{"eth0", {{"rx_packets", 30}}}}}};
+  run["background"] = bg;
+  run["seconds"] = 0.5;
+  run["background_idle_seconds"] = 1.0;
+  const nlohmann::json p = CostPerCycle({run, run});
+  EXPECT_FALSE(p.contains("seconds"));
+  EXPECT_FALSE(p.contains("background_idle_seconds"));
+  EXPECT_DOUBLE_EQ(p["net"]["eth0"]["rx_packets"].get<double>(), 3.0);
+  EXPECT_DOUBLE_EQ(p["background"]["net"]["eth0"]["rx_packets"].get<double>(), 0.2);
+  EXPECT_DOUBLE_EQ(p["background"]["disk"]["sdb"]["writes"].get<double>(), 0.1);
+  EXPECT_DOUBLE_EQ(p["background"]["machine_busy_seconds"].get<double>(), 0.001);
+}
+
 }  // namespace
 }  // namespace bench
 }  // namespace latchkey

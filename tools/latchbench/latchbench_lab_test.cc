@@ -176,6 +176,10 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
     EXPECT_EQ(c["cycles"].get<double>(), 5.0) << where;
     EXPECT_EQ(r["runs"][0]["cost"]["node"], "node1") << where;
     EXPECT_TRUE(c["cpu_seconds"].contains("self")) << c.dump();
+    // The background: an idle interval after the block, scaled to it.
+    EXPECT_TRUE(c["background"].is_object()) << where << c.dump();
+    EXPECT_GT(r["runs"][0]["cost"]["seconds"].get<double>(), 0) << where;
+    EXPECT_GE(r["runs"][0]["cost"]["background_idle_seconds"].get<double>(), 0.2) << where;
     double disk_ios = 0, wire_packets = 0;
     for (const auto& [dev, d] : c["disk"].items()) {
       disk_ios += d["reads"].get<double>() + d["writes"].get<double>();

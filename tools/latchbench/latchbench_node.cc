@@ -51,6 +51,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -65,6 +66,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agent/client.h"
 #include "backends/dlm/raw_lock.h"
 #include "core/config.h"
@@ -215,14 +218,23 @@ int Cycles(int argc, char** argv) {
   // counters (cost_counters.h): what the timed cycles cost this node.
   absl::StatusOr<std::vector<double>> s = TimeCycles(*p, *mode, warmup, 0, 0, &g_stop, {});
   const CostSnapshot before = TakeCostSnapshot();
+  const absl::Time start = absl::Now();
   if (s.ok()) s = TimeCycles(*p, *mode, 0, cycles, flags.max_seconds, &g_stop, {});
+  const double block_s = absl::ToDoubleSeconds(absl::Now() - start);
   const CostSnapshot after = TakeCostSnapshot();
   p.reset();  // the latchd owner unregistered, the raw lockspace closed
   if (!s.ok()) return Fail(s.status().ToString());
-  printf("%s\n", nlohmann::json({{"samples", *s},
-                                 {"cost", CostDelta(before, after, static_cast<int>(s->size()))}})
-                     .dump()
-                     .c_str());
+  nlohmann::json cost = CostDelta(before, after, static_cast<int>(s->size()));
+  cost["seconds"] = block_s;
+  // The background: the same counters over an idle interval as long as the
+  // block (0.2 to 3 s), scaled to the block's length (cost_counters.h).
+  const double idle_s = std::clamp(block_s, 0.2, 3.0);
+  const CostSnapshot idle_before = TakeCostSnapshot();
+  absl::SleepFor(absl::Seconds(idle_s));
+  const CostSnapshot idle_after = TakeCostSnapshot();
+  cost["background"] = ScaledCost(CostDelta(idle_before, idle_after, 0), block_s / idle_s);
+  cost["background_idle_seconds"] = idle_s;
+  printf("%s\n", nlohmann::json({{"samples", *s}, {"cost", cost}}).dump().c_str());
   return 0;
 }
 

@@ -431,6 +431,10 @@ def cost_table(doc):
         if not c:
             continue
         t = cost_totals(c)
+        bg = cost_totals(c["background"]) if isinstance(c.get("background"), dict) else None
+
+        def idle(k):
+            return f" (idle {bg[k]:.2f})" if bg else ""
         daemons = ", ".join(f"{esc(k)} {v:.3f}" for k, v in sorted(t["cpu_ms"].items())
                             if v > 0 and k != "self")
         devs = ", ".join(esc(k) for k in sorted(c.get("disk", {})))
@@ -438,10 +442,11 @@ def cost_table(doc):
         rows.append(
             f"<tr><td>{esc(r['scenario'])}</td><td>{esc(r['backend'])}</td>"
             f"<td>{esc(r.get('placement', ''))}</td><td>{esc(r['path'])}</td><td>{esc(r['mode'])}</td>"
-            f"<td>{int(c.get('cycles', 0))}</td><td>{t['ios']:.2f}</td><td>{t['io_bytes'] / 1024:.1f}"
-            f"{' (' + devs + ')' if devs else ''}</td><td>{t['packets']:.2f}</td>"
+            f"<td>{int(c.get('cycles', 0))}</td><td>{t['ios']:.2f}{idle('ios')}</td>"
+            f"<td>{t['io_bytes'] / 1024:.1f}"
+            f"{' (' + devs + ')' if devs else ''}</td><td>{t['packets']:.2f}{idle('packets')}</td>"
             f"<td>{t['net_bytes'] / 1024:.2f}{' (' + ifs + ')' if ifs else ''}</td>"
-            f"<td>{t['busy_ms']:.3f}</td><td>{t['cpu_ms'].get('self', 0):.3f}</td>"
+            f"<td>{t['busy_ms']:.3f}{idle('busy_ms')}</td><td>{t['cpu_ms'].get('self', 0):.3f}</td>"
             f"<td>{daemons}</td></tr>")
     if not rows:
         return ""
@@ -452,7 +457,9 @@ def cost_table(doc):
             "daemon's (/proc/PID/stat), in ms. Counters are read before and after the timed "
             "cycles, so everything else the node did meanwhile is in them too; CPU is counted in "
             "clock ticks (10 ms in a lab node), so a figure below 10 ms / cycles is at the "
-            "resolution's edge.</p><table><tr><th>scenario</th><th>backend</th><th>where</th>"
+            "resolution's edge. <i>(idle N)</i>: the background, the same counters over an idle "
+            "interval as long as the block (0.2 to 3 s) right after it, per cycle: what the "
+            "node did anyway (corosync's heartbeats, sanlock's renewals).</p><table><tr><th>scenario</th><th>backend</th><th>where</th>"
             "<th>path</th><th>mode</th><th>cycles</th><th>disk I/Os</th><th>disk KiB</th>"
             "<th>packets</th><th>net KiB</th><th>node CPU ms</th><th>own CPU ms</th>"
             "<th>daemons' CPU ms</th></tr>" + "".join(rows) + "</table>")

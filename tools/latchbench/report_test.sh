@@ -58,6 +58,8 @@ for r in d['results'][:2]:
         'disk': {'sdb': {'reads': 3.0, 'read_bytes': 1536, 'writes': 2.0, 'write_bytes': 1024}},
         'net': {'eth1': {'rx_packets': 6, 'rx_bytes': 900, 'tx_packets': 6, 'tx_bytes': 1200}},
         'cpu_seconds': {'self': 0.0005, 'latchd': 0.00125}, 'machine_busy_seconds': 0.003}
+d['results'][1]['cost_per_cycle']['background'] = {
+    'net': {'eth0': {'rx_packets': 0.25, 'tx_packets': 0.25}}, 'machine_busy_seconds': 0.0005}
 json.dump(d, open('$tmp/cost.json', 'w'))"
 "$bench" report --out="$tmp/cost" "$tmp/cost.json" >"$tmp/cost.log" 2>&1 || fail "report with costs: $(cat "$tmp/cost.log")"
 grep -q "index.html: 6 figures" "$tmp/cost.log" || fail "no cost figure: $(cat "$tmp/cost.log")"
@@ -66,6 +68,9 @@ grep -q "index.html: 6 figures" "$tmp/cost.log" || fail "no cost figure: $(cat "
 grep -q "<h3>Cost per cycle</h3>" "$tmp/cost/index.html" || fail "no cost table"
 grep -q "<td>600</td><td>5.00</td><td>2.5 (sdb)</td><td>12.00</td><td>2.05 (eth1)</td><td>3.000</td><td>0.500</td><td>latchd 1.250</td>" \
   "$tmp/cost/index.html" || fail "the cost row is not per cycle as given: $(grep -o '<td>600</td>.\{0,200\}' "$tmp/cost/index.html" | head -1)"
+# The second block's background: what the node did anyway, beside each figure.
+grep -q "<td>600</td><td>5.00 (idle 0.00)</td><td>2.5 (sdb)</td><td>12.00 (idle 0.50)</td><td>2.05 (eth1)</td><td>3.000 (idle 0.50)</td>" \
+  "$tmp/cost/index.html" || fail "the background is not shown: $(grep -o '<td>600</td>.\{0,200\}' "$tmp/cost/index.html" | tail -1)"
 grep -q "contended, handoff, scale, failover" "$tmp/cost/index.html" || fail "cost is still called not measured"
 expect_figures "$tmp/cost/index.html" 6
 # A block whose runs disagree is flagged, not hidden.
