@@ -558,6 +558,7 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
     return e.ok() ? e->size() : 0;
   }();
   absl::Status injected;
+  int64_t kill_ns = 0;  // owner-kill: node 2's clock at the kill
   const int64_t asked = absl::ToUnixNanos(absl::Now());
   if (fault == "node-kill") {
     injected = lab_->Kill(kHolder);
@@ -572,7 +573,12 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
   } else if (fault == "daemon-kill") {
     injected = lab_->DaemonKill(kHolder, LockDaemon(backend), "KILL");
   } else if (fault == "owner-kill") {
-    injected = lab_->Sh(kHolder, absl::StrCat("kill -9 ", *holder)).status();
+    // Node 2's clock just before the kill: the trial is then timed on the
+    // nodes' clocks (below), not the lab command's round trip.
+    absl::StatusOr<std::string> out =
+        lab_->Sh(kHolder, absl::StrCat("date +%s%N; kill -9 ", *holder));
+    injected = out.status();
+    if (out.ok() && !absl::SimpleAtoi(absl::StripAsciiWhitespace(*out), &kill_ns)) kill_ns = 0;
   } else if (fault == "latchd-kill") {
     injected = lab_->DaemonKill(kHolder, "latchd", "KILL");
     if (injected.ok()) injected = StartLatchd(kHolder);
@@ -639,6 +645,18 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
   st.ended = absl::ToUnixNanos(absl::Now());
   done = true;
   watch.join();
+  // owner-kill: from node 2's stamp at the kill to node 3's at its grant,
+  // both mapped onto node 1's clock with the measured offsets (their
+  // uncertainty recorded), instead of the host's 25 ms look at the files.
+  bool node_clocks = false;
+  int64_t grant_ns = 0;
+  if (kill_ns > 0 && st.granted != 0 && clock_offsets_.count(kHolder) &&
+      clock_offsets_.count(kSurvivor) &&
+      absl::SimpleAtoi(absl::StripPrefix(LastLine(survivor_out), "grant "), &grant_ns)) {
+    const int64_t d = (grant_ns - clock_offsets_[kSurvivor]) - (kill_ns - clock_offsets_[kHolder]);
+    st.granted = st.injected + d;
+    node_clocks = true;
+  }
   st.holder_down = holder_down;
   if (absl::StatusOr<std::vector<lab::LabEvent>> e = lab_->Events(); e.ok()) {
     for (size_t i = events_before; i < e->size(); ++i) {
@@ -647,6 +665,11 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
     }
   }
   json record = TrialRecord(st);
+  if (node_clocks) {
+    record["timed_on"] = "node clocks";
+    record["clock_uncertainty_s"] =
+        (clock_uncertainty_[kHolder] + clock_uncertainty_[kSurvivor]) / 1e9;
+  }
   if (!survivor_error.empty()) record["survivor_error"] = survivor_error;
   // 5. Back to a whole lab: the survivor lets go (the holder's node may be
   // gone), every fault lifted, dead nodes restarted, every latchd running.

@@ -151,6 +151,11 @@ TEST(LatchbenchLabTest, EveryLabBackendOnEveryPathAndNothingLeftBehind) {
         continue;
       }
       EXPECT_EQ(t["outcome"], "granted") << t.dump();
+      if (f == "owner-kill") {
+        // Timed from node 2's stamp at the kill to node 3's at the grant.
+        EXPECT_EQ(t["timed_on"], "node clocks") << t.dump();
+        EXPECT_GT(t["clock_uncertainty_s"].get<double>(), 0) << t.dump();
+      }
       EXPECT_GT(t["grant_s"].get<double>(), 0) << t.dump();
       EXPECT_LT(t["grant_s"].get<double>(), 150) << t.dump();
       continue;
