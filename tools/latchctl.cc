@@ -84,7 +84,7 @@ Commands:
   journal [--state-dir DIR | --journal FILE] [--json]
                        dump latchd's journal, read-only, also while latchd is
                        down (default: /run/latchkey/journal.db; DIR/journal.db)
-  backends             backend plugins found locally, with their capabilities
+  backends [--json]    backend plugins found locally, with their capabilities
   identify --disk PATH... [--json]
                        what each disk is, as latchd names it here (its identity:
                        WWID, device-mapper UUID, file system + file handle, ...;
@@ -315,7 +315,7 @@ class Ctl {
     };
     const std::vector<Command> commands = {
         {"help", {}, false, &Ctl::Help},
-        {"backends", {}, false, &Ctl::Backends},
+        {"backends", {"--json"}, false, &Ctl::Backends},
         {"identify", {"--json"}, true, &Ctl::Identify},
         {"status", {"--json"}, false, &Ctl::Status},
         {"run", {"--wait", "--owner", "--uuid", "--grace-ms"}, true, &Ctl::RunCmd},
@@ -586,6 +586,30 @@ class Ctl {
     if (plugins.empty()) {
       fprintf(stderr, "latchctl: no backend plugins in %s\n", absl::StrJoin(path, ":").c_str());
       return kError;
+    }
+    if (Get("--json") != nullptr) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const PluginInfo& p : plugins) {
+        const Capabilities& c = p.capabilities;
+        nlohmann::json modes = nlohmann::json::array();
+        for (LockMode m : {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive}) {
+          if (c.modes & LockModeBit(m)) modes.push_back(LockModeName(m));
+        }
+        out.push_back({{"name", p.name},
+                       {"description", p.description},
+                       {"file", p.file},
+                       {"modes", modes},
+                       {"folded_modes", c.folded_modes},
+                       {"survives_holder_death", c.survives_holder_death},
+                       {"orphan_adoption", c.orphan_adoption},
+                       {"holder_identity", c.holder_identity},
+                       {"fencing_tokens", c.fencing_tokens},
+                       {"queues", c.queues},
+                       {"no_exclusion", c.no_exclusion},
+                       {"max_name_len", c.max_name_len}});
+      }
+      PrintJson(out);
+      return kOk;
     }
     for (const PluginInfo& p : plugins) {
       const Capabilities& c = p.capabilities;

@@ -187,6 +187,16 @@ out=$(ctl leases-format 2>&1); rc=$?
 [[ $rc -eq 2 && $out == *"needs --lockspace"* ]] || fail "leases-format usage ($rc): $out"
 "$latchctl" --plugin-path "$TEST_SRCDIR/latchkey/backends" backends | grep -q '^posixfd' ||
   fail "backends does not list posixfd"
+# --json: the capabilities as the plugins declare them (posixfd's OFD locks
+# die with the process holding them; nop excludes nobody).
+out=$("$latchctl" --plugin-path "$TEST_SRCDIR/latchkey/backends/posixfd:$TEST_SRCDIR/latchkey/backends/nop" backends --json)
+python3 -c "
+import json, sys
+b = {p['name']: p for p in json.loads(sys.argv[1])}
+assert b['posixfd']['survives_holder_death'] is False, b
+assert b['posixfd']['no_exclusion'] is False and b['nop']['no_exclusion'] is True, b
+assert 'exclusive' in b['posixfd']['modes'], b
+" "$out" || fail "backends --json is not what the plugins declare: $out"
 
 # --- libvirt-check: qemu-latchkey.conf as latchkey.so reads it, and latchd's backends
 conf="$work/qemu-latchkey.conf"

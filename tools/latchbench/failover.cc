@@ -53,16 +53,21 @@ std::vector<std::string> FaultsFor(const std::string& backend) {
   return out;
 }
 
-std::string Expected(const std::string& backend, const std::string& fault) {
+std::string Expected(const std::string& fault, bool locks_survive_holder) {
   if (fault != "latchd-kill") return "grant";
-  return backend == "posixfd" ? "lost" : "kept";
+  return locks_survive_holder ? "kept" : "lost";
 }
 
-std::string KnownLimit(const std::string& backend, const std::string& fault) {
-  if (Expected(backend, fault) != "lost") return "";
-  return "posixfd's OFD locks are open files of latchd and close when it dies; another host "
-         "can take the lease before the restarted latchd takes it again, which then applies "
-         "the owner's lock-failure policy (docs/libvirt.md, posixfd and latchd's kill -9)";
+std::string KnownLimit(const std::string& backend, const std::string& fault,
+                       bool locks_survive_holder) {
+  if (Expected(fault, locks_survive_holder) != "lost") return "";
+  return absl::StrCat(
+      backend, " declares that its locks do not survive the process holding them (no "
+      "LK_CAP_SURVIVES_HOLDER_DEATH), and latchd is that process",
+      backend == "posixfd" ? " (its OFD locks are latchd's open files)" : "",
+      ": another host can take the lease before the restarted latchd takes it again, which "
+      "then applies the owner's lock-failure policy (docs/libvirt.md, posixfd and latchd's "
+      "kill -9)");
 }
 
 std::string DetectorScript(const std::string& backend, int holder, const std::string& lockspace,
@@ -91,7 +96,7 @@ json TrialRecord(const TrialStamps& s) {
     if (t == 0 || s.injected == 0) return nullptr;
     return static_cast<double>(t - s.injected) / 1e9;
   };
-  const std::string expected = Expected(s.backend, s.fault);
+  const std::string expected = Expected(s.fault, s.locks_survive_holder);
   std::string outcome;
   if (s.granted != 0) {
     outcome = "granted";
@@ -113,7 +118,7 @@ json TrialRecord(const TrialStamps& s) {
             {"expected", expected},
             {"outcome", outcome},
             {"as_expected", expected == "kept" ? s.granted == 0 : s.granted != 0},
-            {"known_limit", KnownLimit(s.backend, s.fault)},
+            {"known_limit", KnownLimit(s.backend, s.fault, s.locks_survive_holder)},
             {"limit_s", s.limit_s},
             {"grant_s", since(s.granted)},
             {"detection_s", since(s.detected)},

@@ -35,15 +35,18 @@ bool KnownFault(const std::string& fault);
 std::vector<std::string> FaultsFor(const std::string& backend);
 // The process `daemon-kill` kills for `backend` ("" when it has none).
 std::string LockDaemon(const std::string& backend);
-// What a correct stack does after `fault` on `backend`: "grant" (the
-// survivor gets the lease), "kept" (it must not: latchd killed and
-// restarted while its owner lives, so the owner still holds the lock), or
-// "lost" where the backend cannot keep it and says so (posixfd: its OFD
-// locks close with latchd's files, docs/libvirt.md; the restarted latchd
-// then applies the owner's lock-failure policy).
-std::string Expected(const std::string& backend, const std::string& fault);
+// What a correct stack does after `fault`: "grant" (the survivor gets the
+// lease), "kept" (it must not: latchd killed and restarted while its owner
+// lives, so the owner still holds the lock), or "lost" where the backend
+// declares it cannot keep it: its locks do not survive the process holding
+// them (`locks_survive_holder`, the plugin's LK_CAP_SURVIVES_HOLDER_DEATH),
+// and that process is latchd (posixfd: its OFD locks close with latchd's
+// files, docs/libvirt.md; the restarted latchd then applies the owner's
+// lock-failure policy).
+std::string Expected(const std::string& fault, bool locks_survive_holder);
 // Why "lost" is expected, for the record; "" otherwise.
-std::string KnownLimit(const std::string& backend, const std::string& fault);
+std::string KnownLimit(const std::string& backend, const std::string& fault,
+                       bool locks_survive_holder);
 
 // A shell script for the survivor's node that watches node `holder` as
 // `backend` sees it and appends "EVENT NS" lines (NS: that node's
@@ -57,6 +60,7 @@ std::string DetectorScript(const std::string& backend, int holder, const std::st
 // One trial's time stamps, host CLOCK_REALTIME in ns (0: did not happen).
 struct TrialStamps {
   std::string backend, path, fault;
+  bool locks_survive_holder = true;  // the backend's capability (Expected)
   int64_t injected = 0;  // the fault took effect (the lab's event, or the command's return)
   int64_t detected = 0;  // first detector event
   std::string detected_as;  // its name ("left", "fail")

@@ -173,6 +173,25 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
       lab_->Sh(1, absl::StrCat("latchctl --plugin-path /shared/bin backends; latchctl --socket ",
                                kSocket, " status"));
   absl::StatusOr<std::string> kernel = lab_->Sh(1, "uname -r");
+  // The plugins' capabilities as they declare them (failover's expectations).
+  absl::StatusOr<std::string> caps_text =
+      lab_->Sh(1, "latchctl --plugin-path /shared/bin backends --json");
+  json caps = json::object();
+  if (caps_text.ok()) {
+    const json list = json::parse(*caps_text, nullptr, false);
+    if (list.is_array()) {
+      for (const json& p : list) {
+        if (p.is_object() && p.contains("name")) caps[p["name"].get<std::string>()] = p;
+      }
+    }
+  }
+  for (const std::string& b : setup.backends) {
+    if (!caps.contains(b)) {
+      return absl::InternalError(absl::StrCat(
+          "latchctl backends --json in node1 does not list ", b, ": ",
+          caps_text.ok() ? caps_text->substr(0, 300) : caps_text.status().ToString()));
+    }
+  }
   int token_ms = 0;
   topology_ = {
       {"lab_dir", lab_->dir()},
@@ -193,6 +212,7 @@ absl::Status LabRunner::Prepare(const LabSetup& setup) {
       {"posixfd", {{"lock_dir", absl::StrCat(kNfsLocks, " (NFSv4, storage node)")}}},
       {"latchd_backends",
        backends_text.ok() ? *backends_text : backends_text.status().ToString()},
+      {"capabilities", caps},
   };
   return absl::OkStatus();
 }
@@ -550,6 +570,7 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
   // 3. The fault; its time is the lab's event for it when there is one.
   TrialStamps st;
   st.backend = backend;
+  st.locks_survive_holder = LocksSurviveHolder(backend);
   st.path = path;
   st.fault = fault;
   st.limit_s = limit_s;
@@ -612,7 +633,7 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
       for (int i = 0; i < 10 && !done; ++i) usleep(100000);
     }
   });
-  const absl::Duration window = Expected(backend, fault) == "kept"
+  const absl::Duration window = Expected(fault, st.locks_survive_holder) == "kept"
                                     ? absl::Seconds(std::min(limit_s, 20.0))
                                     : absl::Seconds(limit_s);
   const absl::Time deadline = absl::FromUnixNanos(st.injected) + window;

@@ -105,6 +105,13 @@ class LabRunner {
   // [{"node": K, "offset_ns", "uncertainty_ns", "min_rtt_ns", "samples"}],
   // "measured_at": host ns}; kept for Handoffs.
   absl::StatusOr<nlohmann::json> MeasureClocks();
+  // Whether `backend`'s locks outlive the process holding them (latchd):
+  // its plugin's LK_CAP_SURVIVES_HOLDER_DEATH, read in node 1 (`latchctl
+  // backends --json`, kept in Topology()["capabilities"]).
+  bool LocksSurviveHolder(const std::string& backend) const {
+    return topology_["capabilities"].value(backend, nlohmann::json::object())
+        .value("survives_holder_death", false);
+  }
   // The lockspace a backend's leases are named in.
   static std::string Lockspace(const std::string& backend);
   // What the lab is: nodes, storage, each backend's storage and timeouts

@@ -833,7 +833,7 @@ int RunFailoverLab(const Options& o, LabRunner& lab, json* results) {
                    "grant line as the host saw it (polled every 25 ms)"},
          {"fault", c.fault},
          {"fault_what", what},
-         {"expected", Expected(c.backend, c.fault)},
+         {"expected", Expected(c.fault, lab.LocksSurviveHolder(c.backend))},
          {"trials", static_cast<int>(ts.size())},
          {"as_expected", as_expected},
          {"runs", runs},
@@ -842,7 +842,7 @@ int RunFailoverLab(const Options& o, LabRunner& lab, json* results) {
           {{"trusted", v.trusted || per_run.empty()},
            {"relative", v.relative},
            {"why", per_run.empty() ? absl::StrCat("no grant in ", ts.size(), " trials (expected: ",
-                                                  Expected(c.backend, c.fault), ")")
+                                                  Expected(c.fault, lab.LocksSurviveHolder(c.backend)), ")")
                                    : v.why}}}});
   }
   return kOk;
