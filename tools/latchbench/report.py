@@ -252,6 +252,21 @@ def runs_figure(figs, docs, scenario):
     return [figs.save(fig, f"runs-{scenario}", f"{scenario}: medians run by run")]
 
 
+def clock_rows(where, kind):
+    """The clocks measured at a run's start and end (the lab's nodes, or the
+    hosts), against the first: one row each."""
+    rows = []
+    for k, when in (("clocks", "start"), ("clocks_after", "end")):
+        c = where.get(k)
+        if isinstance(c, dict) and isinstance(c.get(kind + "s"), list):
+            rows.append((f"{kind} clocks at the {when} (against {kind}1)", "; ".join(
+                f"{kind}{n.get(kind)} {n.get('offset_ns', 0) / 1e6:+.3f} ms "
+                f"± {n.get('uncertainty_ns', 0) / 1e6:.3f}" for n in c[kind + "s"])))
+        elif isinstance(c, dict) and "error" in c:
+            rows.append((f"{kind} clocks at the {when}", f"not measured: {c['error']}"))
+    return rows
+
+
 def env_rows(doc):
     e, p = doc["environment"], doc["parameters"]
     load = e.get("load") or []
@@ -273,14 +288,7 @@ def env_rows(doc):
     if isinstance(lab, dict) and lab:
         rows.append(("lab", ", ".join(f"{k}={v}" for k, v in sorted(lab.items())
                                       if k not in ("latchd_backends", "clocks", "clocks_after"))))
-        for k, when in (("clocks", "start"), ("clocks_after", "end")):
-            c = lab.get(k)
-            if isinstance(c, dict) and isinstance(c.get("nodes"), list):
-                rows.append((f"node clocks at the {when} (against node1)", "; ".join(
-                    f"node{n.get('node')} {n.get('offset_ns', 0) / 1e6:+.3f} ms "
-                    f"± {n.get('uncertainty_ns', 0) / 1e6:.3f}" for n in c["nodes"])))
-            elif isinstance(c, dict) and "error" in c:
-                rows.append((f"node clocks at the {when}", f"not measured: {c['error']}"))
+        rows += clock_rows(lab, "node")
     hosts = doc.get("hosts")
     if isinstance(hosts, dict) and isinstance(hosts.get("hosts"), list):
         rows.append(("hosts", f"reached with '{hosts.get('rsh', '?')}': " + "; ".join(
@@ -288,14 +296,7 @@ def env_rows(doc):
             f"{h.get('kernel', '?')}, {h.get('cpus', '?')} CPUs), latchd at {h.get('socket', '?')} "
             f"with {', '.join(str(b) for b in (h.get('hello') or {}).get('backends', []))}"
             for i, h in enumerate(hosts["hosts"]) if isinstance(h, dict))))
-        for k, when in (("clocks", "start"), ("clocks_after", "end")):
-            c = hosts.get(k)
-            if isinstance(c, dict) and isinstance(c.get("hosts"), list):
-                rows.append((f"host clocks at the {when} (against host1)", "; ".join(
-                    f"host{n.get('host')} {n.get('offset_ns', 0) / 1e6:+.3f} ms "
-                    f"± {n.get('uncertainty_ns', 0) / 1e6:.3f}" for n in c["hosts"])))
-            elif isinstance(c, dict) and "error" in c:
-                rows.append((f"host clocks at the {when}", f"not measured: {c['error']}"))
+        rows += clock_rows(hosts, "host")
     return rows
 
 

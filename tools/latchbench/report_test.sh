@@ -110,6 +110,8 @@ grep -q "<td>sanlock</td><td>node-kill</td><td>grant</td><td>granted</td><td>18.
 expect_figures "$tmp/fo/index.html" 1
 "$bench" report --out="$tmp/sc" "$sc" >"$tmp/sc.log" 2>&1 || fail "report of scale: $(cat "$tmp/sc.log")"
 grep -q "index.html: 1 figures" "$tmp/sc.log" || fail "scale: not one figure: $(cat "$tmp/sc.log")"
+grep -q "node clocks at the start (against node1)</th><td>node2 [-+][0-9.]* ms ± [0-9.]*; node3 " "$tmp/fo/index.html" ||
+  fail "the lab's clocks are not shown"
 grep -q "<h3>Scale</h3>" "$tmp/sc/index.html" || fail "no scale table"
 grep -q "<td>dlm</td><td>10000</td><td>held</td><td>19.96 s</td><td>5.44 s</td>" "$tmp/sc/index.html" ||
   fail "the dlm 10,000-lock row is not as recorded"
