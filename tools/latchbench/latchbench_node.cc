@@ -227,8 +227,8 @@ int Cycles(int argc, char** argv) {
   nlohmann::json cost = CostDelta(before, after, static_cast<int>(s->size()));
   cost["seconds"] = block_s;
   // The background: the same counters over an idle interval as long as the
-  // block (0.2 to 3 s), scaled to the block's length (cost_counters.h).
-  const double idle_s = std::clamp(block_s, 0.2, 3.0);
+  // block (0.2 to 1 s), scaled to the block's length (cost_counters.h).
+  const double idle_s = std::clamp(block_s, 0.2, 1.0);
   const CostSnapshot idle_before = TakeCostSnapshot();
   absl::SleepFor(absl::Seconds(idle_s));
   const CostSnapshot idle_after = TakeCostSnapshot();

@@ -459,7 +459,7 @@ def cost_table(doc):
             "cycles, so everything else the node did meanwhile is in them too; CPU is counted in "
             "clock ticks (10 ms in a lab node), so a figure below 10 ms / cycles is at the "
             "resolution's edge. <i>(idle N)</i>: the background, the same counters over an idle "
-            "interval as long as the block (0.2 to 3 s) right after it, per cycle: what the "
+            "interval as long as the block (0.2 to 1 s) right after it, per cycle: what the "
             "node did anyway (corosync's heartbeats, sanlock's renewals).</p><table><tr><th>scenario</th><th>backend</th><th>where</th>"
             "<th>path</th><th>mode</th><th>cycles</th><th>disk I/Os</th><th>disk KiB</th>"
             "<th>packets</th><th>net KiB</th><th>node CPU ms</th><th>own CPU ms</th>"
