@@ -107,8 +107,8 @@ constexpr ScenarioInfo kScenarios[] = {
      "one owner, one lease: acquire (no wait) + release, timed per cycle, in every mode the "
      "backend grants; on the raw API, in process (plugin ABI) and through latchd"},
     {"handoff",
-     "(--lab) node1 and node2 take one lease exclusively in turn, each waiting for the other: "
-     "the time from one node's release to the other's grant"},
+     "(--lab, or --hosts) node1 and node2 take one lease exclusively in turn, each waiting for "
+     "the other: the time from one node's release to the other's grant"},
     {"failover",
      "(--lab) node2 holds a lease through latchd, node3 waits for it, a fault strikes node2 "
      "(node kill, freeze, cut, partition, storage stall, lock daemon kill, owner kill, latchd "
@@ -133,8 +133,11 @@ struct BackendInfo {
 constexpr BackendInfo kBackends[] = {
     {"posixfd", "a lock directory: latchbench makes a local one; in the lab, on NFS", false},
     {"nop", "nothing: grants everything, the floor (latchkey's own cost)", false},
-    {"dlm", "the cluster lab (--lab): corosync and the kernel DLM", true},
-    {"sanlock", "the cluster lab (--lab): a lease area on the shared iSCSI LUN", true},
+    {"dlm", "the cluster lab (--lab): corosync and the kernel DLM; or real hosts (--hosts)",
+     true},
+    {"sanlock",
+     "the cluster lab (--lab): a lease area on the shared iSCSI LUN; or real hosts (--hosts)",
+     true},
 };
 
 // Whether `table` (kBackends, kScenarios) has an entry called `name`.
@@ -1142,8 +1145,8 @@ int Parse(int argc, char** argv, Options* o) {
       continue;
     }
     if ((s == "handoff" || s == "failover" || s == "scale") && !o->lab) {
-      fprintf(stderr, "latchbench: scenario '%s' runs between lab nodes: add --lab\n",
-              s.c_str());
+      fprintf(stderr, "latchbench: scenario '%s' runs between lab nodes: add --lab%s\n",
+              s.c_str(), s == "handoff" ? " (or --hosts, real hosts running latchd)" : "");
       return kUsageError;
     }
   }
