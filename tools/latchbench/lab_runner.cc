@@ -567,6 +567,14 @@ absl::StatusOr<json> LabRunner::Failover(const std::string& backend, const std::
     if (!d.ok()) return d.status();
     usleep(300000);  // its first look
   }
+  // owner-kill is timed on the nodes' clocks (below): their offsets afresh,
+  // since a reset after an earlier trial sets every node's clock again.
+  if (fault == "owner-kill") {
+    if (absl::StatusOr<json> c = MeasureClocks(); !c.ok()) {
+      return absl::Status(c.status().code(),
+                          absl::StrCat("clocks before owner-kill: ", c.status().message()));
+    }
+  }
   // 3. The fault; its time is the lab's event for it when there is one.
   TrialStamps st;
   st.backend = backend;
