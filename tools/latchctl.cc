@@ -587,14 +587,18 @@ class Ctl {
       fprintf(stderr, "latchctl: no backend plugins in %s\n", absl::StrJoin(path, ":").c_str());
       return kError;
     }
+    const auto modes_of = [](const Capabilities& c) {
+      std::vector<std::string> modes;
+      for (LockMode m : {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive}) {
+        if (c.modes & LockModeBit(m)) modes.push_back(std::string(LockModeName(m)));
+      }
+      return modes;
+    };
     if (Get("--json") != nullptr) {
       nlohmann::json out = nlohmann::json::array();
       for (const PluginInfo& p : plugins) {
         const Capabilities& c = p.capabilities;
-        nlohmann::json modes = nlohmann::json::array();
-        for (LockMode m : {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive}) {
-          if (c.modes & LockModeBit(m)) modes.push_back(LockModeName(m));
-        }
+        const std::vector<std::string> modes = modes_of(c);
         out.push_back({{"name", p.name},
                        {"description", p.description},
                        {"file", p.file},
@@ -613,10 +617,7 @@ class Ctl {
     }
     for (const PluginInfo& p : plugins) {
       const Capabilities& c = p.capabilities;
-      std::vector<std::string> modes;
-      for (LockMode m : {LockMode::kSharedRead, LockMode::kSharedWrite, LockMode::kExclusive}) {
-        if (c.modes & LockModeBit(m)) modes.push_back(LockModeName(m));
-      }
+      const std::vector<std::string> modes = modes_of(c);
       printf("%s\t%s\n  file: %s\n  modes: %s%s\n", p.name.c_str(), p.description.c_str(),
              p.file.c_str(), absl::StrJoin(modes, ", ").c_str(),
              c.folded_modes.empty() ? "" : absl::StrCat(" (", c.folded_modes, ")").c_str());
