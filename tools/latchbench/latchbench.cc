@@ -1185,6 +1185,21 @@ int List() {
   return kOk;
 }
 
+// The clocks measured `when` ("before", "after") on lab nodes or hosts
+// (`kind`), printed one line each; an error is printed and recorded.
+json ClocksRecord(const char* when, const std::string& kind, absl::StatusOr<json> c) {
+  if (!c.ok()) {
+    fprintf(stderr, "latchbench: clocks %s: %s\n", when, c.status().ToString().c_str());
+    return json{{"error", c.status().ToString()}};
+  }
+  for (const json& n : (*c)[kind + "s"]) {
+    fprintf(stderr, "latchbench: clocks %s: %s%d = %s1 %+.3f ms (+- %.3f ms)\n", when,
+            kind.c_str(), n[kind].get<int>(), kind.c_str(), n["offset_ns"].get<int64_t>() / 1e6,
+            n["uncertainty_ns"].get<int64_t>() / 1e6);
+  }
+  return *c;
+}
+
 int Run(Options o) {
   char templ[] = "/tmp/latchbench.XXXXXX";
   if (mkdtemp(templ) == nullptr) {
@@ -1230,33 +1245,12 @@ int Run(Options o) {
   // recorded; the hand-off scenario then fails, the uncontended one (one
   // node's clock) goes on.
   const auto clocks = [&](const char* when) {
-    absl::StatusOr<json> c = lab->MeasureClocks();
-    if (!c.ok()) {
-      fprintf(stderr, "latchbench: clocks %s: %s\n", when, c.status().ToString().c_str());
-      return json{{"error", c.status().ToString()}};
-    }
-    for (const json& n : (*c)["nodes"]) {
-      fprintf(stderr, "latchbench: clocks %s: node%d = node1 %+.3f ms (+- %.3f ms)\n", when,
-              n["node"].get<int>(), n["offset_ns"].get<int64_t>() / 1e6,
-              n["uncertainty_ns"].get<int64_t>() / 1e6);
-    }
-    return *c;
+    return ClocksRecord(when, "node", lab->MeasureClocks());
   };
   json clocks_before;
   std::unique_ptr<HostsRunner> hosts;
   const auto host_clocks = [&](const char* when) {
-    if (hosts->hosts() < 2) return json();
-    absl::StatusOr<json> c = hosts->MeasureClocks();
-    if (!c.ok()) {
-      fprintf(stderr, "latchbench: clocks %s: %s\n", when, c.status().ToString().c_str());
-      return json{{"error", c.status().ToString()}};
-    }
-    for (const json& h : (*c)["hosts"]) {
-      fprintf(stderr, "latchbench: clocks %s: host%d = host1 %+.3f ms (+- %.3f ms)\n", when,
-              h["host"].get<int>(), h["offset_ns"].get<int64_t>() / 1e6,
-              h["uncertainty_ns"].get<int64_t>() / 1e6);
-    }
-    return *c;
+    return hosts->hosts() < 2 ? json() : ClocksRecord(when, "host", hosts->MeasureClocks());
   };
   if (!o.hosts.empty()) {
     hosts = StartHosts(&o);
